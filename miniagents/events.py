@@ -1,0 +1,143 @@
+"""The event vocabulary, and the two protocols other layers plug into: `EventSink` and `CallInterceptor`.
+
+A `MiniAgents` context with a sink is one *run*. The core pushes `Event`s into every sink synchronously, in the
+order things happen; a sink must not block (a store buffers and flushes in the background).
+
+| kind            | hash_key            | call_id / parent_call_id      | data                                       |
+|-----------------|---------------------|-------------------------------|--------------------------------------------|
+| run_started     | -                   | -                             | started_at (epoch s), library_version,     |
+|                 |                     |                               | metadata                                   |
+| run_finished    | -                   | -                             | status ("ok" / "failed"), error            |
+| message         | the object's hash   | call that was current         | - (the object is in `Event.obj`)           |
+| stream          | the message's hash  | call that produced it         | chunks (lengths), offsets (s since start)  |
+| call_started    | -                   | the call / its parent call    | agent_alias                                |
+| call_finished   | the AgentReplyNode  | the call / its parent call    | agent_alias, call_node, reply_node,        |
+|                 | hash, if any        |                               | occurrence, replies, error, replayed       |
+| error           | -                   | call that was current         | where, position, error, partial            |
+
+`call_finished.data["replies"]` lists the call's replies in order: `{"hash": h}` for a resolved message, or
+`{"failed": PARTIAL}` for a reply whose stream broke, where PARTIAL is `{"class_", "metadata", "chunks" (the texts
+received), "offsets", "error"}`; `data["error"]` is an error the reply sequence itself raised after those replies.
+An error is described as `{"type", "module", "text"}`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from miniagents.messages import Message
+    from miniagents.miniagent_typing import MessageType
+    from miniagents.miniagents import AgentCallNode, MiniAgent, MiniAgents
+    from miniagents.promising.ext.frozen import Frozen
+
+
+class EventKind(str, enum.Enum):
+    """What an event records."""
+
+    RUN_STARTED = "run_started"
+    RUN_FINISHED = "run_finished"
+    MESSAGE = "message"
+    STREAM = "stream"
+    CALL_STARTED = "call_started"
+    CALL_FINISHED = "call_finished"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(slots=True)
+class Event:
+    """One thing that happened in a run. `seq` is assigned by the store; `obj` only travels to the sink."""
+
+    kind: EventKind
+    run_id: str
+    t: float
+    """Seconds since the run started."""
+    hash_key: Optional[str] = None
+    call_id: Optional[int] = None
+    parent_call_id: Optional[int] = None
+    data: Optional[dict[str, Any]] = None
+    obj: Optional[Frozen] = field(default=None, repr=False, compare=False)
+    seq: Optional[int] = None
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Where the events of a run go (a store). `MiniAgents(store=...)` takes one."""
+
+    async def astart_run(self, run_id: str) -> None:
+        """Called when the run begins, before any event: open what is needed."""
+
+    def append(self, event: Event) -> None:
+        """Take one event; called synchronously, must not block or await."""
+
+    async def afinish_run(self, run_id: str) -> None:
+        """Called after the last event: flush everything and close what `astart_run` opened.
+
+        Raise if events were lost; the `MiniAgents` context reports it as an `EventSinkError`.
+        """
+
+
+@dataclass(slots=True)
+class InterceptedCall:
+    """What a `CallInterceptor` is told about an agent call it may answer."""
+
+    agent: MiniAgent
+    call_node: AgentCallNode
+    occurrence: int
+    """How many identical calls (same `call_node.hash_key`) came before this one in this run."""
+    call_id: int
+    parent_call_id: Optional[int]
+    input_messages: tuple[Message, ...]
+
+
+@runtime_checkable
+class CallInterceptor(Protocol):
+    """Something that may answer agent calls instead of the agents (replay). `MiniAgents(replay=...)` takes one."""
+
+    async def astart(self, mini_agents: MiniAgents) -> None:
+        """Called when the `MiniAgents` context starts; may add event sinks with `mini_agents.add_event_sink()`."""
+
+    def intercepts(self, agent: MiniAgent) -> bool:
+        """Whether calls of this agent are offered to `aanswer` (decided before its inputs are awaited)."""
+
+    async def aanswer(self, call: InterceptedCall) -> Optional[MessageType]:
+        """The reply to use instead of running the agent, or None to run the agent for real.
+
+        The reply may be an async iterator of message promises that raises a recorded error at its end.
+        """
+
+    async def afinish(self, mini_agents: MiniAgents, error: Optional[BaseException]) -> None:
+        """Called when the `MiniAgents` context ends (after its sinks have been flushed)."""
+
+
+class ListEventSink:
+    """An `EventSink` that keeps events in a list (for tests and inspection)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.runs_started: list[str] = []
+        self.runs_finished: list[str] = []
+
+    async def astart_run(self, run_id: str) -> None:
+        self.runs_started.append(run_id)
+
+    def append(self, event: Event) -> None:
+        self.events.append(event)
+
+    async def afinish_run(self, run_id: str) -> None:
+        self.runs_finished.append(run_id)
+
+    def of_kind(self, kind: EventKind) -> list[Event]:
+        """The events of one kind, in order."""
+        return [event for event in self.events if event.kind is kind]
+
+
+def describe_error(error: BaseException) -> dict[str, str]:
+    """The stored description of an exception: its type, module and text."""
+    error_type = type(error)
+    return {"type": error_type.__qualname__, "module": error_type.__module__, "text": str(error)}

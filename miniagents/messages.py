@@ -1,0 +1,215 @@
+"""Messages: `Message`, `MessagePromise` (a message streamed token by token) and `MessageSequencePromise`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
+
+from miniagents.miniagent_typing import MessageTokenStreamer
+from miniagents.promising.errors import PromisingError
+from miniagents.promising.ext.frozen import Frozen
+from miniagents.promising.promising import StreamedPromise
+from miniagents.promising.sentinels import DEFAULT, Sentinel
+
+if TYPE_CHECKING:
+    from miniagents.miniagents import AgentCall
+
+
+class Message(Frozen):
+    """A message agents exchange: optional `text` (or `text_template`) plus any metadata fields.
+
+    Messages nested in a message, at any depth, are serialized as hash references (`<field>__hash_key`,
+    `<field>__hash_keys`), so each one is stored once however often it is referenced.
+    """
+
+    _is_message: ClassVar[bool] = True
+
+    text: Optional[str] = None
+    text_template: Optional[str] = None
+
+    def __init__(self, text: Optional[str] = None, **metadata: Any) -> None:
+        super().__init__(**{"text": text, **metadata})
+
+    @cached_property
+    def as_promise(self) -> MessagePromise:
+        """This message as an already resolved `MessagePromise` (needs an active context)."""
+        return MessagePromise(prefill_message=self)
+
+    @classmethod
+    def promise(
+        cls,
+        start_asap: Union[bool, Sentinel] = DEFAULT,
+        message_token_streamer: Optional[MessageTokenStreamer] = None,
+        **preliminary_metadata: Any,
+    ) -> MessagePromise:
+        """A promise of a message of this class: streamed by `message_token_streamer`, or built right away."""
+        if message_token_streamer is not None:
+            return MessagePromise(
+                start_asap=start_asap,
+                message_token_streamer=message_token_streamer,
+                message_class=cls,
+                **preliminary_metadata,
+            )
+        return cls(**preliminary_metadata).as_promise
+
+    def serialize(self) -> dict[str, Any]:
+        return _dump_with_references(self)
+
+    def sub_messages(self) -> Iterator[Message]:
+        """Every message nested in this one, depth first, each after its own sub-messages."""
+        yield from _iter_sub_messages(self)
+
+    def _as_string(self) -> str:
+        if self.text is not None:
+            return self.text
+        if self.text_template is not None:
+            return self.text_template.format(**self.frozen_fields_and_values())
+        return super()._as_string()
+
+
+def _dump_with_references(frozen: Frozen) -> dict[str, Any]:
+    dump: dict[str, Any] = {}
+    for field, value in frozen._frozen_fields_and_values(exclude_class=False):
+        if isinstance(value, Message):
+            dump[f"{field}__hash_key"] = value.hash_key
+        elif isinstance(value, Frozen):
+            dump[field] = _dump_with_references(value)
+        elif type(value) is tuple:
+            if value and isinstance(value[0], Message):
+                dump[f"{field}__hash_keys"] = tuple(message.hash_key for message in value)
+            else:
+                dump[field] = _dump_sequence_with_references(value)
+        else:
+            dump[field] = value
+    return dump
+
+
+def _dump_sequence_with_references(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(
+        _dump_with_references(value)
+        if isinstance(value, Frozen)
+        else _dump_sequence_with_references(value)
+        if type(value) is tuple
+        else value
+        for value in values
+    )
+
+
+def _iter_sub_messages(frozen: Frozen) -> Iterator[Message]:
+    for _, value in frozen._frozen_fields_and_values(exclude_class=True):
+        if isinstance(value, Message):
+            yield from _iter_sub_messages(value)
+            yield value
+        elif isinstance(value, Frozen):
+            yield from _iter_sub_messages(value)
+        elif type(value) is tuple and value:
+            yield from _iter_sub_messages_in_sequence(value)
+
+
+def _iter_sub_messages_in_sequence(values: tuple[Any, ...]) -> Iterator[Message]:
+    for value in values:
+        if isinstance(value, Message):
+            yield from _iter_sub_messages(value)
+            yield value
+        elif isinstance(value, Frozen):
+            yield from _iter_sub_messages(value)
+        elif type(value) is tuple:
+            yield from _iter_sub_messages_in_sequence(value)
+
+
+class MessagePromise(StreamedPromise[str, Message]):
+    """A promise of a message whose text can be consumed token by token while it is being produced.
+
+    :param start_asap: start streaming in the background now.
+    :param message_token_streamer: an async generator function `(metadata_so_far) -> tokens`; it may add
+        metadata to the dict it receives, and the final message is built from the tokens and that dict.
+    :param prefill_message: the message, known already (then there is nothing to stream).
+    :param message_class: the class of the final message.
+    :param preliminary_metadata: metadata known before streaming starts (`preliminary_metadata` attribute).
+    """
+
+    preliminary_metadata: Frozen
+
+    def __init__(
+        self,
+        start_asap: Union[bool, Sentinel] = DEFAULT,
+        message_token_streamer: Optional[MessageTokenStreamer] = None,
+        prefill_message: Optional[Message] = None,
+        message_class: type[Message] = Message,
+        **preliminary_metadata: Any,
+    ) -> None:
+        if prefill_message is not None:
+            if message_token_streamer is not None or preliminary_metadata:
+                raise PromisingError(
+                    "MessagePromise takes either `prefill_message` or a `message_token_streamer` with preliminary "
+                    "metadata, not both."
+                )
+            self.preliminary_metadata = prefill_message
+            self._chunk_times: Optional[list[float]] = None
+            super().__init__(prefill_pieces=[str(prefill_message)], prefill_result=prefill_message)
+            return
+        if message_token_streamer is None:
+            raise PromisingError("MessagePromise needs a `message_token_streamer` or a `prefill_message`.")
+        from miniagents.miniagents import current_agent_call
+
+        self.preliminary_metadata = Frozen(**preliminary_metadata)
+        self._metadata_so_far = self.preliminary_metadata.frozen_fields_and_values()
+        self._message_token_streamer = message_token_streamer
+        self._message_class = message_class
+        self._chunk_times = []
+        self._stream_started_at = 0.0
+        self.producer_call: Optional[AgentCall] = current_agent_call()
+        super().__init__(start_asap=start_asap)
+
+    @property
+    def is_streamed(self) -> bool:
+        """Whether this message is produced token by token (as opposed to known from the start)."""
+        return self._chunk_times is not None
+
+    def chunk_record(self) -> tuple[list[str], list[float]]:
+        """The text chunks received so far and each one's arrival, in seconds since streaming started."""
+        if self._chunk_times is None:
+            return [piece for piece in self._pieces if isinstance(piece, str)], [0.0]
+        started_at = self._stream_started_at
+        chunks = [piece for piece in self._pieces if not isinstance(piece, BaseException)]
+        return chunks, [round(moment - started_at, 6) for moment in self._chunk_times[: len(chunks)]]
+
+    def _streamer(self) -> AsyncIterator[str]:
+        self._stream_started_at = time.perf_counter()
+        return self._message_token_streamer(self._metadata_so_far)
+
+    def _append_piece(self, piece: Any) -> None:
+        if type(piece) is not str and not isinstance(piece, BaseException):
+            piece = TypeError(
+                f"The token streamer of a {self._message_class.__name__} yielded a {type(piece).__name__}; "
+                "tokens must be strings."
+            )
+        elif self._chunk_times is not None and type(piece) is str:
+            self._chunk_times.append(time.perf_counter())
+        self._pieces.append(piece)
+
+    async def _resolver(self) -> Message:
+        text = "".join([token async for token in self])
+        return self._message_class(text=text, **self._metadata_so_far)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return super().__aiter__()
+
+
+class MessageSequencePromise(StreamedPromise[MessagePromise, tuple[MessagePromise, ...]]):
+    """A promise of a sequence of messages, consumed message promise by message promise."""
+
+    async def aresolve_messages(self) -> tuple[Message, ...]:
+        """Every message of the sequence, fully received."""
+        return tuple([await message_promise async for message_promise in self])
+
+    def __aiter__(self) -> AsyncIterator[MessagePromise]:
+        return super().__aiter__()
+
+    def as_single_promise(self, **kwargs: Any) -> MessagePromise:
+        """All messages of the sequence joined into one (see `join_messages` for the options)."""
+        from miniagents.utils import join_messages
+
+        return join_messages(self, start_asap=False, **kwargs)

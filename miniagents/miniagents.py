@@ -1,0 +1,847 @@
+"""The agent layer: `MiniAgents` (the context), `@miniagent` / `MiniAgent`, agent calls and message sequences."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import inspect
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, Optional, TypeVar, Union, overload
+
+from pydantic import BaseModel
+
+from miniagents.errors import AgentDefinitionError, EventSinkError, FrozenValueError
+from miniagents.events import CallInterceptor, Event, EventKind, EventSink, InterceptedCall, describe_error
+from miniagents.messages import Message, MessagePromise, MessageSequencePromise
+from miniagents.miniagent_typing import AgentFunction, MessageType, PersistMessageEventHandler
+from miniagents.promising.ext.frozen import REDACTION, Frozen, freeze
+from miniagents.promising.promise_typing import PromiseResolvedEventHandler, PromiseStreamer
+from miniagents.promising.promising import Promise, PromisingContext, StreamAppender
+from miniagents.promising.sentinels import DEFAULT, Sentinel
+from miniagents.promising.sequence import FlatSequence
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+_CURRENT_CALL: ContextVar[Optional[AgentCall]] = ContextVar("miniagents.current_agent_call", default=None)
+_EMITTED_BY = "_miniagents_emitted_by"
+_context_serials = itertools.count(1)
+
+
+def current_agent_call() -> Optional[AgentCall]:
+    """The agent call whose function is running in the current task (None outside agents)."""
+    return _CURRENT_CALL.get()
+
+
+class MiniAgents(PromisingContext):
+    """The context agents run in. With a `store`, everything that happens in it is recorded as one run.
+
+    :param stream_llm_tokens_by_default: LLM agents stream tokens unless told otherwise.
+    :param on_promise_resolved: async handlers scheduled after every promise resolves.
+    :param on_persist_message: async handlers called once per message object, sub-messages before their parent,
+        one after another in a single background task.
+    :param store: an `EventSink` (a store from `store/`) that receives every event of this run.
+    :param replay: a `CallInterceptor` (a `replay.Replay`) that may answer agent calls from a recording.
+    :param run_metadata: JSON-able metadata recorded with the run.
+    :param kwargs: the `PromisingContext` settings (`start_everything_asap_by_default`, `longer_hash_keys`, ...).
+    """
+
+    def __init__(
+        self,
+        stream_llm_tokens_by_default: bool = True,
+        on_promise_resolved: Union[PromiseResolvedEventHandler, Iterable[PromiseResolvedEventHandler]] = (),
+        on_persist_message: Union[PersistMessageEventHandler, Iterable[PersistMessageEventHandler]] = (),
+        store: Optional[EventSink] = None,
+        replay: Optional[CallInterceptor] = None,
+        run_metadata: Optional[dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(on_promise_resolved=on_promise_resolved, **kwargs)
+        self.stream_llm_tokens_by_default = stream_llm_tokens_by_default
+        self.on_persist_message_handlers: list[PersistMessageEventHandler] = (
+            [on_persist_message] if callable(on_persist_message) else list(on_persist_message)
+        )
+        if store is not None and not isinstance(store, EventSink):
+            raise TypeError(
+                f"`store` must be an event sink (astart_run / append / afinish_run), got {type(store).__name__}; "
+                "use `store.SQLiteStore(path)` or `store.MemoryStore()`."
+            )
+        if replay is not None and not isinstance(replay, CallInterceptor):
+            raise TypeError(
+                f"`replay` must be a call interceptor such as `replay.Replay`, got {type(replay).__name__}."
+            )
+        self.store = store
+        self.replay = replay
+        self.run_metadata = dict(run_metadata or {})
+        self.run_id: Optional[str] = None
+        self._sinks: list[EventSink] = [store] if store is not None else []
+        self._sink_errors: list[BaseException] = []
+        self._started_at = 0.0
+        self._serial = next(_context_serials)
+        self._call_ids = itertools.count(1)
+        self._occurrences: dict[str, int] = {}
+        self._open_top_level_calls: set[AgentCall] = set()
+        self._persist_queue: deque[tuple[Any, Message]] = deque()
+        self._persist_worker: Optional[asyncio.Task[None]] = None
+
+    @classmethod
+    def get_current(cls) -> MiniAgents:
+        """The active `MiniAgents` context; raises `NoActiveContextError` when there is none."""
+        return super().get_current()
+
+    def run(self, awaitable: Awaitable[_T]) -> _T:
+        """Run `awaitable` inside this context in a new event loop (blocking)."""
+        return asyncio.run(self.arun(awaitable))
+
+    async def arun(self, awaitable: Awaitable[_T]) -> _T:
+        """Run `awaitable` inside this context."""
+        async with self:
+            return await awaitable
+
+    def on_persist_message(self, handler: PersistMessageEventHandler) -> PersistMessageEventHandler:
+        """Register a handler called once per message object (usable as a decorator)."""
+        self.on_persist_message_handlers.append(handler)
+        return handler
+
+    def add_event_sink(self, sink: EventSink) -> None:
+        """Send this run's events to one more sink (before the context starts, or from `CallInterceptor.astart`)."""
+        if self.run_id is not None:
+            raise EventSinkError("Event sinks must be added before the MiniAgents context starts its run.")
+        self._sinks.append(sink)
+
+    @property
+    def is_recording(self) -> bool:
+        """Whether events are being sent to at least one sink."""
+        return bool(self._sinks)
+
+    @property
+    def _is_observed(self) -> bool:
+        """Whether anything can see interaction nodes (so they are worth building)."""
+        if self._sinks or self.on_persist_message_handlers or self.replay is not None:
+            return True
+        context: Optional[PromisingContext] = self
+        while context is not None:
+            if context.on_promise_resolved_handlers:
+                return True
+            context = context.parent
+        return False
+
+    async def __aenter__(self) -> MiniAgents:
+        self.activate()
+        try:
+            if self.replay is not None:
+                await self.replay.astart(self)
+            if self._sinks:
+                await self._astart_run()
+        except BaseException:
+            self._deactivate()
+            raise
+        return self
+
+    async def _astart_run(self) -> None:
+        from miniagents import __version__
+
+        run_id = uuid.uuid4().hex
+        started: list[EventSink] = []
+        try:
+            for sink in self._sinks:
+                await sink.astart_run(run_id)
+                started.append(sink)
+        except BaseException:
+            for sink in started:
+                await sink.afinish_run(run_id)
+            raise
+        self.run_id = run_id
+        self._started_at = time.perf_counter()
+        self._emit(
+            EventKind.RUN_STARTED,
+            data={"started_at": time.time(), "library_version": __version__, "metadata": self.run_metadata},
+        )
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        try:
+            for call in list(self._open_top_level_calls):
+                call.finish()
+            await self.aflush_tasks()
+        finally:
+            try:
+                await self._afinish_run(exc_value)
+            finally:
+                self._deactivate()
+        if self._sink_errors and exc_value is None:
+            first = self._sink_errors[0]
+            raise EventSinkError(
+                f"Recording run {self.run_id} failed: {type(first).__name__}: {first}. Events that could not be "
+                "written are listed in the store's error; the run's messages were still delivered to the agents."
+            ) from first
+
+    async def _afinish_run(self, error: Optional[BaseException]) -> None:
+        if self.run_id is not None:
+            self._emit(
+                EventKind.RUN_FINISHED,
+                data={
+                    "status": "ok" if error is None else "failed",
+                    "error": None if error is None else describe_error(error),
+                },
+            )
+            for sink in self._sinks:
+                try:
+                    await sink.afinish_run(self.run_id)
+                except Exception as exc:
+                    logger.error("An event sink failed to finish run %s", self.run_id, exc_info=True)
+                    self._sink_errors.append(exc)
+        if self.replay is not None:
+            await self.replay.afinish(self, error)
+
+    async def aflush_tasks(self) -> None:
+        while self.child_tasks:
+            await asyncio.gather(*self.child_tasks, return_exceptions=True)
+
+    def _emit(
+        self,
+        kind: EventKind,
+        hash_key: Optional[str] = None,
+        call_id: Optional[int] = None,
+        parent_call_id: Optional[int] = None,
+        data: Optional[dict[str, Any]] = None,
+        obj: Optional[Frozen] = None,
+    ) -> None:
+        assert self.run_id is not None
+        event = Event(
+            kind, self.run_id, time.perf_counter() - self._started_at, hash_key, call_id, parent_call_id, data, obj
+        )
+        for sink in self._sinks:
+            try:
+                sink.append(event)
+            except Exception as exc:
+                logger.error("An event sink refused an event of run %s", self.run_id, exc_info=True)
+                self._sink_errors.append(exc)
+
+    def _promise_resolved(self, promise: Promise[Any], result: Any) -> None:
+        if self.on_promise_resolved_handlers:
+            super()._promise_resolved(promise, result)
+        if isinstance(result, Message):
+            if self._sinks or self.on_persist_message_handlers:
+                self._persist(promise, result)
+            if self._sinks and isinstance(promise, MessagePromise) and promise.is_streamed:
+                chunks, offsets = promise.chunk_record()
+                call = promise.producer_call
+                self._emit(
+                    EventKind.STREAM,
+                    hash_key=result.hash_key,
+                    call_id=call.call_id if call is not None else None,
+                    data={"chunks": [len(chunk) for chunk in chunks], "offsets": offsets},
+                )
+        elif self._sinks and isinstance(result, BaseException) and isinstance(promise, MessagePromise):
+            call = promise.producer_call
+            self._emit(
+                EventKind.ERROR,
+                call_id=call.call_id if call is not None else None,
+                data={"where": "message", "position": len(promise.chunk_record()[0]), **failed_reply(promise, result)},
+            )
+
+    def _persist(self, promise: Any, message: Message) -> None:
+        for sub_message in message.sub_messages():
+            if sub_message.__dict__.get(_EMITTED_BY) != self._serial:
+                self._persist_one(promise, sub_message)
+        if message.__dict__.get(_EMITTED_BY) != self._serial:
+            self._persist_one(promise, message)
+
+    def _persist_one(self, promise: Any, message: Message) -> None:
+        message.__dict__[_EMITTED_BY] = self._serial
+        if self._sinks:
+            call = _CURRENT_CALL.get()
+            self._emit(
+                EventKind.MESSAGE,
+                hash_key=message.hash_key,
+                call_id=call.call_id if call is not None else None,
+                obj=message,
+            )
+        if self.on_persist_message_handlers:
+            self._persist_queue.append((promise, message))
+            if self._persist_worker is None:
+                self._persist_worker = self.spawn(self._arun_persist_handlers())
+
+    async def _arun_persist_handlers(self) -> None:
+        try:
+            while self._persist_queue:
+                promise, message = self._persist_queue.popleft()
+                for handler in self.on_persist_message_handlers:
+                    try:
+                        await handler(promise, message)
+                    except Exception:
+                        logger.log(self.log_level_for_errors, "An on_persist_message handler failed", exc_info=True)
+        finally:
+            self._persist_worker = None
+
+    def _next_occurrence(self, call_hash_key: str) -> int:
+        occurrence = self._occurrences.get(call_hash_key, 0)
+        self._occurrences[call_hash_key] = occurrence + 1
+        return occurrence
+
+
+def failed_reply(promise: MessagePromise, error: BaseException) -> dict[str, Any]:
+    """What is recorded of a reply whose stream broke: its class, metadata, chunks received and the error."""
+    chunks, offsets = promise.chunk_record()
+    message_class = getattr(promise, "_message_class", type(promise.preliminary_metadata))
+    metadata = getattr(promise, "_metadata_so_far", None)
+    if metadata is None:
+        metadata = promise.preliminary_metadata.frozen_fields_and_values()
+    return {
+        "class_": message_class.__name__,
+        "metadata": Frozen(**metadata).serialize(),
+        "chunks": chunks,
+        "offsets": offsets,
+        "error": describe_error(error),
+    }
+
+
+@overload
+def miniagent(
+    func: AgentFunction,
+    alias: Optional[str] = None,
+    description: Optional[str] = None,
+    uppercase_func_name: bool = True,
+    normalize_spaces_in_docstring: bool = True,
+    interaction_metadata: Optional[dict[str, Any]] = None,
+    talks_to_outside_world: bool = False,
+    **partial_kwargs: Any,
+) -> MiniAgent: ...
+
+
+@overload
+def miniagent(
+    func: None = None,
+    alias: Optional[str] = None,
+    description: Optional[str] = None,
+    uppercase_func_name: bool = True,
+    normalize_spaces_in_docstring: bool = True,
+    interaction_metadata: Optional[dict[str, Any]] = None,
+    talks_to_outside_world: bool = False,
+    **partial_kwargs: Any,
+) -> Callable[[AgentFunction], MiniAgent]: ...
+
+
+def miniagent(
+    func: Optional[AgentFunction] = None,
+    alias: Optional[str] = None,
+    description: Optional[str] = None,
+    uppercase_func_name: bool = True,
+    normalize_spaces_in_docstring: bool = True,
+    interaction_metadata: Optional[dict[str, Any]] = None,
+    talks_to_outside_world: bool = False,
+    **partial_kwargs: Any,
+) -> Union[MiniAgent, Callable[[AgentFunction], MiniAgent]]:
+    """Turn an async function `(ctx, **kwargs)` into an agent; usable as `@miniagent` or `@miniagent(...)`.
+
+    :param alias: the agent's name (default: the function name, upper-cased).
+    :param description: what the agent does (default: the docstring); `{AGENT_ALIAS}` is replaced by the alias.
+    :param uppercase_func_name: upper-case the function name when it becomes the alias.
+    :param normalize_spaces_in_docstring: collapse whitespace of the docstring.
+    :param interaction_metadata: fields added to the agent's call and reply nodes.
+    :param talks_to_outside_world: the agent depends on something outside the program (an LLM, a person);
+        replay answers such agents from recordings by default.
+    :param partial_kwargs: keyword arguments bound to every call.
+    """
+
+    def decorate(function: AgentFunction) -> MiniAgent:
+        return MiniAgent(
+            function,
+            alias=alias,
+            description=description,
+            uppercase_func_name=uppercase_func_name,
+            normalize_spaces_in_docstring=normalize_spaces_in_docstring,
+            interaction_metadata=interaction_metadata,
+            talks_to_outside_world=talks_to_outside_world,
+            **partial_kwargs,
+        )
+
+    if func is None:
+        return decorate
+    return decorate(func)
+
+
+class MiniAgent:
+    """An agent: an async function `(ctx, **kwargs)` that can be inquired with messages. See `miniagent`."""
+
+    def __init__(
+        self,
+        func: AgentFunction,
+        alias: Optional[str] = None,
+        description: Optional[str] = None,
+        uppercase_func_name: bool = True,
+        normalize_spaces_in_docstring: bool = True,
+        interaction_metadata: Optional[dict[str, Any]] = None,
+        talks_to_outside_world: bool = False,
+        **partial_kwargs: Any,
+    ) -> None:
+        if isinstance(func, MiniAgent):
+            raise AgentDefinitionError(
+                f"{func.alias} is already an agent; use `{func.alias.lower()}.fork(...)` to make a variant of it."
+            )
+        if not callable(func) or not _is_async_function(func):
+            name = getattr(func, "__name__", type(func).__name__)
+            raise AgentDefinitionError(
+                f"The agent function {name!r} must be an `async def` function taking `ctx` (an InteractionContext) "
+                "and keyword arguments; it is not a coroutine function."
+            )
+        self._func = func
+        self._partial_kwargs = partial_kwargs
+        self.interaction_metadata = Frozen(**(interaction_metadata or {}))
+        self._interaction_metadata_dict = self.interaction_metadata.frozen_fields_and_values()
+        self.talks_to_outside_world = talks_to_outside_world
+
+        if alias is None:
+            alias = getattr(func, "__name__", None) or type(func).__name__
+            if uppercase_func_name:
+                alias = alias.upper()
+        self.alias: str = alias
+
+        if description is None:
+            description = getattr(func, "__doc__", None)
+            if description and normalize_spaces_in_docstring:
+                description = " ".join(description.split())
+        if description:
+            description = description.replace("{AGENT_ALIAS}", self.alias)
+        self.description: Optional[str] = description
+
+        self.__name__ = self.alias
+        self.__doc__ = self.description
+        self._frozen_partial_kwargs: Optional[dict[str, Any]] = None
+
+    def __repr__(self) -> str:
+        return f"<MiniAgent {self.alias}>"
+
+    @property
+    def func(self) -> AgentFunction:
+        """The agent function (without the bound keyword arguments)."""
+        return self._func
+
+    @property
+    def partial_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments bound to every call (a copy)."""
+        return dict(self._partial_kwargs)
+
+    def inquire(
+        self,
+        messages: Optional[MessageType] = None,
+        start_asap: Union[bool, Sentinel] = DEFAULT,
+        **function_kwargs: Any,
+    ) -> MessageSequencePromise:
+        """Call the agent with `messages` and keyword arguments; returns the promise of its replies."""
+        agent_call = self.initiate_inquiry(start_asap=start_asap, **function_kwargs)
+        if messages is not None:
+            agent_call.send_message(messages)
+        return agent_call.reply_sequence()
+
+    def initiate_inquiry(self, start_asap: Union[bool, Sentinel] = DEFAULT, **function_kwargs: Any) -> AgentCall:
+        """Start a call whose input messages are sent later with `send_message()`; end it with `reply_sequence()`."""
+        return AgentCall(self, function_kwargs, start_asap)
+
+    def fork(
+        self,
+        alias: Optional[str] = None,
+        description: Optional[str] = None,
+        interaction_metadata: Optional[dict[str, Any]] = None,
+        **partial_kwargs: Any,
+    ) -> MiniAgent:
+        """A variant of this agent with more bound keyword arguments (and maybe another alias and metadata)."""
+        return MiniAgent(
+            self._func,
+            alias=alias or self.alias,
+            description=description or self.description,
+            uppercase_func_name=False,
+            normalize_spaces_in_docstring=False,
+            interaction_metadata={**self._interaction_metadata_dict, **(interaction_metadata or {})},
+            talks_to_outside_world=self.talks_to_outside_world,
+            **{**self._partial_kwargs, **partial_kwargs},
+        )
+
+    def _recorded_partial_kwargs(self) -> dict[str, Any]:
+        """Bound kwargs as recorded in call nodes: values a Frozen cannot hold become `<TypeName>`."""
+        if self._frozen_partial_kwargs is None:
+            recorded: dict[str, Any] = {}
+            for name, value in self._partial_kwargs.items():
+                try:
+                    recorded[name] = REDACTION.marker if REDACTION.is_secret(name) else freeze(value, name)
+                except FrozenValueError:
+                    recorded[name] = f"<{type(value).__name__}>"
+            self._frozen_partial_kwargs = recorded
+        return self._frozen_partial_kwargs
+
+
+def _is_async_function(func: Any) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.iscoroutinefunction(func):
+        return True
+    return not inspect.isfunction(func) and inspect.iscoroutinefunction(type(func).__call__)
+
+
+class InteractionContext:
+    """What an agent function receives: its input `messages`, `reply()` and `finish_early()`."""
+
+    def __init__(
+        self,
+        this_agent: MiniAgent,
+        messages: MessageSequencePromise,
+        reply_streamer: StreamAppender[MessageType],
+        agent_call: Optional[AgentCall] = None,
+    ) -> None:
+        self.this_agent = this_agent
+        self.messages = messages
+        self._reply_streamer = reply_streamer
+        self.agent_call = agent_call
+
+    def reply(self, messages: MessageType) -> None:
+        """Send replies (anything a `MessageType` allows); iterables are consumed lazily, so wrap generators of
+        agent calls in a list to start those calls right away."""
+        self._reply_streamer.append(messages)
+
+    def finish_early(self) -> None:
+        """End the reply sequence now; the agent function may go on, but cannot reply any more."""
+        self._reply_streamer.close()
+
+
+class AgentCall:
+    """One call of an agent: send input messages, then take the reply sequence (which ends the input)."""
+
+    def __init__(self, agent: MiniAgent, function_kwargs: dict[str, Any], start_asap: Union[bool, Sentinel]) -> None:
+        context = MiniAgents.get_current()
+        self._context = context
+        self.agent = agent
+        if function_kwargs:
+            try:
+                self._frozen_kwargs = Frozen(**function_kwargs).frozen_fields_and_values()
+            except FrozenValueError as exc:
+                raise FrozenValueError(
+                    f"The call of agent {agent.alias} got a keyword argument that cannot be recorded: {exc} Bind "
+                    f"such values with `{agent.alias.lower()}.fork(name=value)` instead."
+                ) from None
+            self._function_kwargs = copy.deepcopy(function_kwargs)
+        else:
+            self._frozen_kwargs = {}
+            self._function_kwargs = function_kwargs
+        self.call_id: int = next(context._call_ids)
+        parent = _CURRENT_CALL.get()
+        self.parent: Optional[AgentCall] = parent
+        self.parent_call_id: Optional[int] = parent.call_id if parent is not None else None
+        self._open_child_calls: set[AgentCall] = set()
+        if parent is not None:
+            parent._open_child_calls.add(self)
+        else:
+            context._open_top_level_calls.add(self)
+
+        self._input_appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
+        self._input_appender.open()
+        self.input_sequence_promise = MessageSequencePromise(
+            streamer=_flattened(self._input_appender), resolver=_collect_tuple, start_asap=False
+        )
+        self._reply_appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
+        self._started = False
+        self.call_node: Optional[AgentCallNode] = None
+        self.occurrence: Optional[int] = None
+        self.replayed = False
+        start_now = context.start_everything_asap_by_default if start_asap is DEFAULT else bool(start_asap)
+        self.reply_sequence_promise = MessageSequencePromise(
+            streamer=self._areply_stream, resolver=_collect_tuple, start_asap=False
+        )
+        if start_now:
+            self._start()
+
+    def __repr__(self) -> str:
+        return f"<AgentCall {self.agent.alias} #{self.call_id}>"
+
+    def send_message(self, message: MessageType) -> AgentCall:
+        """Send input message(s) to the agent."""
+        self._input_appender.append(message)
+        return self
+
+    def reply_sequence(self) -> MessageSequencePromise:
+        """End the input and return the promise of the agent's replies."""
+        self.finish()
+        return self.reply_sequence_promise
+
+    def finish(self) -> AgentCall:
+        """End the input (no more `send_message()`)."""
+        self._input_appender.close()
+        if self.parent is not None:
+            self.parent._open_child_calls.discard(self)
+        else:
+            self._context._open_top_level_calls.discard(self)
+        return self
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._context.spawn(self._arun())
+
+    async def _areply_stream(self, _: Any) -> AsyncIterator[MessagePromise]:
+        self._start()
+        async for item in self._reply_appender:
+            async for message_promise in _flatten(item):
+                yield message_promise
+
+    async def _arun(self) -> None:
+        context = self._context
+        _CURRENT_CALL.set(self)
+        recording = context.is_recording
+        if recording:
+            context._emit(
+                EventKind.CALL_STARTED,
+                call_id=self.call_id,
+                parent_call_id=self.parent_call_id,
+                data={"agent_alias": self.agent.alias},
+            )
+        try:
+            with self._reply_appender:
+                try:
+                    if not await self._aanswer_from_interceptor():
+                        ctx = InteractionContext(self.agent, self.input_sequence_promise, self._reply_appender, self)
+                        await self.agent._func(ctx, **self.agent._partial_kwargs, **self._function_kwargs)
+                except Exception as exc:
+                    if recording:
+                        self._emit_error(exc)
+                    raise
+        except Exception as exc:
+            logger.error(
+                "Agent %s (call %s) failed after its reply sequence was closed: %s: %s",
+                self.agent.alias,
+                self.call_id,
+                type(exc).__name__,
+                exc,
+            )
+            if recording:
+                self._emit_error(exc)
+        finally:
+            for child in list(self._open_child_calls):
+                child.finish()
+        if context._is_observed:
+            await self._arecord_outcome()
+
+    def _emit_error(self, error: BaseException) -> None:
+        self._context._emit(
+            EventKind.ERROR,
+            call_id=self.call_id,
+            parent_call_id=self.parent_call_id,
+            data={"where": "agent", "position": None, "error": describe_error(error)},
+        )
+
+    async def _aanswer_from_interceptor(self) -> bool:
+        interceptor = self._context.replay
+        if interceptor is None or not interceptor.intercepts(self.agent):
+            return False
+        input_messages = await self.input_sequence_promise.aresolve_messages()
+        call_node = self._build_call_node(input_messages)
+        answer = await interceptor.aanswer(
+            InterceptedCall(
+                agent=self.agent,
+                call_node=call_node,
+                occurrence=self.occurrence or 0,
+                call_id=self.call_id,
+                parent_call_id=self.parent_call_id,
+                input_messages=input_messages,
+            )
+        )
+        if answer is None:
+            return False
+        self.replayed = True
+        self._reply_appender.append(answer)
+        return True
+
+    def _build_call_node(self, input_messages: tuple[Message, ...]) -> AgentCallNode:
+        call_node = AgentCallNode(
+            **{
+                **self.agent._interaction_metadata_dict,
+                **self.agent._recorded_partial_kwargs(),
+                **self._frozen_kwargs,
+                "messages": input_messages,
+                "agent_alias": self.agent.alias,
+            }
+        )
+        self.call_node = call_node
+        self.occurrence = self._context._next_occurrence(call_node.hash_key)
+        Promise(prefill_result=call_node)
+        return call_node
+
+    async def _arecord_outcome(self) -> None:
+        """Wait for every reply, build the interaction nodes and record how the call went."""
+        context = self._context
+        replies: list[dict[str, Any]] = []
+        messages: list[Message] = []
+        sequence_error: Optional[BaseException] = None
+        try:
+            async for message_promise in self.reply_sequence_promise:
+                try:
+                    message = await message_promise
+                except Exception as exc:
+                    replies.append({"failed": failed_reply(message_promise, exc)})
+                else:
+                    messages.append(message)
+                    replies.append({"hash": message.hash_key})
+        except Exception as exc:
+            sequence_error = exc
+
+        call_node = self.call_node
+        if call_node is None:
+            try:
+                call_node = self._build_call_node(await self.input_sequence_promise.aresolve_messages())
+            except Exception as exc:
+                logger.debug("The input of agent call %s failed; no call node is built", self.call_id, exc_info=exc)
+        reply_node: Optional[AgentReplyNode] = None
+        if call_node is not None and sequence_error is None and len(messages) == len(replies):
+            reply_node = AgentReplyNode(
+                **{
+                    **self.agent._interaction_metadata_dict,
+                    "replies": tuple(messages),
+                    "agent_alias": self.agent.alias,
+                    "agent_call": call_node,
+                }
+            )
+            Promise(prefill_result=reply_node)
+        if context.is_recording:
+            context._emit(
+                EventKind.CALL_FINISHED,
+                hash_key=reply_node.hash_key if reply_node is not None else None,
+                call_id=self.call_id,
+                parent_call_id=self.parent_call_id,
+                data={
+                    "agent_alias": self.agent.alias,
+                    "call_node": call_node.hash_key if call_node is not None else None,
+                    "reply_node": reply_node.hash_key if reply_node is not None else None,
+                    "occurrence": self.occurrence,
+                    "replies": replies,
+                    "error": describe_error(sequence_error) if sequence_error is not None else None,
+                    "replayed": self.replayed,
+                },
+            )
+
+
+class AgentInteractionNode(Message):
+    """A record of an interaction with an agent."""
+
+    agent_alias: str
+
+
+class AgentCallNode(AgentInteractionNode):
+    """A call: the agent alias, its interaction metadata, keyword arguments and input messages."""
+
+    messages: tuple[Message, ...]
+
+
+class AgentReplyNode(AgentInteractionNode):
+    """A call's outcome: the call node and the reply messages."""
+
+    agent_call: AgentCallNode
+    replies: tuple[Message, ...]
+
+
+class MessageSequence(FlatSequence[MessageType, MessagePromise]):
+    """Flattens anything a `MessageType` allows, appended to `message_appender`, into `MessagePromise`s.
+
+    :param appender_capture_errors: exceptions in the appender's `with` block become part of the sequence.
+    :param start_asap: start flattening in the background now.
+    :param incoming_streamer: flatten this instead of a new `message_appender` (which is then None).
+    """
+
+    message_appender: Optional[StreamAppender[MessageType]]
+    sequence_promise: MessageSequencePromise
+
+    def __init__(
+        self,
+        appender_capture_errors: Union[bool, Sentinel] = DEFAULT,
+        start_asap: Union[bool, Sentinel] = DEFAULT,
+        incoming_streamer: Optional[PromiseStreamer[MessageType]] = None,
+    ) -> None:
+        if incoming_streamer is None:
+            self.message_appender = StreamAppender(capture_errors=appender_capture_errors)
+            incoming_streamer = self.message_appender
+        else:
+            self.message_appender = None
+        super().__init__(
+            incoming_streamer=incoming_streamer,
+            start_asap=start_asap,
+            sequence_promise_class=MessageSequencePromise,
+        )
+
+    @classmethod
+    def turn_into_sequence_promise(cls, messages: MessageType) -> MessageSequencePromise:
+        """Any `MessageType` as a flat `MessageSequencePromise` (errors in it are raised at their position)."""
+        appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
+        with appender:
+            appender.append(messages)
+        return MessageSequencePromise(streamer=_flattened(appender), resolver=_collect_tuple, start_asap=False)
+
+    @classmethod
+    async def aresolve_messages(cls, messages: MessageType) -> tuple[Message, ...]:
+        """Any `MessageType` as a flat tuple of fully received messages."""
+        return await cls.turn_into_sequence_promise(messages).aresolve_messages()
+
+    def _flattener(self, zero_or_more_items: MessageType) -> AsyncIterator[MessagePromise]:
+        return _flatten(zero_or_more_items)
+
+
+def _flattened(appender: StreamAppender[MessageType]) -> PromiseStreamer[MessagePromise]:
+    async def stream(_: Any) -> AsyncIterator[MessagePromise]:
+        async for item in appender:
+            async for message_promise in _flatten(item):
+                yield message_promise
+
+    return stream
+
+
+async def _flatten(item: Any) -> AsyncIterator[MessagePromise]:
+    """Every message promise in `item`, a `MessageType` nested to any depth, in order."""
+    if isinstance(item, MessagePromise):
+        yield item
+    elif isinstance(item, Message):
+        yield item.as_promise
+    elif isinstance(item, str):
+        yield Message(text=item).as_promise
+    elif isinstance(item, MessageSequencePromise):
+        async for message_promise in item:
+            yield message_promise
+    elif isinstance(item, dict):
+        yield Message(**item).as_promise
+    elif isinstance(item, BaseModel):
+        yield Message(**item.model_dump()).as_promise
+    elif isinstance(item, BaseException):
+        raise item
+    elif isinstance(item, (list, tuple)):
+        for sub_item in item:
+            if isinstance(sub_item, MessagePromise):
+                yield sub_item
+            else:
+                async for message_promise in _flatten(sub_item):
+                    yield message_promise
+    elif hasattr(item, "__aiter__"):
+        async for sub_item in item:
+            async for message_promise in _flatten(sub_item):
+                yield message_promise
+    elif hasattr(item, "__iter__"):
+        for sub_item in item:
+            async for message_promise in _flatten(sub_item):
+                yield message_promise
+    else:
+        raise TypeError(
+            f"A {type(item).__name__} cannot be sent as a message: send a str, dict, Message, MessagePromise, "
+            "pydantic model, exception, or a (async) iterable of those."
+        )
+
+
+async def _collect_tuple(promise: MessageSequencePromise) -> tuple[MessagePromise, ...]:
+    return tuple([item async for item in promise])

@@ -1,0 +1,290 @@
+"""`Frozen`: an immutable pydantic model with canonical bytes and a content hash key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from enum import Enum
+from functools import cached_property
+from typing import Any, ClassVar, Optional, Union
+
+import orjson
+from blake3 import blake3
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from miniagents.errors import FrozenValueError
+
+FrozenType = Optional[Union[str, int, float, bool, tuple["FrozenType", ...], "Frozen"]]
+
+CANONICAL_FORM_VERSION = 1
+"""Version of the canonical byte form; a stored format, so it changes only with a migration."""
+HASH_ALGORITHM = "blake3"
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_SHORT_HASH_LENGTH = 40
+
+
+class SecretRedaction:
+    """Which field names hold secrets, and what replaces their values before anything is hashed or stored.
+
+    A name is secret when, lower-cased with `-` read as `_`, it equals one of `names` or ends with `_<name>`
+    (`api_key`, `openai_api_key`, `access_token` are secret; `max_tokens`, `prompt_tokens` are not).
+    """
+
+    DEFAULT_NAMES: ClassVar[frozenset[str]] = frozenset(
+        {
+            "api_key",
+            "apikey",
+            "token",
+            "secret",
+            "password",
+            "passwd",
+            "authorization",
+            "credential",
+            "credentials",
+            "private_key",
+            "access_key",
+            "session_key",
+            "cookie",
+        }
+    )
+
+    def __init__(self) -> None:
+        self.marker = "[REDACTED]"
+        self._names: frozenset[str] = self.DEFAULT_NAMES
+        self._verdicts: dict[str, bool] = {}
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The secret name patterns in force."""
+        return self._names
+
+    def configure(self, names: Optional[Iterable[str]] = None, marker: Optional[str] = None) -> None:
+        """Replace the secret name patterns and/or the redaction marker (process-wide)."""
+        if names is not None:
+            self._names = frozenset(name.lower().replace("-", "_") for name in names)
+        if marker is not None:
+            self.marker = marker
+        self._verdicts = {}
+
+    def is_secret(self, field_name: str) -> bool:
+        """Whether values under this field name are redacted."""
+        verdict = self._verdicts.get(field_name)
+        if verdict is None:
+            normalized = field_name.lower().replace("-", "_")
+            verdict = normalized in self._names or any(normalized.endswith("_" + name) for name in self._names)
+            self._verdicts[field_name] = verdict
+        return verdict
+
+
+REDACTION = SecretRedaction()
+
+
+class Frozen(BaseModel):
+    """An immutable model with arbitrary extra fields and a content hash key.
+
+    Values are frozen recursively when the object is built: dicts become `Frozen`, lists become tuples, and
+    anything without exactly one canonical JSON form (NaN, infinities, integers beyond 64 bits, non-string keys,
+    sets, arbitrary objects) is refused with a `FrozenValueError` naming the field. Fields whose names look like
+    secrets (see `SecretRedaction`) are replaced by a marker.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    _is_message: ClassVar[bool] = False
+    """True for `Message` and its subclasses: nested messages are stored as hash references."""
+
+    class_: str
+
+    def __str__(self) -> str:
+        return self.as_string
+
+    @cached_property
+    def as_string(self) -> str:
+        """The text form used in prompts; subclasses customise `_as_string()`."""
+        return self._as_string()
+
+    @cached_property
+    def full_json(self) -> str:
+        """JSON of this object with everything nested in it spelled out."""
+        return orjson.dumps(_full_dump(self), option=orjson.OPT_SORT_KEYS).decode("utf-8")
+
+    @cached_property
+    def canonical_bytes(self) -> bytes:
+        """The canonical form: `serialize()` as compact UTF-8 JSON with sorted keys."""
+        return orjson.dumps(self.serialize(), option=orjson.OPT_SORT_KEYS)
+
+    @cached_property
+    def serialized(self) -> str:
+        """`canonical_bytes` as a string."""
+        return self.canonical_bytes.decode("utf-8")
+
+    @cached_property
+    def hash_key(self) -> str:
+        """blake3 of `canonical_bytes` in hex: 40 characters, or 64 with `longer_hash_keys=True`."""
+        from miniagents.promising.promising import PromisingContext
+
+        digest = blake3(self.canonical_bytes).hexdigest()
+        context = PromisingContext.get_current_or_none()
+        if context is not None and context.longer_hash_keys:
+            return digest
+        return digest[:_SHORT_HASH_LENGTH]
+
+    def serialize(self) -> dict[str, Any]:
+        """A plain dict of this object; the base class spells out everything nested in it."""
+        return _full_dump(self)
+
+    def frozen_fields(self, exclude_class: bool = False) -> Iterator[str]:
+        """Names of all fields: declared ones (defaults included) and extra ones."""
+        for field in _declared_field_names(type(self)):
+            if not (exclude_class and field == "class_"):
+                yield field
+        yield from self.__pydantic_extra__ or ()
+
+    def frozen_fields_and_values(self, exclude_class: bool = True) -> dict[str, Any]:
+        """A dict of all fields and their values (declared and extra)."""
+        return dict(self._frozen_fields_and_values(exclude_class=exclude_class))
+
+    def _frozen_fields_and_values(self, exclude_class: bool) -> Iterator[tuple[str, Any]]:
+        values = self.__dict__
+        for field in _declared_field_names(type(self)):
+            if not (exclude_class and field == "class_"):
+                yield field, values[field]
+        if self.__pydantic_extra__:
+            yield from self.__pydantic_extra__.items()
+
+    def _as_string(self) -> str:
+        return self.full_json
+
+    @classmethod
+    def _preprocess_values(cls, values: dict[str, Any]) -> dict[str, Any]:
+        class_ = values.get("class_")
+        if class_ is None:
+            return {"class_": cls.__name__, **values}
+        if class_ != cls.__name__:
+            raise FrozenValueError(
+                f"`class_` of a {cls.__name__} must be {cls.__name__!r}, got {class_!r}; leave `class_` out and "
+                "it is filled in."
+            )
+        return values
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validate_and_freeze_values(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = cls._preprocess_values(values)
+        frozen: dict[str, Any] = {}
+        for key, value in values.items():
+            if not isinstance(key, str):
+                raise FrozenValueError(
+                    f"{cls.__name__} field names must be strings, got {key!r} ({type(key).__name__})."
+                )
+            if key != "class_" and REDACTION.is_secret(key):
+                frozen[key] = REDACTION.marker if value is not None else None
+            else:
+                frozen[key] = _freeze(value, key, cls.__name__)
+        return frozen
+
+
+def freeze(value: Any, name: str = "value") -> FrozenType:
+    """`value` made immutable as a `Frozen` field would be; raises `FrozenValueError` naming `name`."""
+    return _freeze(value, name, "value")
+
+
+def _freeze(value: Any, path: str, owner: str) -> FrozenType:
+    """Return `value` made immutable, or raise `FrozenValueError` naming `path` inside `owner`."""
+    value_type = type(value)
+    if value_type is str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise FrozenValueError(
+                    f"{owner}.{path} holds a string that is not valid Unicode ({exc.reason} at position "
+                    f"{exc.start}); remove the lone surrogate characters."
+                ) from None
+        return value
+    if value is None or value_type is bool:
+        return value
+    if value_type is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise FrozenValueError(
+                f"{owner}.{path} holds the integer {value}, which is outside 64 bits and has no portable JSON "
+                "form; store it as a string."
+            )
+        return value
+    if value_type is float:
+        if not math.isfinite(value):
+            raise FrozenValueError(
+                f"{owner}.{path} holds {value!r}, which has no JSON form; use None or a string instead."
+            )
+        return value
+    if isinstance(value, Frozen):
+        return value
+    if isinstance(value, (tuple, list)):
+        frozen_items = tuple(_freeze(item, f"{path}[{index}]", owner) for index, item in enumerate(value))
+        _refuse_mixed_message_tuple(frozen_items, path, owner)
+        return frozen_items
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise FrozenValueError(
+                    f"{owner}.{path} is a dict with the key {key!r} ({type(key).__name__}); JSON objects only "
+                    "have string keys, so convert the keys to strings."
+                )
+        return Frozen(**value)
+    if isinstance(value, Enum):
+        return _freeze(value.value, path, owner)
+    if isinstance(value, str):
+        return _freeze(str.__str__(value), path, owner)
+    if isinstance(value, int):
+        return _freeze(int(value), path, owner)
+    if isinstance(value, float):
+        return _freeze(float(value), path, owner)
+    raise FrozenValueError(
+        f"{owner}.{path} holds a {value_type.__name__}, which a Frozen cannot hold; allowed are None, str, int, "
+        "float, bool, lists/tuples, dicts with string keys and Frozen objects (convert other pydantic models with "
+        ".model_dump())."
+    )
+
+
+def _refuse_mixed_message_tuple(items: tuple[Any, ...], path: str, owner: str) -> None:
+    message_count = 0
+    for item in items:
+        if isinstance(item, Frozen) and item._is_message:
+            message_count += 1
+        elif type(item) is tuple and item and isinstance(item[0], Frozen) and item[0]._is_message:
+            raise FrozenValueError(
+                f"{owner}.{path} holds a list of messages inside another list; messages are stored as hash "
+                "references of a field, so give each list of messages a field of its own."
+            )
+    if 0 < message_count < len(items):
+        raise FrozenValueError(
+            f"{owner}.{path} mixes messages with other values; a sequence holds either only messages (stored as "
+            "hash references) or no messages at all. Put the messages into a field of their own."
+        )
+
+
+_FIELD_NAMES_CACHE: dict[type, tuple[str, ...]] = {}
+
+
+def _declared_field_names(model_class: type[Frozen]) -> tuple[str, ...]:
+    names = _FIELD_NAMES_CACHE.get(model_class)
+    if names is None:
+        names = tuple(model_class.model_fields)
+        _FIELD_NAMES_CACHE[model_class] = names
+    return names
+
+
+def _full_dump(frozen: Frozen) -> dict[str, Any]:
+    return {field: _full_dump_value(value) for field, value in frozen._frozen_fields_and_values(exclude_class=False)}
+
+
+def _full_dump_value(value: Any) -> Any:
+    if isinstance(value, Frozen):
+        return _full_dump(value)
+    if type(value) is tuple:
+        return tuple(_full_dump_value(item) for item in value)
+    return value

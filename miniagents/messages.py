@@ -32,7 +32,7 @@ class Message(Frozen):
     def __init__(self, text: Optional[str] = None, **metadata: Any) -> None:
         super().__init__(**{"text": text, **metadata})
 
-    @cached_property
+    @property
     def as_promise(self) -> MessagePromise:
         """This message as an already resolved `MessagePromise` (needs an active context)."""
         return MessagePromise(prefill_message=self)

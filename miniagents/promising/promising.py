@@ -212,6 +212,7 @@ class Promise(Generic[T]):
                     except BaseException as exc:
                         logger.debug("A promise failed to resolve", exc_info=True)
                         self._result = exc
+                    self._resolver_fn = None  # let go of what the resolver holds (often a cycle back to us)
                     self._notify_resolved()
         if isinstance(self._result, BaseException):
             raise self._result
@@ -336,6 +337,9 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
 
     def _end_stream(self) -> None:
         self._stream_done = True
+        # let go of the streamer and its iterator: they often refer back to this promise
+        self._streamer_fn = None
+        self._stream_iterator = FAILED
 
 
 class _StreamReplayIterator(AsyncIterator[PIECE]):

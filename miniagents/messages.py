@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 from miniagents.miniagent_typing import MessageTokenStreamer

@@ -176,7 +176,10 @@ class MiniAgents(PromisingContext):
         try:
             for call in list(self._open_top_level_calls):
                 call.finish()
-            await self.aflush_tasks()
+            if exc_value is None:
+                await self.aflush_tasks()
+            else:
+                await self.acancel_tasks()
         finally:
             try:
                 await self._afinish_run(exc_value)
@@ -206,10 +209,6 @@ class MiniAgents(PromisingContext):
                     self._sink_errors.append(exc)
         if self.replay is not None:
             await self.replay.afinish(self, error)
-
-    async def aflush_tasks(self) -> None:
-        while self.child_tasks:
-            await asyncio.gather(*self.child_tasks, return_exceptions=True)
 
     def _emit(
         self,

@@ -105,7 +105,8 @@ def split_messages(
 
     Paragraphs are separated by `delimiter`; a code block (from one `code_block_delimiter` to the next) is one
     message of its own, fences included, however many blank lines it holds. Newlines around a paragraph are
-    dropped and blank paragraphs are skipped. Works the same whether the text arrives at once or token by token.
+    dropped, as is whitespace at its end, and blank paragraphs are skipped. Works the same whether the text
+    arrives at once or token by token.
     """
     if not delimiter:
         raise UsageError("split_messages needs a non-empty `delimiter`.")
@@ -185,7 +186,7 @@ class _ParagraphSplitter:
 
     def finish(self) -> list[tuple[str, str]]:
         actions: list[tuple[str, str]] = []
-        self._emit(actions, self._pending if self._in_code else self._pending.rstrip("\r\n"))
+        self._emit(actions, self._pending if self._in_code else self._pending.rstrip())
         self._pending = ""
         return actions
 
@@ -206,27 +207,27 @@ class _ParagraphSplitter:
         delimiter_at = pending.find(self._delimiter)
         fence_at = pending.find(fence) if fence else -1
         if fence_at >= 0 and (delimiter_at < 0 or fence_at < delimiter_at):
-            self._emit(actions, pending[:fence_at].rstrip("\r\n"))
+            self._emit(actions, pending[:fence_at].rstrip())
             self._end_paragraph(actions)
             self._pending = pending[fence_at:]
             self._in_code = True
             return True
         if delimiter_at >= 0:
-            self._emit(actions, pending[:delimiter_at].rstrip("\r\n"))
+            self._emit(actions, pending[:delimiter_at].rstrip())
             self._end_paragraph(actions)
             self._pending = pending[delimiter_at + len(self._delimiter) :]
             return True
         return False
 
     def _emit_safe_part(self, actions: list[tuple[str, str]]) -> None:
-        """Stream what can no longer be part of a delimiter or fence (keeping trailing newlines back)."""
+        """Stream what can no longer be part of a delimiter or fence (keeping trailing whitespace back)."""
         pending = self._pending
         safe = len(pending) - self._holdback
         if safe <= 0 or (self._in_code and not self._in_paragraph and safe < len(self._fence or "")):
             return  # an opening fence is only ever emitted whole
         part = pending[:safe]
         if not self._in_code:
-            part = part.rstrip("\r\n")
+            part = part.rstrip()
         if part:
             self._emit(actions, part)
             self._pending = pending[len(part) :]

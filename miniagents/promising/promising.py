@@ -129,10 +129,24 @@ class PromisingContext:
         while self.child_tasks:
             await asyncio.gather(*self.child_tasks, return_exceptions=True)
 
-    async def afinalize(self) -> None:
-        """Wait for all tasks, then deactivate (what `async with` does on exit)."""
+    async def acancel_tasks(self) -> None:
+        """Cancel every task started in this context that is still running, and wait until they have ended."""
+        while self.child_tasks:
+            for task in self.child_tasks:
+                task.cancel()
+            await asyncio.gather(*self.child_tasks, return_exceptions=True)
+
+    async def afinalize(self, error: Optional[BaseException] = None) -> None:
+        """Wait for all tasks, then deactivate (what `async with` does on exit).
+
+        When the body of the `async with` block failed (`error`), the tasks still running are cancelled instead:
+        they may be waiting for something the failed body would have done.
+        """
         try:
-            await self.aflush_tasks()
+            if error is None:
+                await self.aflush_tasks()
+            else:
+                await self.acancel_tasks()
         finally:
             self._deactivate()
 
@@ -151,7 +165,7 @@ class PromisingContext:
         exc_value: Optional[BaseException],
         traceback: Optional[TracebackType],
     ) -> None:
-        await self.afinalize()
+        await self.afinalize(exc_value)
 
     def _promise_resolved(self, promise: Promise[Any], result: Any) -> None:
         """Called synchronously once per resolved promise, for this context and each parent context."""
@@ -302,6 +316,8 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
                 try:
                     iterator = self._streamer()
                     if not callable(getattr(iterator, "__anext__", None)):
+                        if inspect.iscoroutine(iterator):
+                            iterator.close()  # never awaited: close it so it does not warn later
                         raise TypeError(
                             f"The streamer of {type(self).__name__} returned a {type(iterator).__name__}, but it "
                             "must return an async iterator (write it as an `async def` with `yield`)."

@@ -1,0 +1,206 @@
+"""Frozen: immutability, canonical bytes, blake3 hash keys, refusal of values without one JSON form, redaction."""
+
+import enum
+from typing import Any, Optional
+from unittest.mock import patch
+
+import pytest
+from blake3 import blake3
+from pydantic import ValidationError
+
+from miniagents.errors import FrozenValueError
+from miniagents.promising.ext import frozen as frozen_module
+from miniagents.promising.ext.frozen import REDACTION, Frozen, freeze
+from miniagents.promising.promising import PromisingContext
+
+
+class SampleModel(Frozen):
+    some_req_field: str
+    some_opt_field: int = 2
+    sub_model: Optional["SampleModel"] = None
+
+
+def blake3_40(text: str) -> str:
+    return blake3(text.encode("utf-8")).hexdigest()[:40]
+
+
+def test_subclass_fields_cannot_be_reassigned() -> None:
+    sample = SampleModel(some_req_field="test")
+    with pytest.raises(ValidationError):
+        sample.some_req_field = "test2"  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        sample.some_opt_field = 3  # type: ignore[misc]
+    assert (sample.some_req_field, sample.some_opt_field) == ("test", 2)
+
+
+def test_extra_fields_cannot_be_added_or_reassigned() -> None:
+    model = Frozen(some_field="some value")
+    with pytest.raises(ValidationError):
+        model.some_other_field = "x"
+    with pytest.raises(ValidationError):
+        model.some_field = "x"
+    assert model.some_field == "some value"  # type: ignore[attr-defined]
+
+
+def test_hash_key_is_blake3_of_sorted_compact_utf8_json() -> None:
+    sample = SampleModel(some_req_field="test", sub_model=SampleModel(some_req_field="юнікод", some_opt_field=3))
+    sample._some_private_attribute = "private values may be set and do not change the hash"
+    expected_json = (
+        '{"class_":"SampleModel","some_opt_field":2,"some_req_field":"test","sub_model":'
+        '{"class_":"SampleModel","some_opt_field":3,"some_req_field":"юнікод","sub_model":null}}'
+    )
+    assert sample.canonical_bytes == expected_json.encode("utf-8")
+    assert sample.serialized == expected_json
+    assert sample.hash_key == blake3_40(expected_json)
+    assert len(sample.hash_key) == 40
+
+
+def test_dicts_become_frozen_and_lists_become_tuples() -> None:
+    model = Frozen(content="test", final_sender_alias="user", custom_field={"role": "user"}, items=[1, [2, 3]])
+    assert isinstance(model.custom_field, Frozen)  # type: ignore[attr-defined]
+    assert model.items == (1, (2, 3))  # type: ignore[attr-defined]
+    expected_json = (
+        '{"class_":"Frozen","content":"test","custom_field":{"class_":"Frozen","role":"user"},'
+        '"final_sender_alias":"user","items":[1,[2,3]]}'
+    )
+    assert model.hash_key == blake3_40(expected_json)
+
+
+async def test_longer_hash_keys_give_all_64_hex_characters() -> None:
+    async with PromisingContext(longer_hash_keys=True):
+        model = Frozen(a=1)
+        assert model.hash_key == blake3(b'{"a":1,"class_":"Frozen"}').hexdigest()
+        assert len(model.hash_key) == 64
+
+
+def test_nested_objects_are_kept_not_copied() -> None:
+    sub_model = SampleModel(some_req_field="test")
+    assert SampleModel(some_req_field="test", sub_model=sub_model).sub_model is sub_model
+
+
+def test_hash_key_is_computed_once() -> None:
+    with patch.object(frozen_module, "blake3", side_effect=blake3) as hasher:
+        sample = SampleModel(some_req_field="test")
+        hasher.assert_not_called()
+        first = sample.hash_key
+        assert sample.hash_key == first
+        hasher.assert_called_once()
+
+
+def test_field_order_does_not_change_the_hash_key() -> None:
+    assert Frozen(some_field="test", other=2).hash_key == Frozen(other=2, some_field="test").hash_key
+
+
+def test_class_name_is_filled_in_and_must_match() -> None:
+    assert SampleModel(some_req_field="x").class_ == "SampleModel"
+    assert SampleModel(some_req_field="x", class_="SampleModel").class_ == "SampleModel"
+    with pytest.raises(FrozenValueError, match="`class_` of a SampleModel must be 'SampleModel', got 'Other'"):
+        SampleModel(some_req_field="x", class_="Other")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected_message"),
+    [
+        (float("nan"), r"Frozen\.payload\[1\] holds nan, which has no JSON form"),
+        (float("inf"), r"Frozen\.payload\[1\] holds inf"),
+        (-float("inf"), r"Frozen\.payload\[1\] holds -inf"),
+        (2**64, r"Frozen\.payload\[1\] holds the integer 18446744073709551616, which is outside 64 bits"),
+        (-(2**63) - 1, r"outside 64 bits"),
+        ({1: "a"}, r"Frozen\.payload\[1\] is a dict with the key 1 \(int\)"),
+        ({"a", "b"}, r"Frozen\.payload\[1\] holds a set"),
+        (object(), r"Frozen\.payload\[1\] holds a object"),
+        (b"bytes", r"holds a bytes"),
+        ("\ud800", r"Frozen\.payload\[1\] holds a string that is not valid Unicode"),
+    ],
+)
+def test_values_without_one_canonical_json_form_are_refused_naming_the_field(
+    value: Any, expected_message: str
+) -> None:
+    with pytest.raises(FrozenValueError, match=expected_message):
+        Frozen(payload=["fine", value])
+
+
+def test_boundary_integers_and_subclasses_of_plain_types_are_accepted() -> None:
+    class Color(enum.Enum):
+        RED = "red"
+
+    class Number(enum.IntEnum):
+        ONE = 1
+
+    model = Frozen(low=-(2**63), high=2**64 - 1, color=Color.RED, number=Number.ONE, flag=True)
+    assert model.serialize() == {
+        "class_": "Frozen",
+        "low": -(2**63),
+        "high": 2**64 - 1,
+        "color": "red",
+        "number": 1,
+        "flag": True,
+    }
+    assert type(model.number) is int  # type: ignore[attr-defined]
+
+
+def test_non_string_field_names_are_refused() -> None:
+    with pytest.raises(FrozenValueError, match="field names must be strings"):
+        Frozen.model_validate({1: "x"})
+
+
+def test_freeze_helper_names_the_value() -> None:
+    assert freeze([1, {"a": [2]}]) == (1, Frozen(a=(2,)))
+    with pytest.raises(FrozenValueError, match=r"value\.client holds a object"):
+        freeze(object(), "client")
+
+
+def test_secret_looking_fields_are_redacted_before_hashing() -> None:
+    model = Frozen(api_key="sk-live-123", nested={"access_token": "t0k3n", "max_tokens": 5}, password=None)
+    assert model.api_key == "[REDACTED]"  # type: ignore[attr-defined]
+    assert model.nested.access_token == "[REDACTED]"  # type: ignore[attr-defined]
+    assert model.nested.max_tokens == 5  # type: ignore[attr-defined]
+    assert model.password is None  # type: ignore[attr-defined]
+    assert b"sk-live-123" not in model.canonical_bytes
+    assert b"t0k3n" not in model.canonical_bytes
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("api_key", True),
+        ("OPENAI_API_KEY", True),
+        ("x-api-key", True),
+        ("authorization", True),
+        ("refresh_token", True),
+        ("client_secret", True),
+        ("max_tokens", False),
+        ("prompt_tokens", False),
+        ("token_count", False),
+        ("text", False),
+    ],
+)
+def test_secret_name_rules(name: str, secret: bool) -> None:
+    assert REDACTION.is_secret(name) is secret
+
+
+def test_redaction_is_configurable() -> None:
+    try:
+        REDACTION.configure(names=["ssn"], marker="***")
+        model = Frozen(ssn="123-45-6789", api_key="kept now")
+        assert (model.ssn, model.api_key) == ("***", "kept now")  # type: ignore[attr-defined]
+    finally:
+        REDACTION.configure(names=REDACTION.DEFAULT_NAMES, marker="[REDACTED]")
+    assert Frozen(api_key="x").api_key == "[REDACTED]"  # type: ignore[attr-defined]
+
+
+def test_frozen_fields_and_string_forms() -> None:
+    sample = SampleModel(some_req_field="a", extra=1)
+    assert list(sample.frozen_fields()) == ["class_", "some_req_field", "some_opt_field", "sub_model", "extra"]
+    assert list(sample.frozen_fields(exclude_class=True)) == ["some_req_field", "some_opt_field", "sub_model", "extra"]
+    assert sample.frozen_fields_and_values() == {
+        "some_req_field": "a",
+        "some_opt_field": 2,
+        "sub_model": None,
+        "extra": 1,
+    }
+    assert (
+        str(sample)
+        == sample.full_json
+        == ('{"class_":"SampleModel","extra":1,"some_opt_field":2,"some_req_field":"a","sub_model":null}')
+    )

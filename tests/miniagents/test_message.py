@@ -1,0 +1,232 @@
+"""Message: serialization with sub-message references, sub_messages(), promises, on_persist_message."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Union
+
+import pytest
+from blake3 import blake3
+
+from miniagents import MiniAgents
+from miniagents.errors import FrozenValueError
+from miniagents.messages import Message, MessagePromise
+from miniagents.promising.errors import PromisingError
+from miniagents.promising.ext.frozen import Frozen
+from miniagents.promising.promising import Promise, PromisingContext
+from miniagents.promising.sentinels import DEFAULT, Sentinel
+
+START_ASAP_MODES = [False, True, DEFAULT]
+
+
+class SpecialNode(Frozen):
+    pass
+
+
+def blake3_40(text: str) -> str:
+    return blake3(text.encode("utf-8")).hexdigest()[:40]
+
+
+def test_nested_messages_are_serialized_as_hash_references() -> None:
+    nested = Message(text="nested_text")
+    nested2 = Message(text="nested_text2")
+    nested3 = Message(text="nested_text3")
+    message = Message(
+        text="юнікод",
+        extra_field=[15, {"role": "user", "nested_nested": (nested, nested2), "nested_nested2": [nested2]}],
+        extra_node=SpecialNode(nested_nested=nested3),
+        nested_message=nested,
+    )
+    assert nested.hash_key == blake3_40('{"class_":"Message","text":"nested_text","text_template":null}')
+    expected = {
+        "class_": "Message",
+        "text": "юнікод",
+        "text_template": None,
+        "extra_field": (
+            15,
+            {
+                "class_": "Frozen",
+                "role": "user",
+                "nested_nested__hash_keys": (nested.hash_key, nested2.hash_key),
+                "nested_nested2__hash_keys": (nested2.hash_key,),
+            },
+        ),
+        "extra_node": {"class_": "SpecialNode", "nested_nested__hash_key": nested3.hash_key},
+        "nested_message__hash_key": nested.hash_key,
+    }
+    assert message.serialize() == expected
+    expected_json = (
+        '{"class_":"Message","extra_field":[15,{"class_":"Frozen",'
+        f'"nested_nested2__hash_keys":["{nested2.hash_key}"],'
+        f'"nested_nested__hash_keys":["{nested.hash_key}","{nested2.hash_key}"],"role":"user"}}],'
+        f'"extra_node":{{"class_":"SpecialNode","nested_nested__hash_key":"{nested3.hash_key}"}},'
+        f'"nested_message__hash_key":"{nested.hash_key}","text":"юнікод","text_template":null}}'
+    )
+    assert message.canonical_bytes == expected_json.encode("utf-8")
+    assert message.hash_key == blake3_40(expected_json)
+    assert list(message.sub_messages()) == [nested, nested2, nested2, nested3, nested]
+
+
+def test_sub_messages_come_before_their_parent_depth_first() -> None:
+    leaf = Message(text="leaf")
+    middle = Message(text="middle", child=leaf)
+    top = Message(text="top", children=[middle, Message(text="sibling")])
+    assert [message.text for message in top.sub_messages()] == ["leaf", "middle", "sibling"]
+
+
+def test_a_plain_frozen_spells_nested_messages_out() -> None:
+    nested = Message(text="n")
+    assert Frozen(inner=nested).serialize() == {
+        "class_": "Frozen",
+        "inner": {"class_": "Message", "text": "n", "text_template": None},
+    }
+
+
+def test_messages_mixed_with_other_values_in_one_list_are_refused() -> None:
+    with pytest.raises(FrozenValueError, match=r"Message\.items mixes messages with other values"):
+        Message(items=[Message(text="a"), "b"])
+    with pytest.raises(FrozenValueError, match=r"Message\.items holds a list of messages inside another list"):
+        Message(items=[[Message(text="a")]])
+
+
+def test_text_positional_and_string_forms() -> None:
+    assert Message("hi").text == "hi"
+    assert str(Message("hi")) == "hi"
+    assert str(Message(text_template="{greeting}, {name}!", greeting="Hello", name="Ann")) == "Hello, Ann!"
+    assert str(Message(role="user")) == '{"class_":"Message","role":"user","text":null,"text_template":null}'
+
+
+async def test_a_message_token_streamer_builds_the_message_from_tokens_and_metadata() -> None:
+    async def token_streamer(metadata_so_far: dict[str, Any]) -> AsyncIterator[str]:
+        yield "Hel"
+        yield "lo"
+        metadata_so_far["finish_reason"] = "stop"
+
+    class ReplyMessage(Message):
+        role: str = "assistant"
+
+    async with PromisingContext():
+        promise = ReplyMessage.promise(message_token_streamer=token_streamer, model="m1")
+        assert isinstance(promise, MessagePromise)
+        assert promise.preliminary_metadata.model == "m1"  # type: ignore[attr-defined]
+        assert [token async for token in promise] == ["Hel", "lo"]
+        message = await promise
+        assert message == ReplyMessage(text="Hello", model="m1", finish_reason="stop")
+        chunks, offsets = promise.chunk_record()
+        assert chunks == ["Hel", "lo"]
+        assert len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]
+
+
+async def test_a_token_that_is_not_a_string_becomes_an_error_at_its_position() -> None:
+    async def token_streamer(_: dict[str, Any]) -> AsyncIterator[Any]:
+        yield "a"
+        yield 5
+
+    async with PromisingContext():
+        promise = Message.promise(message_token_streamer=token_streamer)
+        iterator = promise.__aiter__()
+        assert await iterator.__anext__() == "a"
+        with pytest.raises(TypeError, match="yielded a int; tokens must be strings"):
+            await iterator.__anext__()
+
+
+async def test_message_promise_arguments_are_checked() -> None:
+    async with PromisingContext():
+        with pytest.raises(PromisingError, match="needs a `message_token_streamer` or a `prefill_message`"):
+            MessagePromise()
+        with pytest.raises(PromisingError, match="not both"):
+            MessagePromise(prefill_message=Message(text="a"), extra=1)
+        prefilled = Message.promise(text="ready", n=1)
+        assert [token async for token in prefilled] == ["ready"]
+        assert await prefilled == Message(text="ready", n=1)
+
+
+async def persist_counters(**kwargs: Any) -> tuple[list[Any], list[Any], MiniAgents]:
+    resolved: list[Any] = []
+    persisted: list[Any] = []
+
+    async def on_promise_resolved(_: Any, result: Any) -> None:
+        resolved.append(result)
+
+    async def on_persist_message(_: Any, message: Message) -> None:
+        persisted.append(message)
+
+    return (
+        resolved,
+        persisted,
+        MiniAgents(on_promise_resolved=on_promise_resolved, on_persist_message=on_persist_message),
+    )
+
+
+@pytest.mark.parametrize("start_asap", START_ASAP_MODES)
+async def test_on_persist_message_sees_one_message_object_once(start_asap: Union[bool, Sentinel]) -> None:
+    resolved, persisted, mini_agents = await persist_counters()
+    message = Message()
+    async with mini_agents:
+        Promise(prefill_result=message, start_asap=start_asap)
+        Promise(prefill_result=message, start_asap=start_asap)
+    assert len(resolved) == 2
+    assert persisted == [message]
+
+
+@pytest.mark.parametrize("start_asap", START_ASAP_MODES)
+async def test_on_persist_message_sees_two_messages_twice(start_asap: Union[bool, Sentinel]) -> None:
+    resolved, persisted, mini_agents = await persist_counters()
+    first, second = Message(), Message()
+    async with mini_agents:
+        Promise(prefill_result=first, start_asap=start_asap)
+        Promise(prefill_result=second, start_asap=start_asap)
+    assert len(resolved) == 2
+    assert len(persisted) == 2 and persisted[0] is first and persisted[1] is second
+
+
+@pytest.mark.parametrize("start_asap", START_ASAP_MODES)
+async def test_on_persist_message_ignores_values_that_are_not_messages(start_asap: Union[bool, Sentinel]) -> None:
+    resolved, persisted, mini_agents = await persist_counters()
+    not_a_message = Frozen(some_field="not a message")
+    async with mini_agents:
+        Promise(prefill_result=not_a_message, start_asap=start_asap)
+        Promise(prefill_result=not_a_message, start_asap=start_asap)
+    assert len(resolved) == 2
+    assert persisted == []
+
+
+async def test_on_persist_message_sees_sub_messages_first_without_a_task_per_message() -> None:
+    persisted: list[str] = []
+    running_handlers = 0
+    max_running = 0
+
+    async def handler(_: Any, message: Message) -> None:
+        nonlocal running_handlers, max_running
+        running_handlers += 1
+        max_running = max(max_running, running_handlers)
+        await asyncio.sleep(0)
+        persisted.append(message.text or "")
+        running_handlers -= 1
+
+    leaf = Message(text="leaf")
+    top = Message(text="top", child=Message(text="middle", child=leaf), again=leaf)
+    async with MiniAgents(on_persist_message=handler) as mini_agents:
+        tasks_before = len(mini_agents.child_tasks)
+        for index in range(50):
+            Promise(prefill_result=Message(text=f"m{index}"))
+        Promise(prefill_result=top)
+        assert len(mini_agents.child_tasks) - tasks_before == 1  # one worker, not one task per message
+    assert persisted[-3:] == ["leaf", "middle", "top"]
+    assert persisted[:50] == [f"m{index}" for index in range(50)]
+    assert max_running == 1
+
+
+async def test_a_failing_persist_handler_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+
+    async def failing(_: Any, message: Message) -> None:
+        raise RuntimeError("handler broke")
+
+    async def working(_: Any, message: Message) -> None:
+        seen.append(message.text or "")
+
+    async with MiniAgents(on_persist_message=[failing, working]):
+        Promise(prefill_result=Message(text="a"))
+        Promise(prefill_result=Message(text="b"))
+    assert seen == ["a", "b"]
+    assert "on_persist_message handler failed" in caplog.text

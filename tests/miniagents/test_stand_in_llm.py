@@ -1,5 +1,6 @@
 """The offline stand-in LLM agent."""
 
+import itertools
 import time
 from collections.abc import Sequence
 
@@ -85,7 +86,7 @@ async def test_token_delay_paces_the_stream_and_is_recorded() -> None:
     assert stream.data is not None
     assert stream.data["chunks"] == [1, 2, 2, 2]
     offsets = stream.data["offsets"]
-    assert all(later - earlier >= 0.015 for earlier, later in zip(offsets, offsets[1:]))
+    assert all(later - earlier >= 0.015 for earlier, later in itertools.pairwise(offsets))
 
 
 def test_it_is_marked_as_talking_to_the_outside_world() -> None:

@@ -6,7 +6,7 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from miniagents import InteractionContext, Message, MiniAgents, miniagent
+from miniagents import InteractionContext, Message, MiniAgent, MiniAgents, miniagent
 from miniagents.ext.llm.stand_in import stand_in_llm_agent
 
 EXPERTS = {
@@ -18,7 +18,7 @@ EXPERTS = {
 GREEN, BOLD, DIM, RESET = "\033[92m", "\033[1m", "\033[2m", "\033[0m"
 
 
-def expert_agents(token_delay: float) -> list:  # type: ignore[type-arg]
+def expert_agents(token_delay: float) -> list[MiniAgent]:
     """One stand-in LLM per expert, each with a fixed answer, streaming at `token_delay` s per token."""
     return [
         stand_in_llm_agent.fork(alias=alias, model=f"stand-in/{alias.lower()}", reply=reply, token_delay=token_delay)

@@ -11,8 +11,8 @@ order things happen; a sink must not block (a store buffers and flushes in the b
 | message         | the object's hash   | call that was current         | - (the object is in `Event.obj`)           |
 | stream          | the message's hash  | call that produced it         | chunks (lengths), offsets (s since start)  |
 | call_started    | -                   | the call / its parent call    | agent_alias                                |
-| call_finished   | the AgentReplyNode  | the call / its parent call    | agent_alias, call_node, reply_node,        |
-|                 | hash, if any        |                               | occurrence, replies, error, replayed       |
+| call_finished   | the AgentCallNode   | the call / its parent call    | agent_alias, call_node, reply_node,        |
+|                 | hash (the call key) |                               | occurrence, replies, error, replayed       |
 | error           | -                   | call that was current         | where, position, error, partial            |
 
 `call_finished.data["replies"]` lists the call's replies in order: `{"hash": h}` for a resolved message, or

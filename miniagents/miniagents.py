@@ -715,7 +715,7 @@ class AgentCall:
         if context.is_recording:
             context._emit(
                 EventKind.CALL_FINISHED,
-                hash_key=reply_node.hash_key if reply_node is not None else None,
+                hash_key=call_node.hash_key if call_node is not None else None,
                 call_id=self.call_id,
                 parent_call_id=self.parent_call_id,
                 data={

@@ -277,7 +277,7 @@ async def test_events_of_a_run_in_order() -> None:
     assert hi.call_id is None  # resolved while the caller (outside any agent) consumed the replies
     reply_node = reply_node_event.obj
     assert isinstance(reply_node, AgentReplyNode) and reply_node.agent_call is call_node
-    assert finished.hash_key == reply_node.hash_key
+    assert finished.hash_key == call_node.hash_key
     assert finished.data == {
         "agent_alias": "ECHO",
         "call_node": call_node.hash_key,
@@ -325,7 +325,7 @@ async def test_streamed_messages_record_their_chunks_and_broken_streams_their_po
     assert error.data["chunks"] == ["par", "tial"]
     assert error.data["error"] == {"type": "ConnectionError", "module": "builtins", "text": "dropped"}
     (finished,) = sink.of_kind(EventKind.CALL_FINISHED)
-    assert finished.hash_key is None  # no reply node: one reply failed
+    assert finished.data is not None and finished.data["reply_node"] is None  # no reply node: one reply failed
     assert finished.data is not None
     replies = finished.data["replies"]
     assert replies[0] == {"hash": Message(text="Hello!", model="m").hash_key}

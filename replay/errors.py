@@ -1,0 +1,44 @@
+"""Errors of replay (see `miniagents.errors` for the whole tree).
+
+```
+MiniAgentsError
+└── ReplayError
+    ├── ReplayDivergenceError    a call that the recording does not have (agent, call key, occurrence, closest calls)
+    ├── NoRecordingError         replaying from a store that holds no recording
+    └── RecordedError            stands in for a recorded exception whose type is not a built-in one
+```
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from miniagents.errors import MiniAgentsError
+
+
+class ReplayError(MiniAgentsError):
+    """Base class of replay's errors."""
+
+
+class ReplayDivergenceError(ReplayError):
+    """An agent call that the recording does not have, in a mode that does not record."""
+
+    def __init__(self, message: str, agent_alias: str, call_key: str, occurrence: int) -> None:
+        super().__init__(message)
+        self.agent_alias = agent_alias
+        self.call_key = call_key
+        self.occurrence = occurrence
+
+
+class NoRecordingError(ReplayError):
+    """The store holds no recording to replay from."""
+
+
+class RecordedError(ReplayError):
+    """A recorded exception replayed at its position; its original type was not a built-in one."""
+
+    def __init__(self, type_name: str, module: Optional[str], text: str) -> None:
+        super().__init__(f"{module}.{type_name}: {text}" if module else f"{type_name}: {text}")
+        self.type_name = type_name
+        self.module = module
+        self.text = text

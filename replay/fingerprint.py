@@ -1,0 +1,87 @@
+"""Run fingerprints: one hash that is the same for a recorded run and every faithful replay of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Optional
+
+import orjson
+from blake3 import blake3
+
+from miniagents.events import Event, EventKind
+from store.base import EventStore
+
+
+class RunFingerprint:
+    """Accumulates what identifies a run's outcome: its message hashes and how each agent call ended.
+
+    Timing, call ids and event order (which varies with scheduling) are left out, so a replay that produces the
+    same messages from the same calls has the same fingerprint as the recording.
+    """
+
+    def __init__(self) -> None:
+        self._message_hashes: set[str] = set()
+        self._calls: list[bytes] = []
+
+    def add(self, event: Event) -> None:
+        """Take one event of the run into account."""
+        if event.kind is EventKind.MESSAGE and event.hash_key:
+            self._message_hashes.add(event.hash_key)
+        elif event.kind is EventKind.CALL_FINISHED and event.data is not None:
+            self._calls.append(orjson.dumps(_call_outcome(event.hash_key, event.data)))
+
+    @property
+    def value(self) -> str:
+        """The fingerprint: 40 hex characters."""
+        summary = orjson.dumps([sorted(self._message_hashes), [call.decode() for call in sorted(self._calls)]])
+        return blake3(summary).hexdigest()[:40]
+
+
+def _call_outcome(call_key: Optional[str], data: dict[str, Any]) -> list[Any]:
+    replies = []
+    for reply in data.get("replies") or ():
+        if "hash" in reply:
+            replies.append(reply["hash"])
+        else:
+            failed = reply.get("failed") or {}
+            replies.append([failed.get("class_"), failed.get("chunks"), failed.get("error")])
+    return [call_key, data.get("occurrence"), data.get("reply_node"), replies, data.get("error")]
+
+
+def run_fingerprint(events: Iterable[Event]) -> str:
+    """The fingerprint of a run, from its events."""
+    fingerprint = RunFingerprint()
+    for event in events:
+        fingerprint.add(event)
+    return fingerprint.value
+
+
+async def afingerprint(store: EventStore, run_id: str) -> str:
+    """The fingerprint of a stored run."""
+    fingerprint = RunFingerprint()
+    async for event in store.aiter_events(run_id, kinds=[EventKind.MESSAGE, EventKind.CALL_FINISHED]):
+        fingerprint.add(event)
+    return fingerprint.value
+
+
+class FingerprintSink:
+    """An event sink that computes the fingerprint of the run it receives (keeps no events)."""
+
+    def __init__(self) -> None:
+        self._fingerprint = RunFingerprint()
+        self.run_id: Optional[str] = None
+
+    async def astart_run(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._fingerprint = RunFingerprint()
+
+    def append(self, event: Event) -> None:
+        self._fingerprint.add(event)
+
+    async def afinish_run(self, run_id: str) -> None:
+        return None
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the run so far."""
+        return self._fingerprint.value

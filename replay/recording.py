@@ -1,0 +1,123 @@
+"""Reading recorded agent calls out of a store, one call key at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from miniagents.events import Event, EventKind
+from miniagents.messages import Message, MessagePromise
+from replay.streams import rebuild_error, replayed_failure, replayed_message, replayed_sequence
+from store.base import EventStore
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One finished agent call as a store has it."""
+
+    run_id: str
+    seq: int
+    call_id: Optional[int]
+    parent_call_id: Optional[int]
+    agent_alias: str
+    call_key: str
+    """The hash key of the call's `AgentCallNode`."""
+    occurrence: int
+    replies: tuple[dict[str, Any], ...]
+    error: Optional[dict[str, Any]]
+    reply_node: Optional[str]
+    replayed: bool
+
+    @classmethod
+    def from_event(cls, event: Event) -> RecordedCall:
+        data = event.data or {}
+        return cls(
+            run_id=event.run_id,
+            seq=event.seq or 0,
+            call_id=event.call_id,
+            parent_call_id=event.parent_call_id,
+            agent_alias=str(data.get("agent_alias", "")),
+            call_key=event.hash_key or "",
+            occurrence=int(data.get("occurrence") or 0),
+            replies=tuple(data.get("replies") or ()),
+            error=data.get("error"),
+            reply_node=data.get("reply_node"),
+            replayed=bool(data.get("replayed")),
+        )
+
+
+class Recording:
+    """The recorded calls in a store, looked up by call key (an index lookup per call, whatever the store's size)."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    async def afind_call(self, call_key: str, occurrence: int) -> Optional[RecordedCall]:
+        """The newest recording of the `occurrence`-th call with this key, or None."""
+        newest: Optional[Event] = None
+        async for event in self.store.aiter_events(kinds=[EventKind.CALL_FINISHED], hash_keys=[call_key]):
+            if (event.data or {}).get("occurrence") == occurrence and (newest is None or event.seq > newest.seq):  # type: ignore[operator]
+                newest = event
+        return RecordedCall.from_event(newest) if newest is not None else None
+
+    async def acalls_of(self, agent_alias: str) -> list[RecordedCall]:
+        """Every recorded call of an agent (a scan of the store: only for explaining a divergence)."""
+        return [
+            RecordedCall.from_event(event)
+            async for event in self.store.aiter_events(kinds=[EventKind.CALL_FINISHED])
+            if (event.data or {}).get("agent_alias") == agent_alias and event.hash_key
+        ]
+
+    async def areply_promises(
+        self, call: RecordedCall, speed: Optional[float]
+    ) -> tuple[list[MessagePromise], Optional[BaseException]]:
+        """The call's replies as promises that stream as recorded, and the error its reply sequence raised."""
+        hashes = [str(reply["hash"]) for reply in call.replies if "hash" in reply]
+        messages = await self.store.aget_many(hashes)
+        streams = await self._astreams(call, hashes)
+        promises: list[MessagePromise] = []
+        for reply in call.replies:
+            if "hash" in reply:
+                message = messages[str(reply["hash"])]
+                assert isinstance(message, Message)
+                stream = streams.get(message.hash_key)
+                if stream is None:
+                    promises.append(replayed_message(message, None, (), speed))
+                else:
+                    promises.append(replayed_message(message, stream["chunks"], stream["offsets"], speed))
+            else:
+                promises.append(replayed_failure(reply.get("failed") or {}, speed))
+        return promises, rebuild_error(call.error) if call.error is not None else None
+
+    async def aanswer(self, call: RecordedCall, speed: Optional[float]) -> Any:
+        """What `CallInterceptor.aanswer` returns for a recorded call."""
+        promises, error = await self.areply_promises(call, speed)
+        return replayed_sequence(promises, error)
+
+    async def _astreams(self, call: RecordedCall, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Chunking of each reply: preferably as this very call streamed it, else as its run, else any run did."""
+        if not hashes:
+            return {}
+        ranked: dict[str, tuple[int, dict[str, Any]]] = {}
+        async for event in self.store.aiter_events(kinds=[EventKind.STREAM], hash_keys=hashes):
+            rank = _stream_rank(event, call)
+            hash_key = event.hash_key or ""
+            if event.data is not None and (hash_key not in ranked or rank < ranked[hash_key][0]):
+                ranked[hash_key] = (rank, event.data)
+        return {hash_key: data for hash_key, (_, data) in ranked.items()}
+
+
+def _stream_rank(event: Event, call: RecordedCall) -> int:
+    if event.run_id == call.run_id:
+        return 0 if event.call_id == call.call_id else 1
+    return 2
+
+
+def unique_calls(calls: Iterable[RecordedCall]) -> list[RecordedCall]:
+    """One recorded call per call key (the newest)."""
+    newest: dict[str, RecordedCall] = {}
+    for call in calls:
+        if call.call_key not in newest or call.seq > newest[call.call_key].seq:
+            newest[call.call_key] = call
+    return list(newest.values())

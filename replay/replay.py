@@ -1,0 +1,222 @@
+"""`Replay`: answers agent calls from a recording, records new ones, as the record mode says."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Any, Optional, Union
+
+from miniagents.events import InterceptedCall
+from miniagents.messages import Message
+from miniagents.miniagents import AgentCallNode, MiniAgent, MiniAgents
+from replay.errors import NoRecordingError, ReplayDivergenceError
+from replay.fingerprint import FingerprintSink
+from replay.recording import RecordedCall, Recording, unique_calls
+from store.base import EventStore
+from store.errors import UnknownHashError
+
+_CLOSEST_SHOWN = 3
+_NOT_KWARGS = frozenset({"class_", "text", "text_template", "agent_alias", "messages"})
+
+
+class RecordMode(str, enum.Enum):
+    """When a `Replay` records, as in vcrpy / pytest-recording."""
+
+    NONE = "none"
+    """Replay only: a call the recording does not have raises `ReplayDivergenceError`; nothing is written."""
+    ONCE = "once"
+    """Record if the store holds no recording yet; otherwise behave like `none`."""
+    NEW_EPISODES = "new_episodes"
+    """Replay what is recorded, run and record what is not."""
+    ALL = "all"
+    """Run everything live and record it, replacing the earlier recording when the run succeeds."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Replay:
+    """Answers agent calls from the recording in `store`, and records into it, as `mode` says.
+
+    :param store: where the recording is (a `store.SQLiteStore` or `store.MemoryStore`).
+    :param mode: `none`, `once` (default), `new_episodes` or `all` (see `RecordMode`).
+    :param agents: which agents are answered from the recording: agents or their aliases, or "all"; by default
+        the agents marked `talks_to_outside_world` (LLMs, people), so your own orchestration runs live.
+    :param speed: replay streams at `speed` times the recorded pace (1.0 = as recorded); None (default) = at once.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        mode: Union[RecordMode, str] = RecordMode.ONCE,
+        agents: Union[str, Iterable[Union[MiniAgent, str]], None] = None,
+        speed: Optional[float] = None,
+    ) -> None:
+        if not isinstance(store, EventStore):
+            raise TypeError(f"Replay needs a store (SQLiteStore or MemoryStore), got {type(store).__name__}.")
+        try:
+            self.mode = RecordMode(mode)
+        except ValueError:
+            choices = ", ".join(repr(str(item)) for item in RecordMode)
+            raise ValueError(f"Unknown record mode {mode!r}; use one of {choices}.") from None
+        if speed is not None and speed <= 0:
+            raise ValueError(f"`speed` must be positive (1.0 = the recorded pace), got {speed}.")
+        self.store = store
+        self.speed = speed
+        self._all_agents = agents == "all"
+        self._aliases: Optional[frozenset[str]] = None
+        if agents is not None and not self._all_agents:
+            if isinstance(agents, str):
+                agents = [agents]
+            self._aliases = frozenset(agent.alias if isinstance(agent, MiniAgent) else str(agent) for agent in agents)
+        self._recording = Recording(store)
+        self._opened_store = False
+        self._fingerprint_sink = FingerprintSink()
+        self.replaying = False
+        """Whether calls are answered from the recording in the current run."""
+        self.recording = False
+        """Whether the current run is being recorded into the store."""
+        self.divergences: list[ReplayDivergenceError] = []
+        """The calls of the current run that the recording did not have (in modes that do not record)."""
+        self.replayed_calls = 0
+        self.run_id: Optional[str] = None
+        """The id of the current (or last) run."""
+
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the current (or last) run; equal to the recording's when the replay was faithful."""
+        return self._fingerprint_sink.fingerprint
+
+    async def astart(self, mini_agents: MiniAgents) -> None:
+        if not self.store.is_open:
+            await self.store.aopen()
+            self._opened_store = True
+        try:
+            has_recording = bool(await self.store.alist_runs())
+            if self.mode is RecordMode.NONE and not has_recording:
+                raise NoRecordingError(
+                    f"The store {self.store.location} holds no recording, and record mode 'none' never records. "
+                    "Record it first: run once with Replay(store, mode='once') (with pytest: "
+                    "`pytest --record-mode=once`)."
+                )
+            self.replaying = self.mode is RecordMode.NEW_EPISODES or (
+                has_recording and self.mode in (RecordMode.NONE, RecordMode.ONCE)
+            )
+            self.recording = self.mode in (RecordMode.ALL, RecordMode.NEW_EPISODES) or (
+                self.mode is RecordMode.ONCE and not has_recording
+            )
+            self.divergences = []
+            self.replayed_calls = 0
+            mini_agents.add_event_sink(self._fingerprint_sink)
+            if self.recording:
+                mini_agents.add_event_sink(self.store)
+        except BaseException:
+            await self._aclose_if_opened()
+            raise
+
+    def intercepts(self, agent: MiniAgent) -> bool:
+        if self._all_agents:
+            return True
+        if self._aliases is not None:
+            return agent.alias in self._aliases
+        return agent.talks_to_outside_world
+
+    async def aanswer(self, call: InterceptedCall) -> Any:
+        if not self.replaying:
+            return None
+        call_key = call.call_node.hash_key
+        recorded = await self._recording.afind_call(call_key, call.occurrence)
+        if recorded is None:
+            if self.recording:
+                return None  # new_episodes: run it live, and it gets recorded
+            divergence = await self._adivergence(call)
+            self.divergences.append(divergence)
+            raise divergence
+        self.replayed_calls += 1
+        return await self._recording.aanswer(recorded, self.speed)
+
+    async def afinish(self, mini_agents: MiniAgents, error: Optional[BaseException]) -> None:
+        self.run_id = mini_agents.run_id
+        try:
+            if self.mode is RecordMode.ALL and self.recording and error is None and mini_agents.run_id is not None:
+                for run in await self.store.alist_runs():
+                    if run.run_id != mini_agents.run_id:
+                        await self.store.adelete_run(run.run_id)
+                await self.store.agc()
+        finally:
+            await self._aclose_if_opened()
+
+    async def _aclose_if_opened(self) -> None:
+        if self._opened_store:
+            self._opened_store = False
+            await self.store.aclose()
+
+    async def _adivergence(self, call: InterceptedCall) -> ReplayDivergenceError:
+        alias = call.agent.alias
+        call_key = call.call_node.hash_key
+        recorded = await self._recording.acalls_of(alias)
+        same_key = [item for item in recorded if item.call_key == call_key]
+        lines = [
+            f"Agent {alias} was called, but the recording in {self.store.location} has no answer for it "
+            f"(call key {call_key}, occurrence {call.occurrence}); record mode '{self.mode}' does not record, so "
+            "the agent was not run."
+        ]
+        if same_key:
+            times = 1 + max(item.occurrence for item in same_key)
+            lines.append(
+                f"This exact call was recorded {times} time(s); this run makes it more often (occurrence "
+                f"{call.occurrence} is the {call.occurrence + 1}th)."
+            )
+        elif not recorded:
+            lines.append(f"The recording has no call of {alias} at all.")
+        else:
+            lines.append("The closest recorded calls of this agent, and what differs:")
+            for difference in await self._aclosest(call.call_node, unique_calls(recorded)):
+                lines.append(difference)
+        lines.append(
+            "If the change is intended, record again: Replay(store, mode='all') or 'new_episodes' (with pytest: "
+            "`pytest --record-mode=new_episodes`)."
+        )
+        return ReplayDivergenceError("\n".join(lines), alias, call_key, call.occurrence)
+
+    async def _aclosest(self, call_node: AgentCallNode, recorded: list[RecordedCall]) -> list[str]:
+        scored: list[tuple[int, str, list[str]]] = []
+        for item in recorded:
+            try:
+                recorded_node = await self.store.aget(item.call_key)
+            except UnknownHashError:
+                continue
+            differences = describe_differences(call_node, recorded_node)  # type: ignore[arg-type]
+            scored.append((len(differences), item.call_key, differences))
+        scored.sort(key=lambda entry: entry[0])
+        lines: list[str] = []
+        for _, call_key, differences in scored[:_CLOSEST_SHOWN]:
+            lines.append(f"  - recorded call {call_key}:")
+            lines.extend(f"      {difference}" for difference in differences)
+        return lines
+
+
+def describe_differences(current: AgentCallNode, recorded: AgentCallNode) -> list[str]:
+    """What differs between two call nodes: kwargs and input messages, one line each."""
+    differences: list[str] = []
+    current_fields = {k: v for k, v in current.frozen_fields_and_values().items() if k not in _NOT_KWARGS}
+    recorded_fields = {k: v for k, v in recorded.frozen_fields_and_values().items() if k not in _NOT_KWARGS}
+    for name in sorted(current_fields.keys() | recorded_fields.keys()):
+        now, then = current_fields.get(name, "<not given>"), recorded_fields.get(name, "<not given>")
+        if now != then:
+            differences.append(f"kwarg {name}: now {_short(now)}, recorded {_short(then)}")
+    now_messages: tuple[Message, ...] = current.messages
+    then_messages: tuple[Message, ...] = getattr(recorded, "messages", ())
+    if len(now_messages) != len(then_messages):
+        differences.append(f"input messages: now {len(now_messages)}, recorded {len(then_messages)}")
+    for index, (now_message, then_message) in enumerate(zip(now_messages, then_messages, strict=False)):
+        if now_message.hash_key != then_message.hash_key:
+            differences.append(
+                f"input message {index}: now {_short(str(now_message))}, recorded {_short(str(then_message))}"
+            )
+    return differences or ["(identical content; only the occurrence differs)"]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

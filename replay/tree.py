@@ -1,0 +1,177 @@
+"""Interaction trees: who called whom in a recorded run, with inputs, kwargs, replies, errors and timing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from miniagents.events import EventKind
+from miniagents.messages import Message, MessageSequencePromise
+from miniagents.miniagents import _collect_tuple
+from replay.recording import RecordedCall, Recording
+from replay.streams import replayed_sequence
+from store.base import EventStore
+
+_NOT_KWARGS = frozenset({"text", "text_template", "agent_alias", "messages"})
+
+
+@dataclass
+class CallTreeNode:
+    """One agent call of a recorded run."""
+
+    call_id: int
+    parent_call_id: Optional[int]
+    agent_alias: str
+    started_at: Optional[float] = None
+    """Seconds since the run started."""
+    finished_at: Optional[float] = None
+    call_key: Optional[str] = None
+    occurrence: Optional[int] = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_messages: tuple[Message, ...] = ()
+    replies: tuple[Message, ...] = ()
+    """The replies that were received whole (see `failed_replies` for the others)."""
+    failed_replies: tuple[dict[str, Any], ...] = ()
+    error: Optional[dict[str, Any]] = None
+    """The error the agent (or its reply sequence) raised: type, module and text."""
+    replayed: bool = False
+    children: list[CallTreeNode] = field(default_factory=list)
+    _recorded: Optional[RecordedCall] = field(default=None, repr=False)
+    _store: Optional[EventStore] = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the call's end was recorded (False when its process died first)."""
+        return self._recorded is not None
+
+    @property
+    def duration(self) -> Optional[float]:
+        """Seconds from start to finish, if both were recorded."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    async def areply_sequence(self, speed: Optional[float] = None) -> MessageSequencePromise:
+        """The call's replies streamed again as recorded, without running any agent (needs a MiniAgents context)."""
+        if self._recorded is None or self._store is None:
+            raise ValueError(f"Call {self.call_id} of {self.agent_alias} never finished; it has no replies to stream.")
+        promises, error = await Recording(self._store).areply_promises(self._recorded, speed)
+        sequence = replayed_sequence(promises, error)
+
+        async def streamer(_: Any) -> Any:
+            if isinstance(sequence, list):
+                for promise in sequence:
+                    yield promise
+            else:
+                async for promise in sequence:
+                    yield promise
+
+        return MessageSequencePromise(streamer=streamer, resolver=_collect_tuple, start_asap=False)
+
+    def walk(self) -> Iterator[CallTreeNode]:
+        """This call and every call below it, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def render(self, indent: int = 0) -> list[str]:
+        """Text lines of this call and its children, indented two spaces per level."""
+        pad = "  " * indent
+        timing = f" {self.duration * 1000:.1f} ms" if self.duration is not None else ""
+        flags = (" [replayed]" if self.replayed else "") + ("" if self.finished else " [unfinished]")
+        kwargs = ", ".join(f"{name}={value!r}" for name, value in sorted(self.kwargs.items()))
+        lines = [f"{pad}{self.agent_alias}#{self.call_id}({kwargs}){timing}{flags}"]
+        for message in self.input_messages:
+            lines.append(f"{pad}  < {_one_line(str(message))}")
+        for message in self.replies:
+            lines.append(f"{pad}  > {_one_line(str(message))}")
+        for failed in self.failed_replies:
+            error = failed.get("error") or {}
+            lines.append(f"{pad}  > {_one_line(''.join(failed.get('chunks') or ()))} !! {error.get('type')}")
+        if self.error is not None:
+            lines.append(f"{pad}  !! {self.error.get('type')}: {_one_line(str(self.error.get('text')))}")
+        for child in self.children:
+            lines.extend(child.render(indent + 1))
+        return lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.render())
+
+
+@dataclass
+class InteractionTree:
+    """The calls of one run, as a forest: `roots` are the calls made outside any agent."""
+
+    run_id: str
+    roots: list[CallTreeNode]
+    calls: dict[int, CallTreeNode]
+
+    def walk(self) -> Iterator[CallTreeNode]:
+        """Every call, depth first."""
+        for root in self.roots:
+            yield from root.walk()
+
+    def __str__(self) -> str:
+        return "\n".join(line for root in self.roots for line in root.render())
+
+
+async def aload_tree(store: EventStore, run_id: str) -> InteractionTree:
+    """Rebuild who called whom in a stored run, with inputs, kwargs, replies, errors and timing."""
+    calls: dict[int, CallTreeNode] = {}
+    order: list[int] = []
+    wanted: set[str] = set()
+    kinds = [EventKind.CALL_STARTED, EventKind.CALL_FINISHED, EventKind.ERROR]
+    async for event in store.aiter_events(run_id, kinds=kinds):
+        if event.call_id is None:
+            continue
+        node = calls.get(event.call_id)
+        if node is None:
+            alias = str((event.data or {}).get("agent_alias", "?"))
+            node = CallTreeNode(call_id=event.call_id, parent_call_id=event.parent_call_id, agent_alias=alias)
+            calls[event.call_id] = node
+            order.append(event.call_id)
+        if event.kind is EventKind.CALL_STARTED:
+            node.started_at = event.t
+        elif event.kind is EventKind.CALL_FINISHED:
+            recorded = RecordedCall.from_event(event)
+            node.finished_at = event.t
+            node.call_key = recorded.call_key or None
+            node.occurrence = recorded.occurrence
+            node.replayed = recorded.replayed
+            node.error = recorded.error or node.error
+            node.failed_replies = tuple(reply["failed"] for reply in recorded.replies if "failed" in reply)
+            node._recorded = recorded
+            node._store = store
+            if recorded.call_key:
+                wanted.add(recorded.call_key)
+            wanted.update(str(reply["hash"]) for reply in recorded.replies if "hash" in reply)
+        elif event.kind is EventKind.ERROR and (event.data or {}).get("where") == "agent":
+            node.error = (event.data or {}).get("error")
+
+    objects = await store.aget_many(sorted(wanted))
+    roots: list[CallTreeNode] = []
+    for call_id in order:
+        node = calls[call_id]
+        if node._recorded is not None:
+            call_node = objects.get(node.call_key or "")
+            if call_node is not None:
+                values = call_node.frozen_fields_and_values()
+                node.kwargs = {name: value for name, value in values.items() if name not in _NOT_KWARGS}
+                node.input_messages = tuple(values.get("messages") or ())
+            node.replies = tuple(
+                objects[str(reply["hash"])]
+                for reply in node._recorded.replies
+                if "hash" in reply and str(reply["hash"]) in objects
+            )
+        parent = calls.get(node.parent_call_id) if node.parent_call_id is not None else None
+        if parent is None:
+            roots.append(node)
+        else:
+            parent.children.append(node)
+    return InteractionTree(run_id=run_id, roots=roots, calls=calls)
+
+
+def _one_line(text: str, limit: int = 100) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,60 @@
+"""The pytest plugin: --record-mode and the agent_replay fixture, driven through pytester."""
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+TEST_FILE = """
+from pathlib import Path
+
+from miniagents import MiniAgents
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
+
+CALLS = Path(__file__).parent / "llm_calls.txt"
+
+
+def counting_responder(messages):
+    with CALLS.open("a") as calls:
+        calls.write("called\\n")
+    return "the recorded answer"
+
+
+async def test_llm_flow(agent_replay):
+    llm = stand_in_llm_agent.fork(responder=counting_responder)
+    async with MiniAgents(replay=agent_replay):
+        replies = await llm.inquire("question").aresolve_messages()
+    assert [str(reply) for reply in replies] == ["the recorded answer"]
+"""
+
+
+def llm_calls(pytester: pytest.Pytester) -> int:
+    calls = pytester.path / "llm_calls.txt"
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_record_once_then_replay_without_calling_the_llm(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_flow=TEST_FILE)
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    recorded = pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider")
+    recorded.assert_outcomes(passed=1)
+    assert (pytester.path / "recordings" / "test_flow" / "test_llm_flow.db").exists()
+    assert llm_calls(pytester) == 1
+
+    replayed = pytester.runpytest("-p", "no:cacheprovider")
+    replayed.assert_outcomes(passed=1)
+    assert llm_calls(pytester) == 1
+
+
+def test_a_missing_recording_fails_with_how_to_record_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_flow=TEST_FILE)
+    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*No recording for test_flow.py::test_llm_flow*pytest --record-mode=once*"])
+    assert not (pytester.path / "recordings").exists()
+    assert llm_calls(pytester) == 0
+
+
+def test_the_option_is_listed_in_help(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*--record-mode*"])

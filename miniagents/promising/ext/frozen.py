@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
-from functools import cached_property
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Generic, Optional, TypeVar, Union, overload
 
 import orjson
 from blake3 import blake3
@@ -20,9 +19,35 @@ CANONICAL_FORM_VERSION = 1
 """Version of the canonical byte form; a stored format, so it changes only with a migration."""
 HASH_ALGORITHM = "blake3"
 
+_V = TypeVar("_V")
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _SHORT_HASH_LENGTH = 40
+
+
+class computed_once(Generic[_V]):
+    """Like `functools.cached_property` (computed on first access, then kept), without its per-access lock."""
+
+    def __init__(self, function: Callable[[Any], _V]) -> None:
+        self._function = function
+        self._name = function.__name__
+        self.__doc__ = function.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, instance: None, owner: Optional[type] = None) -> computed_once[_V]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: Optional[type] = None) -> _V: ...
+
+    def __get__(self, instance: Optional[object], owner: Optional[type] = None) -> Any:
+        if instance is None:
+            return self
+        value = self._function(instance)
+        instance.__dict__[self._name] = value
+        return value
 
 
 class SecretRedaction:
@@ -90,7 +115,7 @@ class Frozen(BaseModel):
     secrets (see `SecretRedaction`) are replaced by a marker.
     """
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", ignored_types=(computed_once,))
 
     _is_message: ClassVar[bool] = False
     """True for `Message` and its subclasses: nested messages are stored as hash references."""
@@ -100,33 +125,31 @@ class Frozen(BaseModel):
     def __str__(self) -> str:
         return self.as_string
 
-    @cached_property
+    @computed_once
     def as_string(self) -> str:
         """The text form used in prompts; subclasses customise `_as_string()`."""
         return self._as_string()
 
-    @cached_property
+    @computed_once
     def full_json(self) -> str:
         """JSON of this object with everything nested in it spelled out."""
         return orjson.dumps(_full_dump(self), option=orjson.OPT_SORT_KEYS).decode("utf-8")
 
-    @cached_property
+    @computed_once
     def canonical_bytes(self) -> bytes:
         """The canonical form: `serialize()` as compact UTF-8 JSON with sorted keys."""
         return orjson.dumps(self.serialize(), option=orjson.OPT_SORT_KEYS)
 
-    @cached_property
+    @computed_once
     def serialized(self) -> str:
         """`canonical_bytes` as a string."""
         return self.canonical_bytes.decode("utf-8")
 
-    @cached_property
+    @computed_once
     def hash_key(self) -> str:
         """blake3 of `canonical_bytes` in hex: 40 characters, or 64 with `longer_hash_keys=True`."""
-        from miniagents.promising.promising import PromisingContext
-
-        digest = blake3(self.canonical_bytes).hexdigest()
-        context = PromisingContext.get_current_or_none()
+        digest: str = blake3(self.canonical_bytes).hexdigest()
+        context = _current_context()
         if context is not None and context.longer_hash_keys:
             return digest
         return digest[:_SHORT_HASH_LENGTH]
@@ -160,8 +183,8 @@ class Frozen(BaseModel):
     @classmethod
     def _preprocess_values(cls, values: dict[str, Any]) -> dict[str, Any]:
         class_ = values.get("class_")
-        if class_ is None:
-            return {"class_": cls.__name__, **values}
+        if class_ is None or class_ == cls.__name__:
+            return values
         if class_ != cls.__name__:
             raise FrozenValueError(
                 f"`class_` of a {cls.__name__} must be {cls.__name__!r}, got {class_!r}; leave `class_` out and "
@@ -175,13 +198,15 @@ class Frozen(BaseModel):
         if not isinstance(values, dict):
             return values
         values = cls._preprocess_values(values)
-        frozen: dict[str, Any] = {}
+        frozen: dict[str, Any] = {"class_": cls.__name__}
         for key, value in values.items():
             if not isinstance(key, str):
                 raise FrozenValueError(
                     f"{cls.__name__} field names must be strings, got {key!r} ({type(key).__name__})."
                 )
-            if key != "class_" and REDACTION.is_secret(key):
+            if key == "class_":
+                continue
+            if REDACTION.is_secret(key):
                 frozen[key] = REDACTION.marker if value is not None else None
             else:
                 frozen[key] = _freeze(value, key, cls.__name__)
@@ -268,6 +293,17 @@ def _refuse_mixed_message_tuple(items: tuple[Any, ...], path: str, owner: str) -
 
 
 _FIELD_NAMES_CACHE: dict[type, tuple[str, ...]] = {}
+_context_var: Any = None
+
+
+def _current_context() -> Any:
+    """The active PromisingContext, or None (the promising module is imported lazily: it imports this one)."""
+    global _context_var
+    if _context_var is None:
+        from miniagents.promising.promising import PromisingContext
+
+        _context_var = PromisingContext._current
+    return _context_var.get()
 
 
 def _declared_field_names(model_class: type[Frozen]) -> tuple[str, ...]:

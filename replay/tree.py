@@ -160,9 +160,9 @@ async def aload_tree(store: EventStore, run_id: str) -> InteractionTree:
                 node.kwargs = {name: value for name, value in values.items() if name not in _NOT_KWARGS}
                 node.input_messages = tuple(values.get("messages") or ())
             node.replies = tuple(
-                objects[str(reply["hash"])]
+                message
                 for reply in node._recorded.replies
-                if "hash" in reply and str(reply["hash"]) in objects
+                if "hash" in reply and isinstance(message := objects.get(str(reply["hash"])), Message)
             )
         parent = calls.get(node.parent_call_id) if node.parent_call_id is not None else None
         if parent is None:

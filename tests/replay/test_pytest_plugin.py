@@ -27,6 +27,9 @@ async def test_llm_flow(agent_replay):
 """
 
 
+INI = "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+
+
 def llm_calls(pytester: pytest.Pytester) -> int:
     calls = pytester.path / "llm_calls.txt"
     return len(calls.read_text().splitlines()) if calls.exists() else 0
@@ -34,7 +37,7 @@ def llm_calls(pytester: pytest.Pytester) -> int:
 
 def test_record_once_then_replay_without_calling_the_llm(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_flow=TEST_FILE)
-    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    pytester.makeini(INI)
     recorded = pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider")
     recorded.assert_outcomes(passed=1)
     assert (pytester.path / "recordings" / "test_flow" / "test_llm_flow.db").exists()
@@ -47,7 +50,7 @@ def test_record_once_then_replay_without_calling_the_llm(pytester: pytest.Pytest
 
 def test_a_missing_recording_fails_with_how_to_record_it(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_flow=TEST_FILE)
-    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    pytester.makeini(INI)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*No recording for test_flow.py::test_llm_flow*pytest --record-mode=once*"])
@@ -56,5 +59,6 @@ def test_a_missing_recording_fails_with_how_to_record_it(pytester: pytest.Pytest
 
 
 def test_the_option_is_listed_in_help(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*--record-mode*"])

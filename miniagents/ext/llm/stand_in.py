@@ -68,6 +68,7 @@ async def stand_in_llm_agent(
     stream: Optional[bool] = None,
     system: Optional[str] = None,
     reply_metadata: Optional[dict[str, Any]] = None,
+    **llm_kwargs: Any,
 ) -> None:
     """An LLM that needs no network: it replies with `reply`, or what `responder` computes from the input, or a
     deterministic generated sentence, streamed word by word with `token_delay` seconds between tokens.
@@ -79,6 +80,7 @@ async def stand_in_llm_agent(
     :param stream: stream token by token (default: `MiniAgents(stream_llm_tokens_by_default=...)`).
     :param system: a system prompt, passed to `responder` as a first message with role "system".
     :param reply_metadata: extra fields of the reply message.
+    :param llm_kwargs: what a real LLM would take (temperature, max_tokens, ...): accepted and ignored.
     """
     if stream is None:
         stream = MiniAgents.get_current().stream_llm_tokens_by_default

@@ -1,0 +1,783 @@
+"""The abstract event store: buffering, the writer task, the `EventSink` methods, reading, decoding and checks."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Optional, TypeVar
+
+import orjson
+
+from miniagents.events import Event, EventKind
+from miniagents.promising.ext.frozen import REDACTION, Frozen
+from store.decoding import (
+    ObjectDecoder,
+    body_references,
+    event_data_references,
+    hash_matches,
+    is_hash_key,
+)
+from store.errors import (
+    StoreClosedError,
+    StoreError,
+    StoreIntegrityError,
+    StoreReadError,
+    StoreUsageError,
+    StoreWriteError,
+    UnknownHashError,
+    UnknownRunError,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 1_000
+DEFAULT_FLUSH_INTERVAL = 0.1
+_MAX_RETRY_DELAY = 5.0
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+_StoreT = TypeVar("_StoreT", bound="EventStore")
+
+
+class RunStatus:
+    """Values of `RunInfo.status`."""
+
+    RUNNING = "running"
+    """Started and not finished: still running, or its process died before the run finished."""
+    OK = "ok"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a store knows about one run."""
+
+    run_id: str
+    status: str
+    """`"running"` until the run finishes (forever, if its process died), then `"ok"` or `"failed"`."""
+    started_at: Optional[float]
+    """Wall-clock start, seconds since the epoch."""
+    finished_at: Optional[float]
+    library_version: Optional[str]
+    metadata: dict[str, Any]
+    error: Optional[dict[str, Any]]
+    event_count: int
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the run's `run_finished` event was stored."""
+        return self.status != RunStatus.RUNNING
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing `averify()` found wrong; names the object (`hash_key`) and/or the event (`seq`)."""
+
+    kind: str
+    """`"hash_mismatch"`, `"unreadable_object"`, `"dangling_reference"`, `"missing_object"` or `"storage"`."""
+    message: str
+    hash_key: Optional[str] = None
+    seq: Optional[int] = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of `averify()`."""
+
+    checked_objects: int = 0
+    checked_events: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing is wrong."""
+        return not self.problems
+
+    @property
+    def checked(self) -> int:
+        """How many objects and events were checked."""
+        return self.checked_objects + self.checked_events
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """An event waiting in the buffer, with everything a backend writes for it already encoded."""
+
+    event: Event
+    hash_key: Optional[str]
+    """`event.hash_key`, or the hash key of `event.obj` if the event named none."""
+    data: Optional[bytes]
+    """`event.data` as JSON (secret-looking fields redacted)."""
+    objects: tuple[tuple[str, bytes], ...]
+    """(hash key, canonical bytes) of the objects this event brings: `event.obj` and messages nested in it."""
+    wall_time: float
+    """When the event was appended (seconds since the epoch)."""
+
+
+def encode_data(data: Optional[dict[str, Any]]) -> Optional[bytes]:
+    """Event data as stored: compact JSON, secret-looking fields redacted; None stays None."""
+    if data is None:
+        return None
+    return orjson.dumps(_redacted(data), default=_json_default, option=_JSON_OPTIONS)
+
+
+def decode_data(data: Optional[bytes]) -> Optional[dict[str, Any]]:
+    """Stored event data back into a dict."""
+    return None if data is None else orjson.loads(data)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, dict):
+        changed = False
+        result: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(key, str) and REDACTION.is_secret(key) and item is not None:
+                new_item: Any = REDACTION.marker
+            else:
+                new_item = _redacted(item)
+            changed = changed or new_item is not item
+            result[key] = new_item
+        return result if changed else value
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (dict, list, tuple)):
+        items = [_redacted(item) for item in value]
+        if any(new is not old for new, old in zip(items, value, strict=True)):
+            return items
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Frozen):
+        return value.serialize()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, BaseException):
+        return {"type": type(value).__qualname__, "module": type(value).__module__, "text": str(value)}
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class RunUpdate:
+    """What a `run_started` / `run_finished` event says about its run (the fields a backend keeps per run)."""
+
+    started_at: Optional[float] = None
+    library_version: Optional[str] = None
+    metadata: Optional[bytes] = None
+    status: Optional[str] = None
+    finished_at: Optional[float] = None
+    error: Optional[bytes] = None
+
+
+def run_update(pending: PendingEvent) -> Optional[RunUpdate]:
+    """The run fields set by a `run_started` or `run_finished` event; None for other events."""
+    kind = pending.event.kind
+    if kind is EventKind.RUN_STARTED:
+        data = decode_data(pending.data) or {}
+        started_at = data.get("started_at")
+        version = data.get("library_version")
+        return RunUpdate(
+            started_at=float(started_at) if isinstance(started_at, (int, float)) else pending.wall_time,
+            library_version=version if isinstance(version, str) else None,
+            metadata=orjson.dumps(data.get("metadata") or {}, option=_JSON_OPTIONS),
+        )
+    if kind is EventKind.RUN_FINISHED:
+        data = decode_data(pending.data) or {}
+        status = data.get("status")
+        error = data.get("error")
+        return RunUpdate(
+            status=status if isinstance(status, str) and status else RunStatus.OK,
+            finished_at=pending.wall_time,
+            error=None if error is None else orjson.dumps(error, option=_JSON_OPTIONS),
+        )
+    return None
+
+
+def _nested_messages(obj: Frozen) -> list[tuple[str, bytes]]:
+    """(hash key, canonical bytes) of every message referenced by hash inside `obj`, at any depth."""
+    try:
+        from miniagents.messages import Message
+    except ImportError:  # pragma: no cover - only while the core has no messages module
+        return []
+    found: dict[str, bytes] = {}
+    stack: list[Any] = list(obj.frozen_fields_and_values().values())
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Message):
+            if value.hash_key not in found:
+                found[value.hash_key] = value.canonical_bytes
+                stack.extend(value.frozen_fields_and_values().values())
+        elif isinstance(value, Frozen):
+            stack.extend(value.frozen_fields_and_values().values())
+        elif isinstance(value, tuple):
+            stack.extend(value)
+    return list(found.items())
+
+
+class EventStore(abc.ABC):
+    """A content-addressed, append-only event store; an `EventSink` for `MiniAgents(store=...)`.
+
+    Objects (hash key -> canonical bytes) are stored once each; events form an append-only log with a sequence
+    number that only grows. `append()` only buffers; one writer task per open store writes the buffer in batches,
+    one transaction each, at least every `flush_interval` seconds or whenever `batch_size` events are waiting.
+    A batch that cannot be written stays buffered (nothing is dropped) and `aflush()` / `afinish_run()` raise
+    `StoreWriteError`.
+    """
+
+    def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, flush_interval: float = DEFAULT_FLUSH_INTERVAL):
+        if batch_size < 1:
+            raise StoreUsageError(f"batch_size must be at least 1, got {batch_size}.")
+        if not flush_interval > 0:
+            raise StoreUsageError(f"flush_interval must be a positive number of seconds, got {flush_interval}.")
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._buffer: list[PendingEvent] = []
+        self._is_open = False
+        self._opened_by_run = False
+        self._active_runs: set[str] = set()
+        self._writer: Optional[asyncio.Task[None]] = None
+        self._wakeup: Optional[asyncio.Future[None]] = None
+        self._stopping = False
+        self._failing = False
+        self._flush_lock = asyncio.Lock()  # replaced on every open: a lock belongs to one event loop
+        self._decoder = ObjectDecoder()
+
+    # ----------------------------------------------------------------------------------------------- backend API
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the store keeps its data (a path, or a description), for messages."""
+
+    @abc.abstractmethod
+    async def _aopen_storage(self) -> None:
+        """Open (and if needed create or migrate) the storage; raise a `StoreOpenError` naming the location."""
+
+    @abc.abstractmethod
+    async def _aclose_storage(self) -> None:
+        """Release what `_aopen_storage` acquired."""
+
+    @abc.abstractmethod
+    async def _aregister_run(self, run_id: str) -> None:
+        """Record a new run as running; raise `StoreUsageError` if a run with this id is already stored."""
+
+    @abc.abstractmethod
+    async def _awrite_batch(self, batch: Sequence[PendingEvent]) -> None:
+        """Write the batch atomically (all or nothing), numbering the events in order; raise `StoreWriteError`."""
+
+    @abc.abstractmethod
+    async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
+        """All runs in the order they were registered, or just the one with `run_id` (or none)."""
+
+    @abc.abstractmethod
+    def _aiter_event_chunks(
+        self,
+        run_id: Optional[str],
+        after_seq: Optional[int],
+        kinds: Optional[frozenset[EventKind]],
+        hash_keys: Optional[Sequence[str]] = None,
+    ) -> AsyncIterator[list[Event]]:
+        """Stored events in `seq` order, in chunks; with `hash_keys`, only events with one of them (indexed)."""
+
+    @abc.abstractmethod
+    async def _aload_objects(self, hash_keys: Sequence[str]) -> dict[str, bytes]:
+        """The stored bytes of those of `hash_keys` that are stored."""
+
+    @abc.abstractmethod
+    def _aiter_object_chunks(self) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Every stored (hash key, bytes), in chunks."""
+
+    @abc.abstractmethod
+    def _aiter_reference_chunks(self) -> AsyncIterator[list[tuple[int, Optional[str], Optional[bytes]]]]:
+        """(seq, hash key, data) of every stored event, in chunks."""
+
+    @abc.abstractmethod
+    async def _adelete_run_events(self, run_id: str) -> bool:
+        """Delete a run and its events; False if there is no such run."""
+
+    @abc.abstractmethod
+    async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
+        """Delete these objects."""
+
+    def _amaintenance(self) -> AbstractAsyncContextManager[None]:
+        """Wrap a maintenance operation (gc) so that it sees and changes the store atomically."""
+        return nullcontext()
+
+    async def _acheck_storage(self) -> list[Problem]:
+        """Problems of the storage itself (e.g. a damaged file), found by the backend."""
+        return []
+
+    # --------------------------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the store is open."""
+        return self._is_open
+
+    @property
+    def pending_count(self) -> int:
+        """How many appended events are buffered and not written yet."""
+        return len(self._buffer)
+
+    async def aopen(self: _StoreT) -> _StoreT:
+        """Open the store (idempotent) and start its writer task."""
+        if self._is_open:
+            return self
+        await self._aopen_storage()
+        self._flush_lock = asyncio.Lock()
+        self._stopping = False
+        self._failing = False
+        self._is_open = True
+        # the store's own task, not one of a MiniAgents context (whose task flush would wait for it forever)
+        self._writer = asyncio.get_running_loop().create_task(self._arun_writer(), name=f"store writer {self!r}")
+        return self
+
+    async def aclose(self) -> None:
+        """Write what is buffered, stop the writer and close the store.
+
+        If the buffer cannot be written, the store is closed anyway and `StoreWriteError` says how many events
+        were lost.
+        """
+        if not self._is_open:
+            return
+        self._stopping = True
+        self._wake_writer()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await asyncio.gather(writer, return_exceptions=True)
+        flush_error: Optional[StoreWriteError] = None
+        try:
+            await self._aflush_buffer()
+        except StoreWriteError as error:
+            flush_error = error
+        lost = len(self._buffer)
+        self._buffer = []
+        self._is_open = False
+        self._opened_by_run = False
+        self._active_runs.clear()
+        self._decoder.clear()
+        await self._aclose_storage()
+        if flush_error is not None:
+            raise StoreWriteError(
+                f"{self.location} was closed with {lost} events that could not be written, so they are lost: "
+                f"{flush_error}",
+                self.location,
+                pending=lost,
+            ) from flush_error
+
+    async def __aenter__(self: _StoreT) -> _StoreT:
+        return await self.aopen()
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if getattr(self, "_is_open", False):
+            warnings.warn(
+                f"{self!r} was garbage-collected while open: its buffered events were never written. Close it with "
+                "`await store.aclose()` or use `async with`.",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.location!r})"
+
+    # ------------------------------------------------------------------------------------------------- EventSink
+
+    async def astart_run(self, run_id: str) -> None:
+        """Open the store if needed (it is then closed by `afinish_run`) and record the run as running."""
+        opened_here = not self._is_open
+        if opened_here:
+            await self.aopen()
+        try:
+            if run_id in self._active_runs:
+                raise StoreUsageError(f"Run {run_id!r} is already running in {self.location}; run ids are unique.")
+            async with self._flush_lock:
+                await self._aregister_run(run_id)
+        except BaseException:
+            if opened_here:
+                await self.aclose()
+            raise
+        if opened_here:
+            self._opened_by_run = True
+        self._active_runs.add(run_id)
+
+    def append(self, event: Event) -> None:
+        """Buffer one event (synchronous and cheap); the writer task stores it."""
+        if not self._is_open:
+            raise StoreClosedError(
+                f"{self!r} is closed, so the {event.kind.value} event of run {event.run_id!r} cannot be stored; "
+                "open the store (`async with store:`) or pass it to `MiniAgents(store=...)`.",
+                self.location,
+            )
+        obj = event.obj
+        hash_key = event.hash_key
+        objects: tuple[tuple[str, bytes], ...] = ()
+        if obj is not None:
+            if hash_key is None:
+                hash_key = obj.hash_key
+            body = obj.canonical_bytes
+            objects = ((hash_key, body),)
+            if b"__hash_key" in body:
+                objects += tuple(_nested_messages(obj))
+        if hash_key is not None and not is_hash_key(hash_key):
+            raise StoreUsageError(
+                f"The {event.kind.value} event of run {event.run_id!r} has the hash key {hash_key!r}, which is not "
+                "40 or 64 lower-case hex characters; pass `message.hash_key`."
+            )
+        data = event.data
+        self._buffer.append(
+            PendingEvent(
+                event=event,
+                hash_key=hash_key,
+                data=None if data is None else encode_data(data),
+                objects=objects,
+                wall_time=time.time(),
+            )
+        )
+        if len(self._buffer) >= self._batch_size and not self._failing:
+            self._wake_writer()
+
+    async def afinish_run(self, run_id: str) -> None:
+        """Write every buffered event; close the store if `astart_run` opened it and no other run is active.
+
+        On a write failure the events stay buffered, the store stays open, and `StoreWriteError` is raised.
+        """
+        self._active_runs.discard(run_id)
+        await self.aflush()
+        if self._opened_by_run and not self._active_runs:
+            await self.aclose()
+
+    async def aflush(self) -> None:
+        """Write every buffered event now; raise `StoreWriteError` (events stay buffered) if that fails."""
+        self._check_open()
+        await self._aflush_buffer()
+
+    # ----------------------------------------------------------------------------------------------------- reading
+
+    async def alist_runs(self) -> list[RunInfo]:
+        """Every run, oldest first."""
+        await self._aprepare_read()
+        return await self._alist_runs()
+
+    async def aget_run(self, run_id: str) -> RunInfo:
+        """One run; `UnknownRunError` if it is not stored."""
+        await self._aprepare_read()
+        runs = await self._alist_runs(run_id)
+        if not runs:
+            raise self._unknown_run(run_id)
+        return runs[0]
+
+    async def aiter_events(
+        self,
+        run_id: Optional[str] = None,
+        *,
+        kinds: Optional[Iterable[EventKind]] = None,
+        after_seq: Optional[int] = None,
+        hash_keys: Optional[Iterable[str]] = None,
+    ) -> AsyncIterator[Event]:
+        """Stored events in `seq` order (`seq` set, `obj` None): of one run or of all, optionally only some kinds,
+        and optionally only those whose hash key is one of `hash_keys` (an index lookup, whatever the store's size).
+        """
+        await self._aprepare_read()
+        if run_id is not None and not await self._alist_runs(run_id):
+            raise self._unknown_run(run_id)
+        kind_set = frozenset(EventKind(kind) for kind in kinds) if kinds is not None else None
+        wanted = None
+        if hash_keys is not None:
+            wanted = sorted(set(hash_keys))
+            for key in wanted:
+                self._check_hash_key(key)
+            if not wanted:
+                return
+        async for chunk in self._aiter_event_chunks(run_id, after_seq, kind_set, wanted):
+            for event in chunk:
+                yield event
+
+    async def aget_events(
+        self, run_id: Optional[str] = None, *, kinds: Optional[Iterable[EventKind]] = None
+    ) -> list[Event]:
+        """`aiter_events()` as a list."""
+        return [event async for event in self.aiter_events(run_id, kinds=kinds)]
+
+    async def aget_many(self, hash_keys: Iterable[str]) -> dict[str, Frozen]:
+        """Several objects at once (fewer round trips than `aget` one by one), by hash key."""
+        objects: dict[str, Frozen] = {}
+        for hash_key in dict.fromkeys(hash_keys):
+            objects[hash_key] = await self.aget(hash_key)
+        return objects
+
+    async def acontains(self, hash_key: str) -> bool:
+        """Whether an object with this hash key is stored."""
+        await self._aprepare_read()
+        return bool(await self._aload_objects([hash_key]))
+
+    async def aget_bytes(self, hash_key: str) -> bytes:
+        """The canonical bytes stored for `hash_key`, checked against it."""
+        self._check_hash_key(hash_key)
+        await self._aprepare_read()
+        found = await self._aload_objects([hash_key])
+        body = found.get(hash_key)
+        if body is None:
+            raise self._unknown_hash(hash_key)
+        self._check_body(hash_key, body)
+        return body
+
+    async def aget(self, hash_key: str) -> Frozen:
+        """The object stored under `hash_key`, rebuilt (nested messages too) with that very hash key.
+
+        Raises `UnknownHashError` if it is not stored, `StoreIntegrityError` if its bytes do not match the key.
+        """
+        self._check_hash_key(hash_key)
+        cached = self._decoder.cached(hash_key)
+        if cached is not None:
+            return cached
+        await self._aprepare_read()
+        bodies: dict[str, bytes] = {}
+        wanted = [hash_key]
+        referrer: dict[str, str] = {}
+        while wanted:
+            found = await self._aload_objects(wanted)
+            next_wanted: list[str] = []
+            for key in wanted:
+                body = found.get(key)
+                if body is None:
+                    if key == hash_key:
+                        raise self._unknown_hash(hash_key)
+                    raise StoreIntegrityError(
+                        f"Object {referrer[key]} in {self.location} refers to object {key}, which is missing; run "
+                        "`await store.averify()` to list every damaged object.",
+                        key,
+                    )
+                self._check_body(key, body)
+                bodies[key] = body
+                for ref in body_references(body):
+                    if ref not in bodies and ref not in referrer and self._decoder.cached(ref) is None:
+                        referrer[ref] = key
+                        next_wanted.append(ref)
+            wanted = next_wanted
+        return self._decoder.decode(hash_key, bodies)
+
+    # ---------------------------------------------------------------------------------------- integrity, retention
+
+    async def averify(self) -> VerifyReport:
+        """Re-hash every object, and check that every hash referenced by an event or an object is stored."""
+        await self._aprepare_read()
+        report = VerifyReport()
+        known: set[str] = set()
+        references: list[tuple[str, str]] = []
+        try:
+            report.problems.extend(await self._acheck_storage())
+            async for chunk in self._aiter_object_chunks():
+                for key, body in chunk:
+                    report.checked_objects += 1
+                    known.add(key)
+                    report.problems.extend(self._object_problems(key, body, references))
+            for owner, ref in references:
+                if ref not in known:
+                    report.problems.append(
+                        Problem(
+                            "dangling_reference",
+                            f"Object {owner} refers to object {ref}, which is not stored.",
+                            hash_key=ref,
+                        )
+                    )
+            async for reference_chunk in self._aiter_reference_chunks():
+                for seq, event_key, data in reference_chunk:
+                    report.checked_events += 1
+                    keys = [event_key] if event_key is not None else []
+                    if data is not None and (b"_node" in data or b'"hash"' in data):
+                        keys.extend(event_data_references(orjson.loads(data)))
+                    report.problems.extend(
+                        Problem(
+                            "missing_object",
+                            f"Event {seq} refers to object {ref}, which is not stored.",
+                            hash_key=ref,
+                            seq=seq,
+                        )
+                        for ref in keys
+                        if ref not in known
+                    )
+        except StoreReadError as error:
+            report.problems.append(Problem("storage", f"Reading the store failed, so checking stopped: {error}"))
+        return report
+
+    @staticmethod
+    def _object_problems(key: str, body: bytes, references: list[tuple[str, str]]) -> list[Problem]:
+        if not hash_matches(key, body):
+            return [
+                Problem(
+                    "hash_mismatch",
+                    f"Object {key} has bytes that do not hash to its key (the stored data was changed).",
+                    hash_key=key,
+                )
+            ]
+        try:
+            references.extend((key, ref) for ref in body_references(body))
+        except orjson.JSONDecodeError:
+            return [Problem("unreadable_object", f"Object {key} is not valid JSON.", hash_key=key)]
+        return []
+
+    async def adelete_run(self, run_id: str) -> None:
+        """Delete a run and its events (not the objects: `agc()` removes those no run needs any more)."""
+        if run_id in self._active_runs:
+            raise StoreUsageError(
+                f"Run {run_id!r} is still running in {self.location}; delete it after its MiniAgents context exits."
+            )
+        await self.aflush()
+        async with self._flush_lock:
+            if not await self._adelete_run_events(run_id):
+                raise self._unknown_run(run_id)
+
+    async def agc(self) -> int:
+        """Delete the objects that no event references any more, directly or through other objects; return how
+        many were deleted."""
+        await self.aflush()
+        async with self._flush_lock, self._amaintenance():
+            reachable: set[str] = set()
+            async for reference_chunk in self._aiter_reference_chunks():
+                for _seq, key, data in reference_chunk:
+                    if key is not None:
+                        reachable.add(key)
+                    if data is not None:
+                        reachable.update(event_data_references(orjson.loads(data)))
+            children: dict[str, list[str]] = {}
+            stored: list[str] = []
+            async for chunk in self._aiter_object_chunks():
+                for key, body in chunk:
+                    stored.append(key)
+                    try:
+                        refs = body_references(body)
+                    except orjson.JSONDecodeError:
+                        refs = []
+                    if refs:
+                        children[key] = refs
+            stack = list(reachable)
+            while stack:
+                for ref in children.get(stack.pop(), ()):
+                    if ref not in reachable:
+                        reachable.add(ref)
+                        stack.append(ref)
+            garbage = [key for key in stored if key not in reachable]
+            if garbage:
+                await self._adelete_objects(garbage)
+        self._decoder.clear()
+        return len(garbage)
+
+    # ---------------------------------------------------------------------------------------------------- internals
+
+    def _check_open(self) -> None:
+        if not self._is_open:
+            raise StoreClosedError(
+                f"{self!r} is not open; use `async with {type(self).__name__}(...) as store:` or "
+                "`await store.aopen()` first.",
+                self.location,
+            )
+
+    async def _aprepare_read(self) -> None:
+        """Make buffered events readable; if they cannot be written now, read what is stored (the write error is
+        raised by `aflush()`, `afinish_run()` and `aclose()`, not by reads)."""
+        self._check_open()
+        if self._buffer:
+            try:
+                await self._aflush_buffer()
+            except StoreError:
+                pass
+
+    def _check_hash_key(self, hash_key: str) -> None:
+        if not is_hash_key(hash_key):
+            raise UnknownHashError(
+                f"{hash_key!r} is not a hash key (40 or 64 lower-case hex characters), so nothing in {self.location} "
+                "has it; pass `message.hash_key` or `event.hash_key`.",
+                str(hash_key),
+            )
+
+    def _check_body(self, hash_key: str, body: bytes) -> None:
+        if not hash_matches(hash_key, body):
+            raise StoreIntegrityError(
+                f"Object {hash_key} in {self.location} is corrupted: its stored bytes do not hash to its key. Run "
+                "`await store.averify()` to list every damaged object; restore the store from a backup.",
+                hash_key,
+            )
+
+    def _unknown_hash(self, hash_key: str) -> UnknownHashError:
+        return UnknownHashError(
+            f"No object with hash key {hash_key} in {self.location}; check that the hash comes from a run recorded "
+            "into this store (and that `agc()` did not remove it after its run was deleted).",
+            hash_key,
+        )
+
+    def _unknown_run(self, run_id: str) -> UnknownRunError:
+        return UnknownRunError(
+            f"No run {run_id!r} in {self.location}; `await store.alist_runs()` lists the stored runs.", run_id
+        )
+
+    def _wake_writer(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _aflush_buffer(self) -> None:
+        """Write the buffer in batches; on failure the unwritten events stay buffered and `StoreWriteError` rises."""
+        async with self._flush_lock:
+            while self._buffer:
+                batch = self._buffer[: self._batch_size]
+                try:
+                    await self._awrite_batch(batch)
+                except StoreWriteError as error:
+                    self._failing = True
+                    error.pending = len(self._buffer)
+                    raise
+                except StoreError:
+                    self._failing = True
+                    raise
+                except Exception as error:
+                    self._failing = True
+                    raise StoreWriteError(
+                        f"Could not write {len(self._buffer)} events to {self.location} ({type(error).__name__}: "
+                        f"{error}); they stay buffered, `await store.aflush()` retries.",
+                        self.location,
+                        pending=len(self._buffer),
+                    ) from error
+                del self._buffer[: len(batch)]
+            self._failing = False
+
+    async def _arun_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._flush_interval
+        while not self._stopping:
+            wakeup: asyncio.Future[None] = loop.create_future()
+            self._wakeup = wakeup
+            timer = loop.call_later(delay, _resolve, wakeup)
+            try:
+                await wakeup
+            finally:
+                timer.cancel()
+                self._wakeup = None
+            if self._stopping or not self._buffer:
+                continue
+            try:
+                await self._aflush_buffer()
+                delay = self._flush_interval
+            except StoreError as error:
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
+                logger.warning("%s; retrying in %.1f s", error, delay)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,271 @@
+"""Stored canonical bytes back into `Frozen` / `Message` objects whose hash keys match the stored ones."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any, Optional
+
+import orjson
+from blake3 import blake3
+
+from miniagents.promising.ext.frozen import Frozen
+from store.errors import StoreIntegrityError
+
+HASH_KEY_LENGTHS = (40, 64)
+"""Hex lengths of hash keys: 40 by default, 64 with `longer_hash_keys=True`."""
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_REFERENCE_MARKER = b"__hash_key"
+_ONE_SUFFIX = "__hash_key"
+_MANY_SUFFIX = "__hash_keys"
+
+
+def is_hash_key(value: object) -> bool:
+    """Whether `value` looks like a hash key: 40 or 64 lower-case hex characters."""
+    return isinstance(value, str) and len(value) in HASH_KEY_LENGTHS and _HEX_DIGITS.issuperset(value)
+
+
+def hash_matches(hash_key: str, body: bytes) -> bool:
+    """Whether `body` hashes to `hash_key` (compared at the length of `hash_key`)."""
+    return blake3(body).hexdigest()[: len(hash_key)] == hash_key
+
+
+def find_references(value: Any) -> Iterator[str]:
+    """Hash keys of the messages referenced (`x__hash_key`, `x__hash_keys`) anywhere inside parsed JSON."""
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            for key, item in current.items():
+                if key.endswith(_ONE_SUFFIX) and isinstance(item, str):
+                    yield item
+                elif key.endswith(_MANY_SUFFIX) and isinstance(item, list):
+                    yield from (ref for ref in item if isinstance(ref, str))
+                elif isinstance(item, (dict, list)):
+                    stack.append(item)
+        elif isinstance(current, list):
+            stack.extend(item for item in current if isinstance(item, (dict, list)))
+
+
+def body_references(body: bytes) -> list[str]:
+    """Hash keys referenced by one object's canonical bytes (parses only bytes that can hold references)."""
+    if _REFERENCE_MARKER not in body:
+        return []
+    return list(find_references(orjson.loads(body)))
+
+
+def event_data_references(data: Optional[Mapping[str, Any]]) -> Iterator[str]:
+    """Hash keys an event's data names besides `Event.hash_key` (`call_finished`: call and reply nodes, replies)."""
+    if not data:
+        return
+    for field in ("call_node", "reply_node"):
+        value = data.get(field)
+        if isinstance(value, str):
+            yield value
+    replies = data.get("replies")
+    if isinstance(replies, list):
+        for reply in replies:
+            if isinstance(reply, dict) and isinstance(reply.get("hash"), str):
+                yield reply["hash"]
+
+
+_STAND_INS: dict[tuple[str, type[Frozen]], type[Frozen]] = {}
+_STAND_IN_CLASSES: set[type[Frozen]] = set()
+
+
+def is_stand_in_class(cls: type) -> bool:
+    """Whether `cls` was created at runtime by the decoder to stand in for a class this process does not have."""
+    return cls in _STAND_IN_CLASSES
+
+
+def stand_in_class(class_name: str, base: type[Frozen]) -> type[Frozen]:
+    """A class named `class_name` subclassing `base`, created once per process, for objects of unknown classes."""
+    key = (class_name, base)
+    cls = _STAND_INS.get(key)
+    if cls is None:
+        namespace = {
+            "__module__": __name__,
+            "__qualname__": class_name,
+            "__doc__": f"Stand-in for the stored class {class_name!r}, which this process does not define.",
+        }
+        cls = type(class_name, (base,), namespace)
+        _STAND_INS[key] = cls
+        _STAND_IN_CLASSES.add(cls)
+    return cls
+
+
+def message_base_class() -> type[Frozen]:
+    """`miniagents.messages.Message` (stored top-level objects are messages), or `Frozen` before it exists."""
+    try:
+        from miniagents.messages import Message
+    except ImportError:  # pragma: no cover - only while the core has no messages module
+        return Frozen
+    return Message
+
+
+def _frozen_classes_by_name() -> dict[str, list[type[Frozen]]]:
+    classes: dict[str, list[type[Frozen]]] = {Frozen.__name__: [Frozen]}
+    seen: set[type[Frozen]] = {Frozen}
+    stack: list[type[Frozen]] = [Frozen]
+    while stack:
+        for subclass in stack.pop().__subclasses__():
+            if subclass in seen:
+                continue
+            seen.add(subclass)
+            stack.append(subclass)
+            if not is_stand_in_class(subclass):
+                classes.setdefault(subclass.__name__, []).append(subclass)
+    return classes
+
+
+def _pin(obj: Frozen, attribute: str, value: Any) -> None:
+    """Fill a `cached_property` of `obj` with a value already known to be right."""
+    descriptor = inspect.getattr_static(type(obj), attribute, None)
+    if isinstance(descriptor, functools.cached_property):
+        obj.__dict__[attribute] = value
+
+
+class ObjectDecoder:
+    """Rebuilds objects from canonical bytes, caching what it rebuilt (objects are immutable, so sharing is safe).
+
+    The class named by `class_` is used when this process has it (found by name among the subclasses of `Frozen`;
+    no module is ever imported because stored data names it). When it is missing, cannot be built from the stored
+    fields, or builds an object with other bytes, a stand-in class of the same name is used instead: a `Message`
+    subclass for stored (top-level) objects, a `Frozen` subclass for nested ones.
+    """
+
+    def __init__(self, cache_size: int = 50_000) -> None:
+        self._cache: OrderedDict[str, Frozen] = OrderedDict()
+        self._cache_size = cache_size
+        self._classes: Optional[dict[str, list[type[Frozen]]]] = None
+        self._missing_names: set[str] = set()
+
+    def cached(self, hash_key: str) -> Optional[Frozen]:
+        """The object already rebuilt for `hash_key`, if any."""
+        obj = self._cache.get(hash_key)
+        if obj is not None:
+            self._cache.move_to_end(hash_key)
+        return obj
+
+    def clear(self) -> None:
+        """Forget every rebuilt object."""
+        self._cache.clear()
+
+    def decode(self, hash_key: str, bodies: Mapping[str, bytes]) -> Frozen:
+        """Rebuild the object `hash_key` from `bodies` (its bytes and those of every object it references that is
+        not cached yet); the bytes must already have been checked against their keys."""
+        cached = self.cached(hash_key)
+        if cached is not None:
+            return cached
+        resolved: dict[str, Frozen] = {}
+        for key in self._build_order(hash_key, bodies, resolved):
+            resolved[key] = self._rebuild(key, bodies[key], resolved)
+            self._remember(key, resolved[key])
+        return resolved[hash_key]
+
+    def _build_order(self, hash_key: str, bodies: Mapping[str, bytes], resolved: dict[str, Frozen]) -> list[str]:
+        """Keys to rebuild, every object after the objects it references (iterative post-order); objects found in
+        the cache go straight into `resolved`."""
+        order: list[str] = []
+        done: set[str] = set()
+        stack: list[tuple[str, bool]] = [(hash_key, False)]
+        while stack:
+            key, expanded = stack.pop()
+            if key in done or key in resolved:
+                continue
+            cached = self.cached(key)
+            if cached is not None:
+                resolved[key] = cached
+                continue
+            if expanded:
+                done.add(key)
+                order.append(key)
+                continue
+            body = bodies.get(key)
+            if body is None:
+                raise StoreIntegrityError(
+                    f"Object {key} is referenced but missing from the store; run `await store.averify()` to list "
+                    "every damaged object.",
+                    key,
+                )
+            stack.append((key, True))
+            stack.extend((ref, False) for ref in body_references(body) if ref not in done)
+        return order
+
+    def _remember(self, hash_key: str, obj: Frozen) -> None:
+        self._cache[hash_key] = obj
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _rebuild(self, hash_key: str, body: bytes, resolved: Mapping[str, Frozen]) -> Frozen:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise StoreIntegrityError(f"Object {hash_key} is not valid JSON ({error}).", hash_key) from None
+        class_name = data.get("class_") if isinstance(data, dict) else None
+        if not isinstance(class_name, str):
+            raise StoreIntegrityError(
+                f"Object {hash_key} has no `class_` field, so it is not a stored Frozen object.", hash_key
+            )
+        attempts: list[tuple[type[Frozen], bool]] = [(cls, True) for cls in self._classes_named(class_name)]
+        attempts.append((stand_in_class(class_name, message_base_class()), False))
+        if message_base_class() is not Frozen:
+            attempts.append((stand_in_class(class_name, Frozen), False))
+        first_error: Optional[BaseException] = None
+        for cls, real_nested_classes in attempts:
+            try:
+                obj = cls(**self._fields(data, real_nested_classes, resolved))
+                if obj.canonical_bytes != body:
+                    continue
+            except Exception as error:  # a class that cannot take the stored fields: try the next one
+                first_error = first_error or error
+                continue
+            _pin(obj, "hash_key", hash_key)
+            if obj.hash_key == hash_key:
+                return obj
+        raise StoreIntegrityError(
+            f"Object {hash_key} (class {class_name!r}) cannot be rebuilt so that its bytes match the stored ones"
+            + (f" ({type(first_error).__name__}: {first_error})" if first_error else "")
+            + "; it was stored by an incompatible version of the library.",
+            hash_key,
+        )
+
+    def _fields(self, data: dict[str, Any], real_classes: bool, resolved: Mapping[str, Frozen]) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for name, value in data.items():
+            if name.endswith(_ONE_SUFFIX) and isinstance(value, str):
+                fields[name[: -len(_ONE_SUFFIX)]] = resolved[value]
+            elif name.endswith(_MANY_SUFFIX) and isinstance(value, list):
+                fields[name[: -len(_MANY_SUFFIX)]] = tuple(resolved[ref] for ref in value)
+            else:
+                fields[name] = self._value(value, real_classes, resolved)
+        return fields
+
+    def _value(self, value: Any, real_classes: bool, resolved: Mapping[str, Frozen]) -> Any:
+        if isinstance(value, dict):
+            fields = self._fields(value, real_classes, resolved)
+            class_name = value.get("class_")
+            if not isinstance(class_name, str):
+                return fields
+            cls: Optional[type[Frozen]] = None
+            if real_classes:
+                candidates = self._classes_named(class_name)
+                cls = candidates[0] if candidates else None
+            if cls is None:
+                cls = Frozen if class_name == Frozen.__name__ else stand_in_class(class_name, Frozen)
+            return cls(**fields)
+        if isinstance(value, list):
+            return tuple(self._value(item, real_classes, resolved) for item in value)
+        return value
+
+    def _classes_named(self, class_name: str) -> list[type[Frozen]]:
+        if self._classes is None or (class_name not in self._classes and class_name not in self._missing_names):
+            self._classes = _frozen_classes_by_name()
+        classes = self._classes.get(class_name)
+        if classes is None:
+            self._missing_names.add(class_name)
+            return []
+        return classes

@@ -1,0 +1,193 @@
+"""`MemoryStore`: the event store kept in process memory (tests, short-lived tools)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+from miniagents.events import Event, EventKind
+from store.base import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FLUSH_INTERVAL,
+    EventStore,
+    PendingEvent,
+    RunInfo,
+    RunStatus,
+    decode_data,
+    run_update,
+)
+from store.errors import StoreUsageError
+
+_CHUNK = 2_000
+
+
+@dataclass
+class _Run:
+    run_id: str
+    status: str = RunStatus.RUNNING
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    library_version: Optional[str] = None
+    metadata: Optional[bytes] = None
+    error: Optional[bytes] = None
+    seqs: list[int] = field(default_factory=list)
+
+    def info(self) -> RunInfo:
+        return RunInfo(
+            run_id=self.run_id,
+            status=self.status,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            library_version=self.library_version,
+            metadata=decode_data(self.metadata) or {},
+            error=decode_data(self.error),
+            event_count=len(self.seqs),
+        )
+
+
+@dataclass(slots=True)
+class _Row:
+    run_id: str
+    kind: EventKind
+    t: float
+    hash_key: Optional[str]
+    call_id: Optional[int]
+    parent_call_id: Optional[int]
+    data: Optional[bytes]
+
+    def event(self, seq: int) -> Event:
+        return Event(
+            kind=self.kind,
+            run_id=self.run_id,
+            t=self.t,
+            hash_key=self.hash_key,
+            call_id=self.call_id,
+            parent_call_id=self.parent_call_id,
+            data=decode_data(self.data),
+            seq=seq,
+        )
+
+
+class MemoryStore(EventStore):
+    """An event store in process memory. Its contents survive `aclose()`, so one instance can be written by one
+    `MiniAgents` context and read by the next; they are gone with the process.
+
+    :param batch_size: flush as soon as this many events are buffered.
+    :param flush_interval: flush buffered events at least this often (seconds).
+    """
+
+    def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, flush_interval: float = DEFAULT_FLUSH_INTERVAL):
+        super().__init__(batch_size=batch_size, flush_interval=flush_interval)
+        self._objects: dict[str, bytes] = {}
+        self._events: dict[int, _Row] = {}
+        self._seqs_by_hash: dict[str, list[int]] = {}
+        self._runs: dict[str, _Run] = {}
+        self._last_seq = 0
+
+    @property
+    def location(self) -> str:
+        return f"memory store 0x{id(self):x}"
+
+    async def _aopen_storage(self) -> None:
+        pass
+
+    async def _aclose_storage(self) -> None:
+        pass
+
+    async def _aregister_run(self, run_id: str) -> None:
+        if run_id in self._runs:
+            raise StoreUsageError(f"{self.location} already holds a run {run_id!r}; run ids must be unique.")
+        self._runs[run_id] = _Run(run_id)
+
+    async def _awrite_batch(self, batch: Sequence[PendingEvent]) -> None:
+        seq = self._last_seq
+        for pending in batch:
+            event = pending.event
+            seq += 1
+            for hash_key, body in pending.objects:
+                self._objects.setdefault(hash_key, body)
+            self._events[seq] = _Row(
+                run_id=event.run_id,
+                kind=event.kind,
+                t=event.t,
+                hash_key=pending.hash_key,
+                call_id=event.call_id,
+                parent_call_id=event.parent_call_id,
+                data=pending.data,
+            )
+            if pending.hash_key is not None:
+                self._seqs_by_hash.setdefault(pending.hash_key, []).append(seq)
+            run = self._runs.get(event.run_id)
+            if run is None:
+                run = self._runs[event.run_id] = _Run(event.run_id)
+            run.seqs.append(seq)
+            update = run_update(pending)
+            if update is not None:
+                if event.kind is EventKind.RUN_STARTED:
+                    run.started_at = update.started_at
+                    run.library_version = update.library_version
+                    run.metadata = update.metadata
+                else:
+                    run.status = update.status or RunStatus.OK
+                    run.finished_at = update.finished_at
+                    run.error = update.error
+        self._last_seq = seq
+
+    async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
+        if run_id is None:
+            return [run.info() for run in self._runs.values()]
+        run = self._runs.get(run_id)
+        return [] if run is None else [run.info()]
+
+    async def _aiter_event_chunks(
+        self,
+        run_id: Optional[str],
+        after_seq: Optional[int],
+        kinds: Optional[frozenset[EventKind]],
+        hash_keys: Optional[Sequence[str]] = None,
+    ) -> AsyncIterator[list[Event]]:
+        if hash_keys is not None:
+            seqs = sorted(seq for key in hash_keys for seq in self._seqs_by_hash.get(key, ()) if seq in self._events)
+            if run_id is not None:
+                seqs = [seq for seq in seqs if self._events[seq].run_id == run_id]
+        elif run_id is None:
+            seqs = list(self._events)
+        else:
+            run = self._runs.get(run_id)
+            seqs = list(run.seqs) if run is not None else []
+        if after_seq is not None:
+            seqs = [seq for seq in seqs if seq > after_seq]
+        for start in range(0, len(seqs), _CHUNK):
+            chunk: list[Event] = []
+            for seq in seqs[start : start + _CHUNK]:
+                row = self._events.get(seq)
+                if row is not None and (kinds is None or row.kind in kinds):
+                    chunk.append(row.event(seq))
+            yield chunk
+
+    async def _aload_objects(self, hash_keys: Sequence[str]) -> dict[str, bytes]:
+        objects = self._objects
+        return {key: objects[key] for key in hash_keys if key in objects}
+
+    async def _aiter_object_chunks(self) -> AsyncIterator[list[tuple[str, bytes]]]:
+        items = list(self._objects.items())
+        for start in range(0, len(items), _CHUNK):
+            yield items[start : start + _CHUNK]
+
+    async def _aiter_reference_chunks(self) -> AsyncIterator[list[tuple[int, Optional[str], Optional[bytes]]]]:
+        rows = [(seq, row.hash_key, row.data) for seq, row in self._events.items()]
+        for start in range(0, len(rows), _CHUNK):
+            yield rows[start : start + _CHUNK]
+
+    async def _adelete_run_events(self, run_id: str) -> bool:
+        run = self._runs.pop(run_id, None)
+        if run is None:
+            return False
+        for seq in run.seqs:
+            self._events.pop(seq, None)
+        return True
+
+    async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
+        for key in hash_keys:
+            self._objects.pop(key, None)

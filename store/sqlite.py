@@ -1,0 +1,771 @@
+"""`SQLiteStore`: the event store in one SQLite file (aiosqlite, WAL), shared safely by several processes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TypeVar, Union
+
+import aiosqlite
+
+from miniagents.events import Event, EventKind
+from miniagents.promising.ext.frozen import CANONICAL_FORM_VERSION, HASH_ALGORITHM
+from store.base import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FLUSH_INTERVAL,
+    EventStore,
+    PendingEvent,
+    Problem,
+    RunInfo,
+    RunStatus,
+    decode_data,
+    run_update,
+)
+from store.errors import (
+    ForeignDatabaseError,
+    SchemaVersionError,
+    StoreCorruptedError,
+    StoreOpenError,
+    StoreReadError,
+    StoreUsageError,
+    StoreWriteError,
+)
+
+APPLICATION = "miniagents-store"
+"""The `application` value in the `meta` table of every store."""
+APPLICATION_ID = 0x4D41_5354
+"""Written into the SQLite header (`PRAGMA application_id`), so tools like `file` can tell a store apart."""
+SCHEMA_VERSION = 1
+"""Version of the table layout below; a newer store is refused, an older one is migrated."""
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+_SCHEMA_V1 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE kinds (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    """CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL DEFAULT 'running',
+        started_at REAL,
+        finished_at REAL,
+        library_version TEXT,
+        metadata BLOB,
+        error BLOB,
+        event_count INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE TABLE objects (id INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE, body BLOB NOT NULL)",
+    """CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        t REAL NOT NULL,
+        hash BLOB,
+        call_id INTEGER,
+        parent_call_id INTEGER,
+        data BLOB
+    )""",
+    "CREATE INDEX events_by_run ON events (run)",
+    "CREATE INDEX events_by_hash ON events (hash) WHERE kind IN (4, 6)",  # stream and call_finished: replay lookups
+)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1}
+"""Statements that take a store from version `n - 1` to version `n` (version 0 is an empty file)."""
+
+KIND_CODES: dict[EventKind, int] = {
+    EventKind.RUN_STARTED: 1,
+    EventKind.RUN_FINISHED: 2,
+    EventKind.MESSAGE: 3,
+    EventKind.STREAM: 4,
+    EventKind.CALL_STARTED: 5,
+    EventKind.CALL_FINISHED: 6,
+    EventKind.ERROR: 7,
+}
+"""Stored codes of the event kinds (never renumbered; kinds added later get the next free code, kept in `kinds`)."""
+
+_CHUNK = 5_000
+_IN_LIMIT = 500
+_BUSY_ERROR_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_FULL, _READONLY, _CORRUPT, _NOTADB, _CANTOPEN, _IOERR = 13, 8, 11, 26, 14, 10
+
+_T = TypeVar("_T")
+
+
+def _library_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("miniagents")
+    except Exception:
+        return "unknown"
+
+
+def _error_code(error: sqlite3.Error) -> Optional[int]:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF
+    text = str(error).lower()
+    for fragment, value in (
+        ("locked", 5),
+        ("busy", 5),
+        ("disk is full", _FULL),
+        ("readonly", _READONLY),
+        ("read-only", _READONLY),
+        ("malformed", _CORRUPT),
+        ("not a database", _NOTADB),
+        ("unable to open", _CANTOPEN),
+        ("disk i/o", _IOERR),
+    ):
+        if fragment in text:
+            return value
+    return None
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    return _error_code(error) in _BUSY_ERROR_CODES
+
+
+@dataclass
+class _Inspection:
+    """What an existing file holds, read without changing it."""
+
+    exists: bool = False
+    tables: set[str] = field(default_factory=set)
+    meta: dict[str, str] = field(default_factory=dict)
+    kinds: dict[int, str] = field(default_factory=dict)
+    application_id: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.tables and self.application_id == 0
+
+
+class SQLiteStore(EventStore):
+    """An event store in one SQLite file: WAL journal, one transaction per batch, safe for several processes and
+    several `MiniAgents` contexts appending at once.
+
+    :param path: the database file; created (with its schema) if missing. A file that is not a miniagents store,
+        or that a newer version wrote, is refused and never modified.
+    :param batch_size: flush as soon as this many events are buffered.
+    :param flush_interval: flush buffered events at least this often (seconds).
+    :param busy_timeout: how long (seconds) to keep retrying while other connections hold the write lock before
+        a write fails with `StoreWriteError`.
+    :param synchronous: SQLite's `synchronous` setting; `"NORMAL"` (default) survives process crashes, `"FULL"`
+        also survives power loss, `"OFF"` is fastest.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike[str]],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        busy_timeout: float = 60.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        super().__init__(batch_size=batch_size, flush_interval=flush_interval)
+        if str(path) in ("", ":memory:") or str(path).startswith("file:"):
+            raise StoreUsageError(
+                f"SQLiteStore needs a file path, got {str(path)!r}; use MemoryStore for a store in memory."
+            )
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreUsageError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}.")
+        self.path = Path(path)
+        self._uri = self.path.absolute().as_uri()
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous.upper()
+        self._db: Optional[aiosqlite.Connection] = None
+        self._reader: Optional[aiosqlite.Connection] = None
+        self._maintenance_open = False
+        self._kind_codes: dict[EventKind, int] = {}
+        self._kinds_by_code: dict[int, EventKind] = {}
+        self._run_rowids: dict[str, int] = {}
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------------------------------------------ opening
+
+    async def _aopen_storage(self) -> None:
+        inspection = await self._ainspect()
+        self._classify(inspection)
+        connections: list[aiosqlite.Connection] = []
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+            connections.append(db)
+            await db.execute(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
+            if inspection.is_empty:
+                await self._aretry(lambda: db.execute("PRAGMA journal_mode = WAL"))
+            if not self._is_current(inspection):
+                inspection = await self._aretry(lambda: self._acreate_or_migrate(db))
+            rows = await self._aretry(lambda: db.execute_fetchall("PRAGMA journal_mode"))
+            if str(next(iter(rows))[0]).lower() != "wal":
+                await self._aretry(lambda: db.execute("PRAGMA journal_mode = WAL"))
+            await db.execute(f"PRAGMA synchronous = {self._synchronous}")
+            await db.execute("PRAGMA cache_size = -16000")
+            reader = await aiosqlite.connect(self._uri + "?mode=ro", uri=True, isolation_level=None)
+            connections.append(reader)
+            await reader.execute(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
+            await reader.execute("PRAGMA cache_size = -16000")
+        except BaseException as error:
+            for connection in reversed(connections):
+                await connection.close()
+            if isinstance(error, sqlite3.Error):
+                raise self._open_error(error) from error
+            raise
+        self._db, self._reader = db, reader
+        self._set_kinds(inspection.kinds)
+        self._run_rowids = {}
+
+    def _set_kinds(self, kinds: dict[int, str]) -> None:
+        self._kinds_by_code = {code: EventKind(name) for code, name in kinds.items() if _known(name)}
+        self._kind_codes = {kind: code for code, kind in self._kinds_by_code.items()}
+
+    async def _areload_kinds(self) -> None:
+        rows = await self._afetch("SELECT code, name FROM kinds")
+        self._set_kinds({int(code): str(name) for code, name in rows})
+
+    async def _aclose_storage(self) -> None:
+        db, reader = self._db, self._reader
+        self._db = self._reader = None
+        for connection in (reader, db):
+            if connection is not None:
+                await connection.close()
+
+    @property
+    def _inner_busy_ms(self) -> int:
+        return int(min(self._busy_timeout, 2.0) * 1000)
+
+    async def _ainspect(self) -> _Inspection:
+        """Read what the file holds without changing it (and without creating journal files next to it)."""
+        header, wal_file_exists = _read_header(self.path)
+        if header is None:
+            return _Inspection()
+        if not header:
+            return _Inspection(exists=True)
+        if not header.startswith(_SQLITE_HEADER) or len(header) < 100:
+            raise ForeignDatabaseError(
+                f"{self.path} is not a SQLite database, so it is not a miniagents store; it was left untouched. "
+                "Point SQLiteStore at a new file (or move this one away).",
+                str(self.path),
+            )
+        wal_mode = header[18] == 2
+        query = "?mode=ro&immutable=1" if wal_mode and not wal_file_exists else "?mode=ro"
+        try:
+            async with aiosqlite.connect(self._uri + query, uri=True) as db:
+                await db.execute(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
+                return await self._aread_layout(db, exists=True)
+        except sqlite3.Error as error:
+            raise self._open_error(error) from error
+
+    async def _aread_layout(self, db: aiosqlite.Connection, exists: bool) -> _Inspection:
+        inspection = _Inspection(exists=exists)
+        rows = await db.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+        inspection.tables = {row[0] for row in rows if not str(row[0]).startswith("sqlite_")}
+        inspection.application_id = next(iter(await db.execute_fetchall("PRAGMA application_id")))[0]
+        if "meta" in inspection.tables:
+            try:
+                meta_rows = await db.execute_fetchall("SELECT key, value FROM meta")
+                inspection.meta = {str(key): str(value) for key, value in meta_rows}
+            except sqlite3.OperationalError:
+                inspection.meta = {}
+        if "kinds" in inspection.tables and inspection.meta.get("application") == APPLICATION:
+            kind_rows = await db.execute_fetchall("SELECT code, name FROM kinds")
+            inspection.kinds = {int(code): str(name) for code, name in kind_rows}
+        return inspection
+
+    def _classify(self, inspection: _Inspection) -> int:
+        """The schema version of an inspected file (0: empty); raise if it is not ours or not readable by us."""
+        path = str(self.path)
+        if inspection.is_empty:
+            return 0
+        if inspection.meta.get("application") != APPLICATION or inspection.application_id not in (0, APPLICATION_ID):
+            tables = ", ".join(sorted(inspection.tables)) or "none"
+            raise ForeignDatabaseError(
+                f"{path} is a SQLite database of another application (tables: {tables}), not a miniagents store; "
+                "it was left untouched. Point SQLiteStore at a new file.",
+                path,
+            )
+        try:
+            version = int(inspection.meta.get("schema_version", ""))
+        except ValueError:
+            raise StoreCorruptedError(
+                f"{path} has an unreadable schema version {inspection.meta.get('schema_version')!r}; it was left "
+                "untouched. Restore it from a backup or start a new store.",
+                path,
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{path} was written with store schema version {version}, but this library only reads versions up "
+                f"to {SCHEMA_VERSION}; upgrade miniagents to open it (it was left untouched).",
+                path,
+            )
+        canonical = inspection.meta.get("canonical_form_version")
+        if canonical != str(CANONICAL_FORM_VERSION):
+            raise SchemaVersionError(
+                f"{path} holds objects in canonical form version {canonical}, but this library writes version "
+                f"{CANONICAL_FORM_VERSION}; open it with the miniagents version that wrote it (it was left "
+                "untouched).",
+                path,
+            )
+        algorithm = inspection.meta.get("hash_algorithm")
+        if algorithm != HASH_ALGORITHM:
+            raise SchemaVersionError(
+                f"{path} hashes objects with {algorithm!r}, but this library uses {HASH_ALGORITHM!r}; open it with "
+                "the miniagents version that wrote it (it was left untouched).",
+                path,
+            )
+        return version
+
+    def _is_current(self, inspection: _Inspection) -> bool:
+        if inspection.is_empty or self._classify(inspection) != SCHEMA_VERSION:
+            return False
+        return all(kind.value in inspection.kinds.values() for kind in EventKind)
+
+    async def _acreate_or_migrate(self, db: aiosqlite.Connection) -> _Inspection:
+        """In one write transaction: check the file again, then create or migrate the schema and register kinds."""
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            inspection = await self._aread_layout(db, exists=True)
+            version = self._classify(inspection)
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    await db.execute(statement)
+            if version == 0:
+                meta = {
+                    "application": APPLICATION,
+                    "canonical_form_version": str(CANONICAL_FORM_VERSION),
+                    "hash_algorithm": HASH_ALGORITHM,
+                    "created_by": f"miniagents {_library_version()}",
+                    "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                }
+                await db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+            if version != SCHEMA_VERSION:
+                await db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+                await db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            codes = dict(inspection.kinds) if version else {}
+            for kind in EventKind:
+                if kind.value not in codes.values():
+                    code = KIND_CODES.get(kind) or max([*codes, *KIND_CODES.values()]) + 1
+                    await db.execute("INSERT INTO kinds (code, name) VALUES (?, ?)", (code, kind.value))
+                    codes[code] = kind.value
+            await db.execute("COMMIT")
+        except BaseException:
+            await _arollback(db)
+            raise
+        inspection.kinds = codes
+        return inspection
+
+    def _open_error(self, error: sqlite3.Error) -> StoreOpenError:
+        path = str(self.path)
+        code = _error_code(error)
+        if code in (_CORRUPT, _NOTADB):
+            return StoreCorruptedError(
+                f"{path} is damaged ({error}); it was left untouched. Restore it from a backup, or move it away and "
+                "start a new store.",
+                path,
+            )
+        if code in (_CANTOPEN, _READONLY, _IOERR) or (isinstance(error, sqlite3.OperationalError) and code is None):
+            return StoreOpenError(
+                f"Cannot open the store {path} for writing ({error}): the file and its directory must be writable "
+                "(SQLite creates `-wal` and `-shm` files next to it). Fix the permissions or choose another path.",
+                path,
+            )
+        if code in _BUSY_ERROR_CODES:
+            return StoreOpenError(
+                f"Cannot open the store {path}: other connections kept it locked for {self._busy_timeout:g} s "
+                f"({error}); retry later or raise `busy_timeout`.",
+                path,
+            )
+        return StoreOpenError(f"Cannot open the store {path} ({type(error).__name__}: {error}).", path)
+
+    # ------------------------------------------------------------------------------------------------------ writing
+
+    async def _aretry(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """Run `operation`, retrying with backoff while the database is busy (up to `busy_timeout` seconds)."""
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.002
+        while True:
+            try:
+                return await operation()
+            except sqlite3.Error as error:
+                if not _is_busy(error) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 0.25)
+
+    async def _atransaction(
+        self,
+        work: Callable[[aiosqlite.Connection], Awaitable[_T]],
+        what: str,
+        outcome: str = "Nothing of it was written",
+    ) -> _T:
+        """Run `work` in one `BEGIN IMMEDIATE` transaction, retried while busy; driver errors -> StoreWriteError."""
+        db = self._writer_db
+
+        async def attempt() -> _T:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await work(db)
+                await db.execute("COMMIT")
+            except BaseException:
+                await _arollback(db)
+                raise
+            return result
+
+        try:
+            return await self._aretry(attempt)
+        except sqlite3.Error as error:
+            raise self._write_error(error, what, outcome) from error
+
+    def _write_error(
+        self, error: sqlite3.Error, what: str, outcome: str = "Nothing of it was written"
+    ) -> StoreWriteError:
+        path = str(self.path)
+        code = _error_code(error)
+        if code == _FULL:
+            reason = "the disk (or the database's size limit) is full; free some space"
+        elif code == _READONLY:
+            reason = "the file or its directory is read-only; make it writable"
+        elif code in _BUSY_ERROR_CODES:
+            reason = (
+                f"other connections kept the database locked for more than {self._busy_timeout:g} s; "
+                "raise `busy_timeout` or write less concurrently"
+            )
+        elif code in (_CORRUPT, _NOTADB):
+            reason = "the file is damaged; restore it from a backup"
+        else:
+            reason = "fix the cause"
+        return StoreWriteError(f"Could not {what} in {path} ({error}): {reason}. {outcome}.", path)
+
+    @property
+    def _writer_db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            self._check_open()
+            raise StoreUsageError(f"{self!r} has no open connection.")
+        return self._db
+
+    async def _aregister_run(self, run_id: str) -> None:
+        async def work(db: aiosqlite.Connection) -> None:
+            cursor = await db.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (run_id,))
+            if cursor.rowcount == 0:
+                raise StoreUsageError(f"{self.path} already holds a run {run_id!r}; run ids must be unique.")
+            self._run_rowids[run_id] = int(cursor.lastrowid or 0)
+
+        await self._atransaction(work, f"record the start of run {run_id!r}")
+
+    async def _aresolve_runs(self, db: aiosqlite.Connection, run_ids: Iterable[str]) -> dict[str, int]:
+        rowids = self._run_rowids
+        for run_id in run_ids:
+            if run_id not in rowids:
+                await db.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (run_id,))
+                rows = await db.execute_fetchall("SELECT id FROM runs WHERE run_id = ?", (run_id,))
+                rowids[run_id] = int(next(iter(rows))[0])
+        return rowids
+
+    async def _awrite_batch(self, batch: Sequence[PendingEvent]) -> None:
+        objects: dict[str, bytes] = {}
+        counts: dict[str, int] = {}
+        for pending in batch:
+            for hash_key, body in pending.objects:
+                objects.setdefault(hash_key, body)
+            run_id = pending.event.run_id
+            counts[run_id] = counts.get(run_id, 0) + 1
+        object_rows = [(bytes.fromhex(hash_key), body) for hash_key, body in objects.items()]
+        kind_codes = self._kind_codes
+        fromhex = bytes.fromhex
+
+        async def work(db: aiosqlite.Connection) -> None:
+            rowids = await self._aresolve_runs(db, counts)
+            event_rows = [
+                (
+                    rowids[event.run_id],
+                    kind_codes[event.kind],
+                    event.t,
+                    None if pending.hash_key is None else fromhex(pending.hash_key),
+                    event.call_id,
+                    event.parent_call_id,
+                    pending.data,
+                )
+                for pending in batch
+                for event in (pending.event,)
+            ]
+            if object_rows:
+                await db.executemany("INSERT OR IGNORE INTO objects (hash, body) VALUES (?, ?)", object_rows)
+            await db.executemany(
+                "INSERT INTO events (run, kind, t, hash, call_id, parent_call_id, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                event_rows,
+            )
+            for pending in batch:
+                update = run_update(pending)
+                if update is None:
+                    continue
+                rowid = rowids[pending.event.run_id]
+                if pending.event.kind is EventKind.RUN_STARTED:
+                    await db.execute(
+                        "UPDATE runs SET started_at = ?, library_version = ?, metadata = ? WHERE id = ?",
+                        (update.started_at, update.library_version, update.metadata, rowid),
+                    )
+                else:
+                    await db.execute(
+                        "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                        (update.status, update.finished_at, update.error, rowid),
+                    )
+            await db.executemany(
+                "UPDATE runs SET event_count = event_count + ? WHERE id = ?",
+                [(count, rowids[run_id]) for run_id, count in counts.items()],
+            )
+
+        try:
+            await self._atransaction(
+                work,
+                f"write {len(batch)} events",
+                "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
+            )
+        except StoreWriteError:
+            self._run_rowids = {}
+            raise
+
+    async def _adelete_run_events(self, run_id: str) -> bool:
+        async def work(db: aiosqlite.Connection) -> bool:
+            rows = list(await db.execute_fetchall("SELECT id FROM runs WHERE run_id = ?", (run_id,)))
+            if not rows:
+                return False
+            await db.execute("DELETE FROM events WHERE run = ?", (rows[0][0],))
+            await db.execute("DELETE FROM runs WHERE id = ?", (rows[0][0],))
+            return True
+
+        self._run_rowids.pop(run_id, None)
+        return await self._atransaction(work, f"delete run {run_id!r}")
+
+    async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
+        rows = [(bytes.fromhex(key),) for key in hash_keys]
+        try:
+            await self._writer_db.executemany("DELETE FROM objects WHERE hash = ?", rows)
+        except sqlite3.Error as error:
+            raise self._write_error(error, f"delete {len(rows)} unreferenced objects") from error
+
+    @asynccontextmanager
+    async def _amaintenance(self) -> AsyncIterator[None]:
+        db = self._writer_db
+        try:
+            await self._aretry(lambda: db.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error as error:
+            raise self._write_error(error, "start a maintenance transaction") from error
+        self._maintenance_open = True
+        try:
+            yield
+            await db.execute("COMMIT")
+        except BaseException as error:
+            await _arollback(db)
+            if isinstance(error, sqlite3.Error):
+                raise self._write_error(error, "finish a maintenance transaction") from error
+            raise
+        finally:
+            self._maintenance_open = False
+
+    # ------------------------------------------------------------------------------------------------------ reading
+
+    @property
+    def _read_db(self) -> aiosqlite.Connection:
+        """The reader connection, or the writer inside a maintenance transaction (which must see its own view)."""
+        db = self._db if self._maintenance_open else self._reader
+        if db is None:
+            self._check_open()
+            raise StoreUsageError(f"{self!r} has no open connection.")
+        return db
+
+    async def _afetch(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        db = self._read_db
+        try:
+            return list(await self._aretry(lambda: db.execute_fetchall(sql, parameters)))
+        except sqlite3.Error as error:
+            raise StoreReadError(
+                f"Could not read from {self.path} ({error}); run `await store.averify()` to check the file.",
+                str(self.path),
+            ) from error
+
+    async def _acheck_storage(self) -> list[Problem]:
+        rows = await self._afetch("PRAGMA quick_check")
+        return [
+            Problem("storage", f"SQLite reports damage in {self.path}: {row[0]}")
+            for row in rows
+            if str(row[0]).lower() != "ok"
+        ]
+
+    async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
+        sql = "SELECT run_id, status, started_at, finished_at, library_version, metadata, error, event_count FROM runs"
+        rows = await (
+            self._afetch(sql + " WHERE run_id = ?", (run_id,))
+            if run_id is not None
+            else self._afetch(sql + " ORDER BY id")
+        )
+        return [
+            RunInfo(
+                run_id=row[0],
+                status=row[1] or RunStatus.RUNNING,
+                started_at=row[2],
+                finished_at=row[3],
+                library_version=row[4],
+                metadata=decode_data(row[5]) or {},
+                error=decode_data(row[6]),
+                event_count=row[7],
+            )
+            for row in rows
+        ]
+
+    async def _aiter_event_chunks(
+        self,
+        run_id: Optional[str],
+        after_seq: Optional[int],
+        kinds: Optional[frozenset[EventKind]],
+        hash_keys: Optional[Sequence[str]] = None,
+    ) -> AsyncIterator[list[Event]]:
+        if hash_keys is not None and len(hash_keys) > _IN_LIMIT:
+            for start in range(0, len(hash_keys), _IN_LIMIT):
+                async for chunk in self._aiter_event_chunks(
+                    run_id, after_seq, kinds, hash_keys[start : start + _IN_LIMIT]
+                ):
+                    yield chunk
+            return
+        columns = "SELECT seq, run, kind, t, hash, call_id, parent_call_id, data FROM events WHERE seq > ?"
+        conditions = ""
+        parameters: list[Any] = []
+        if hash_keys is not None:
+            # stream and call_finished events are found through the events_by_hash index, other kinds by a scan
+            indexed = kinds is not None and kinds <= {EventKind.STREAM, EventKind.CALL_FINISHED}
+            conditions += f" AND hash IN ({', '.join('?' * len(hash_keys))})"
+            parameters.extend(bytes.fromhex(key) for key in hash_keys)
+            if indexed:
+                conditions += " AND kind IN (4, 6)"
+        run_names: dict[int, str] = {}
+        if run_id is not None:
+            rows = await self._afetch("SELECT id FROM runs WHERE run_id = ?", (run_id,))
+            if not rows:
+                return
+            conditions += " AND run = ?"
+            parameters.append(rows[0][0])
+            run_names[rows[0][0]] = run_id
+        if kinds is not None:
+            codes = [self._kind_codes[kind] for kind in kinds if kind in self._kind_codes]
+            conditions += f" AND kind IN ({', '.join('?' * len(codes))})"
+            parameters.extend(codes)
+        sql = f"{columns}{conditions} ORDER BY seq LIMIT {_CHUNK}"
+        kinds_by_code = self._kinds_by_code
+        loads = decode_data
+        last = after_seq if after_seq is not None else 0
+        while True:
+            rows = await self._afetch(sql, [last, *parameters])
+            if not rows:
+                return
+            missing = {row[1] for row in rows} - run_names.keys()
+            if missing:
+                run_names.update((row[0], row[1]) for row in await self._afetch("SELECT id, run_id FROM runs"))
+            if not {row[2] for row in rows} <= kinds_by_code.keys():
+                await self._areload_kinds()
+                kinds_by_code = self._kinds_by_code
+                unknown = {row[2] for row in rows} - kinds_by_code.keys()
+                if unknown:
+                    raise StoreReadError(
+                        f"{self.path} holds events of kinds this library does not know (codes {sorted(unknown)}); "
+                        "they were written by a newer miniagents: upgrade it to read them.",
+                        str(self.path),
+                    )
+            yield [
+                Event(
+                    kinds_by_code[kind],
+                    run_names.get(run, ""),
+                    t,
+                    None if hash_blob is None else hash_blob.hex(),
+                    call_id,
+                    parent_call_id,
+                    None if data is None else loads(data),
+                    None,
+                    seq,
+                )
+                for seq, run, kind, t, hash_blob, call_id, parent_call_id, data in rows
+            ]
+            if len(rows) < _CHUNK:
+                return
+            last = rows[-1][0]
+
+    async def _aload_objects(self, hash_keys: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for start in range(0, len(hash_keys), _IN_LIMIT):
+            keys = hash_keys[start : start + _IN_LIMIT]
+            if len(keys) == 1:
+                rows = await self._afetch("SELECT hash, body FROM objects WHERE hash = ?", (bytes.fromhex(keys[0]),))
+            else:
+                rows = await self._afetch(
+                    f"SELECT hash, body FROM objects WHERE hash IN ({', '.join('?' * len(keys))})",
+                    [bytes.fromhex(key) for key in keys],
+                )
+            found.update((hash_blob.hex(), bytes(body)) for hash_blob, body in rows)
+        return found
+
+    async def _aiter_object_chunks(self) -> AsyncIterator[list[tuple[str, bytes]]]:
+        last = 0
+        while True:
+            rows = await self._afetch(
+                f"SELECT id, hash, body FROM objects WHERE id > ? ORDER BY id LIMIT {_CHUNK}", (last,)
+            )
+            if not rows:
+                return
+            yield [(hash_blob.hex(), bytes(body)) for _id, hash_blob, body in rows]
+            last = rows[-1][0]
+
+    async def _aiter_reference_chunks(self) -> AsyncIterator[list[tuple[int, Optional[str], Optional[bytes]]]]:
+        last = 0
+        while True:
+            rows = await self._afetch(
+                f"SELECT seq, hash, data FROM events WHERE seq > ? ORDER BY seq LIMIT {_CHUNK}", (last,)
+            )
+            if not rows:
+                return
+            yield [(seq, None if hash_blob is None else hash_blob.hex(), data) for seq, hash_blob, data in rows]
+            last = rows[-1][0]
+
+
+def _read_header(path: Path) -> tuple[Optional[bytes], bool]:
+    """The first 100 bytes of the file (None if it does not exist yet) and whether a `-wal` file is next to it."""
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise StoreOpenError(
+                f"Cannot create the store {path}: the directory {path.parent} does not exist; create it first.",
+                str(path),
+            )
+        return None, False
+    if not path.is_file():
+        raise StoreOpenError(f"Cannot open the store {path}: it is not a regular file.", str(path))
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except OSError as error:
+        raise StoreOpenError(
+            f"Cannot read the store {path} ({error.strerror}); check its permissions.", str(path)
+        ) from error
+    return header, Path(f"{path}-wal").exists()
+
+
+def _known(kind_name: str) -> bool:
+    return kind_name in EventKind._value2member_map_
+
+
+async def _arollback(db: aiosqlite.Connection) -> None:
+    if db.in_transaction:
+        try:
+            await db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

@@ -1,0 +1,657 @@
+"""The behaviour every store backend must have; a backend's test module subclasses `StoreConformance`."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import pytest
+
+import miniagents
+from miniagents import (
+    AgentCallNode,
+    AgentReplyNode,
+    EventSinkError,
+    InteractionContext,
+    Message,
+    MiniAgents,
+    miniagent,
+)
+from miniagents.events import Event, EventKind
+from miniagents.promising.ext.frozen import Frozen
+from store import (
+    EventStore,
+    RunStatus,
+    StoreClosedError,
+    StoreIntegrityError,
+    StoreUsageError,
+    StoreWriteError,
+    UnknownHashError,
+    UnknownRunError,
+    is_stand_in_class,
+)
+
+
+class Answer(Message):
+    """A message subclass the tests define (so it is importable while decoding)."""
+
+    score: int = 0
+
+
+class Strict(Message):
+    """A message class whose constructor refuses its own stored fields, so decoding must use a stand-in."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if "built_by_test" not in kwargs:
+            raise TypeError("Strict needs built_by_test")
+        kwargs.pop("built_by_test")
+        super().__init__(**kwargs)
+
+
+@miniagent
+async def replier(ctx: InteractionContext, count: int = 3, prefix: str = "reply") -> None:
+    """Replies `count` messages after reading its input."""
+    inputs = await ctx.messages.aresolve_messages()
+    for index in range(count):
+        ctx.reply(Answer(text=f"{prefix} {index}", score=index, seen=len(inputs)))
+
+
+@miniagent
+async def orchestrator(ctx: InteractionContext) -> None:
+    """Calls `replier` inside itself (a nested call)."""
+    ctx.reply(replier.inquire(ctx.messages, count=2, prefix="inner"))
+
+
+async def arun_flow(store: EventStore, count: int = 3, **context_options: Any) -> tuple[Message, ...]:
+    """One run: a question to `replier`, `count` answers."""
+    async with MiniAgents(store=store, **context_options):
+        return await replier.inquire(Message(text="question"), count=count).aresolve_messages()
+
+
+def message_event(run_id: str, message: Frozen, t: float = 0.0) -> Event:
+    return Event(EventKind.MESSAGE, run_id, t, hash_key=message.hash_key, obj=message)
+
+
+class StoreConformance:
+    """Every behaviour of a store, run against one backend (subclasses say how to create it)."""
+
+    separate_instances_share_data: ClassVar[bool] = False
+    """Whether two store objects created by `make_store()` see the same data (one file) or not (memory)."""
+
+    tmp_path: Path
+
+    @pytest.fixture(autouse=True)
+    def _workspace(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+
+    def make_store(self, **options: Any) -> EventStore:
+        """A new, closed store object (a second call with a file backend: the same file)."""
+        raise NotImplementedError
+
+    def reopened(self, store: EventStore) -> EventStore:
+        """A closed store object that reads what `store` wrote."""
+        raise NotImplementedError
+
+    async def acorrupt_object(self, store: EventStore, hash_key: str, body: Optional[bytes]) -> None:
+        """Overwrite the stored bytes of one object behind the store's back (None: delete the object)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------- recording a run
+
+    async def test_a_run_is_recorded_in_order_with_its_run_info(self) -> None:
+        store = self.make_store()
+        before = time.time()
+        answers = await arun_flow(store, count=3, run_metadata={"purpose": "test"})
+        async with self.reopened(store) as reader:
+            [run] = await reader.alist_runs()
+            events = await reader.aget_events(run.run_id)
+        kinds = [event.kind for event in events]
+        assert kinds[0] is EventKind.RUN_STARTED
+        assert kinds[-1] is EventKind.RUN_FINISHED
+        assert kinds.count(EventKind.CALL_STARTED) == 1
+        assert kinds.count(EventKind.CALL_FINISHED) == 1
+        assert [event.seq for event in events] == list(range(events[0].seq or 0, (events[0].seq or 0) + len(events)))
+        assert all(event.obj is None and event.run_id == run.run_id for event in events)
+        assert [event.t for event in events] == sorted(event.t for event in events)
+        assert run.status == RunStatus.OK and run.is_finished
+        assert run.error is None
+        assert run.metadata == {"purpose": "test"}
+        assert run.library_version == miniagents.__version__
+        assert run.event_count == len(events)
+        assert run.started_at is not None and before <= run.started_at <= time.time()
+        assert run.finished_at is not None and run.started_at <= run.finished_at <= time.time()
+        message_hashes = [event.hash_key for event in events if event.kind is EventKind.MESSAGE]
+        assert {answer.hash_key for answer in answers} <= set(message_hashes)
+        [finished] = [event for event in events if event.kind is EventKind.CALL_FINISHED]
+        assert finished.data is not None
+        assert finished.data["replies"] == [{"hash": answer.hash_key} for answer in answers]
+        assert finished.data["agent_alias"] == "REPLIER"
+
+    async def test_every_message_of_a_run_is_rebuilt_with_its_class_and_hash(self) -> None:
+        store = self.make_store()
+        answers = await arun_flow(store, count=2)
+        async with self.reopened(store) as reader:
+            [run] = await reader.alist_runs()
+            events = await reader.aget_events(run.run_id, kinds=[EventKind.MESSAGE])
+            objects = [await reader.aget(event.hash_key or "") for event in events]
+            [finished] = await reader.aget_events(run.run_id, kinds=[EventKind.CALL_FINISHED])
+            assert finished.data is not None
+            reply_node = await reader.aget(finished.data["reply_node"])
+        assert [obj.hash_key for obj in objects] == [event.hash_key for event in events]
+        assert {type(obj) for obj in objects} == {Message, Answer, AgentCallNode, AgentReplyNode}
+        assert isinstance(reply_node, AgentReplyNode)
+        assert reply_node.replies == answers
+        assert reply_node.agent_call.messages == (Message(text="question"),)
+        assert reply_node.agent_call.count == 2  # type: ignore[attr-defined]
+
+    async def test_sub_messages_are_stored_before_their_parent(self) -> None:
+        store = self.make_store()
+        await arun_flow(store, count=1)
+        async with self.reopened(store) as reader:
+            [run] = await reader.alist_runs()
+            seen: set[str] = set()
+            for event in await reader.aget_events(run.run_id, kinds=[EventKind.MESSAGE]):
+                obj = await reader.aget(event.hash_key or "")
+                assert isinstance(obj, Message)
+                assert {sub.hash_key for sub in obj.sub_messages()} <= seen
+                seen.add(obj.hash_key)
+
+    async def test_nested_calls_keep_their_parent_call_ids(self) -> None:
+        store = self.make_store()
+        async with MiniAgents(store=store):
+            replies = await orchestrator.inquire(Message(text="go")).aresolve_messages()
+        assert [reply.text for reply in replies] == ["inner 0", "inner 1"]
+        async with self.reopened(store) as reader:
+            started = await reader.aget_events(kinds=[EventKind.CALL_STARTED])
+        assert [(event.data or {}).get("agent_alias") for event in started] == ["ORCHESTRATOR", "REPLIER"]
+        assert started[1].parent_call_id == started[0].call_id
+        assert started[0].parent_call_id is None
+
+    async def test_a_failed_run_is_recorded_as_failed(self) -> None:
+        store = self.make_store()
+        with pytest.raises(ValueError, match="boom"):
+            async with MiniAgents(store=store):
+                raise ValueError("boom")
+        async with self.reopened(store) as reader:
+            [run] = await reader.alist_runs()
+        assert run.status == RunStatus.FAILED
+        assert run.error == {"type": "ValueError", "module": "builtins", "text": "boom"}
+
+    async def test_the_store_is_closed_after_the_run_only_if_the_run_opened_it(self) -> None:
+        store = self.make_store()
+        await arun_flow(store, count=1)
+        assert not store.is_open
+        async with store:
+            await arun_flow(store, count=1)
+            assert store.is_open
+            assert len(await store.alist_runs()) == 2
+        assert not store.is_open
+
+    async def test_one_store_object_serves_consecutive_and_concurrent_runs(self) -> None:
+        store = self.make_store()
+        await arun_flow(store, count=1)
+        results = await asyncio.gather(*(arun_flow(store, count=5) for _ in range(4)))
+        assert not store.is_open
+        async with self.reopened(store) as reader:
+            runs = await reader.alist_runs()
+            assert len(runs) == 5
+            for run in runs:
+                events = await reader.aget_events(run.run_id)
+                assert run.event_count == len(events)
+                assert events[0].kind is EventKind.RUN_STARTED and events[-1].kind is EventKind.RUN_FINISHED
+            every_event = await reader.aget_events()
+        assert [event.seq for event in every_event] == sorted({event.seq for event in every_event})
+        assert sum(run.event_count for run in runs) == len(every_event)
+        assert all(len(answers) == 5 for answers in results)
+
+    async def test_separate_store_objects_record_concurrent_runs_into_one_store(self) -> None:
+        if not self.separate_instances_share_data:
+            pytest.skip("separate store objects of this backend do not share data")
+        results = await asyncio.gather(*(arun_flow(self.make_store(), count=50) for _ in range(4)))
+        async with self.make_store() as reader:
+            runs = await reader.alist_runs()
+            every_event = await reader.aget_events()
+            report = await reader.averify()
+        assert len(runs) == 4
+        assert sum(run.event_count for run in runs) == len(every_event)
+        assert [event.seq for event in every_event] == sorted({event.seq for event in every_event})
+        assert {answer.hash_key for answers in results for answer in answers} <= {
+            event.hash_key for event in every_event
+        }
+        assert report.ok, report.problems
+
+    async def test_the_same_message_is_stored_once_however_often_it_is_sent(self) -> None:
+        message = Message(text="again and again")
+        async with self.make_store() as store:
+            await store.astart_run("run-1")
+            for index in range(1000):
+                store.append(message_event("run-1", message, t=index / 1000))
+            await store.afinish_run("run-1")
+            events = await store.aget_events("run-1")
+            report = await store.averify()
+        assert len(events) == 1000
+        assert {event.hash_key for event in events} == {message.hash_key}
+        assert report.checked_objects == 1
+        assert report.checked_events == 1000
+
+    async def test_seq_keeps_growing_across_runs_and_deletions(self) -> None:
+        async with self.make_store() as store:
+            for run_id in ("a", "b"):
+                await store.astart_run(run_id)
+                store.append(message_event(run_id, Message(text=run_id)))
+                await store.afinish_run(run_id)
+            before = [event.seq or 0 for event in await store.aget_events()]
+            await store.adelete_run("b")
+            await store.astart_run("c")
+            store.append(message_event("c", Message(text="c")))
+            await store.afinish_run("c")
+            [after] = await store.aget_events("c")
+        assert before == [before[0], before[0] + 1]
+        assert (after.seq or 0) > max(before)
+
+    async def test_event_fields_round_trip(self) -> None:
+        message = Answer(text="x", score=7)
+        sent = [
+            Event(EventKind.CALL_STARTED, "run", 0.25, call_id=4, parent_call_id=2, data={"agent_alias": "A"}),
+            Event(EventKind.MESSAGE, "run", 0.5, hash_key=message.hash_key, call_id=4, obj=message),
+            Event(
+                EventKind.STREAM,
+                "run",
+                0.75,
+                hash_key=message.hash_key,
+                call_id=4,
+                data={"chunks": [1, 2], "offsets": [0.0, 0.125], "nested": {"deep": [None, True, 1.5]}},
+            ),
+            Event(EventKind.ERROR, "run", 1.0, call_id=4, data={"where": "message", "position": 2}),
+        ]
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            for event in sent:
+                store.append(event)
+            await store.afinish_run("run")
+            received = await store.aget_events("run")
+        assert [(e.kind, e.run_id, e.t, e.hash_key, e.call_id, e.parent_call_id, e.data, e.obj) for e in received] == [
+            (e.kind, e.run_id, e.t, e.hash_key, e.call_id, e.parent_call_id, e.data, None) for e in sent
+        ]
+        assert all(event.seq is None for event in sent), "the core's events are not modified"
+
+    async def test_secret_looking_fields_of_event_data_are_redacted(self) -> None:
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            store.append(
+                Event(
+                    EventKind.RUN_STARTED,
+                    "run",
+                    0.0,
+                    data={"started_at": 1.0, "metadata": {"api_key": "sk-live-123", "openai_api_key": "sk-2"}},
+                )
+            )
+            await store.afinish_run("run")
+            [event] = await store.aget_events("run")
+            run = await store.aget_run("run")
+        assert event.data == {"started_at": 1.0, "metadata": {"api_key": "[REDACTED]", "openai_api_key": "[REDACTED]"}}
+        assert run.metadata == {"api_key": "[REDACTED]", "openai_api_key": "[REDACTED]"}
+
+    async def test_events_can_be_filtered_by_run_kind_and_seq(self) -> None:
+        async with self.make_store() as store:
+            for run_id in ("a", "b"):
+                await store.astart_run(run_id)
+                store.append(Event(EventKind.CALL_STARTED, run_id, 0.0, call_id=1, data={"agent_alias": run_id}))
+                store.append(message_event(run_id, Message(text=run_id)))
+                await store.afinish_run(run_id)
+            everything = await store.aget_events()
+            only_b = await store.aget_events("b")
+            messages = await store.aget_events(kinds=[EventKind.MESSAGE])
+            later = [event async for event in store.aiter_events(after_seq=everything[1].seq)]
+        assert [event.run_id for event in everything] == ["a", "a", "b", "b"]
+        assert only_b == everything[2:]
+        assert messages == [everything[1], everything[3]]
+        assert later == everything[2:]
+
+    # ---------------------------------------------------------------------------------------------------- decoding
+
+    async def test_nested_messages_and_frozen_values_are_rebuilt(self) -> None:
+        first, second = Message(text="first"), Answer(text="second", score=2)
+        parent = Answer(
+            text="parent",
+            quoted=first,
+            thread=(first, second),
+            details={"note": "inline", "source": second, "values": [1, [2, 3]]},
+        )
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            for message in (first, second, parent):
+                store.append(message_event("run", message))
+            await store.afinish_run("run")
+        async with self.reopened(store) as reader:
+            rebuilt = await reader.aget(parent.hash_key)
+            again = await reader.aget(parent.hash_key)
+        assert rebuilt == parent
+        assert rebuilt.hash_key == parent.hash_key
+        assert rebuilt.canonical_bytes == parent.canonical_bytes
+        assert type(rebuilt) is Answer
+        assert type(rebuilt.thread[1]) is Answer  # type: ignore[attr-defined]
+        assert rebuilt.details.source is rebuilt.thread[1]  # type: ignore[attr-defined]
+        assert again is rebuilt
+
+    async def test_sub_messages_nobody_sent_are_stored_with_their_parent(self) -> None:
+        child = Message(text="never sent on its own")
+        parent = Message(text="parent", child=child)
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            store.append(message_event("run", parent))
+            await store.afinish_run("run")
+            rebuilt = await store.aget(parent.hash_key)
+            report = await store.averify()
+        assert rebuilt == parent
+        assert report.ok and report.checked_objects == 2
+
+    async def test_a_class_that_cannot_take_its_stored_fields_is_replaced_by_a_stand_in(self) -> None:
+        message = Strict(text="strict", built_by_test=True)
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            store.append(message_event("run", message))
+            await store.afinish_run("run")
+            rebuilt = await store.aget(message.hash_key)
+        assert type(rebuilt) is not Strict
+        assert is_stand_in_class(type(rebuilt))
+        assert type(rebuilt).__name__ == "Strict"
+        assert isinstance(rebuilt, Message)
+        assert rebuilt.hash_key == message.hash_key
+        assert rebuilt.text == "strict"  # type: ignore[attr-defined]
+
+    async def test_a_plain_frozen_is_rebuilt_as_one(self) -> None:
+        frozen = Frozen(a=1, b={"c": "d"})
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            store.append(message_event("run", frozen))
+            await store.afinish_run("run")
+            rebuilt = await store.aget(frozen.hash_key)
+        assert type(rebuilt) is Frozen
+        assert rebuilt == frozen
+
+    async def test_longer_hash_keys_are_stored_and_matched_at_their_length(self) -> None:
+        store = self.make_store()
+        async with MiniAgents(store=store, longer_hash_keys=True):
+            [answer] = await replier.inquire(Message(text="q"), count=1).aresolve_messages()
+            long_key = answer.hash_key
+        assert len(long_key) == 64
+        async with self.reopened(store) as reader:
+            rebuilt = await reader.aget(long_key)
+            hashes = {event.hash_key for event in await reader.aget_events(kinds=[EventKind.MESSAGE])}
+            report = await reader.averify()
+            with pytest.raises(UnknownHashError):
+                await reader.aget(long_key[:40])
+        assert rebuilt.hash_key == long_key
+        assert rebuilt == answer
+        assert {len(key or "") for key in hashes} == {64}
+        assert report.ok, report.problems
+
+    async def test_unknown_and_malformed_hash_keys_are_refused_by_name(self) -> None:
+        async with self.make_store() as store:
+            with pytest.raises(UnknownHashError, match="0{40}") as caught:
+                await store.aget("0" * 40)
+            assert caught.value.hash_key == "0" * 40
+            with pytest.raises(UnknownHashError, match="'not-a-hash' is not a hash key"):
+                await store.aget("not-a-hash")
+            assert not await store.acontains("0" * 40)
+
+    async def test_unknown_runs_are_refused_by_name(self) -> None:
+        async with self.make_store() as store:
+            with pytest.raises(UnknownRunError, match="'nope'") as caught:
+                await store.aget_run("nope")
+            assert caught.value.run_id == "nope"
+            with pytest.raises(UnknownRunError, match="'nope'"):
+                await store.aget_events("nope")
+            with pytest.raises(UnknownRunError, match="'nope'"):
+                await store.adelete_run("nope")
+
+    # --------------------------------------------------------------------------------------------------- integrity
+
+    async def test_a_tampered_object_is_an_integrity_error_and_a_verify_problem(self) -> None:
+        good, bad = Message(text="good"), Message(text="bad")
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            store.append(message_event("run", good))
+            store.append(message_event("run", bad))
+            await store.afinish_run("run")
+            assert (await store.averify()).ok
+        await self.acorrupt_object(store, bad.hash_key, bad.canonical_bytes.replace(b"bad", b"BAD"))
+        async with self.reopened(store) as reader:
+            with pytest.raises(StoreIntegrityError, match=bad.hash_key) as caught:
+                await reader.aget(bad.hash_key)
+            assert caught.value.hash_key == bad.hash_key
+            assert await reader.aget(good.hash_key) == good
+            report = await reader.averify()
+        assert not report.ok
+        assert [(problem.kind, problem.hash_key) for problem in report.problems] == [("hash_mismatch", bad.hash_key)]
+        assert report.checked_objects == 2 and report.checked_events == 2
+
+    async def test_verify_names_an_event_whose_object_is_missing(self) -> None:
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            store.append(message_event("run", Message(text="present")))
+            store.append(Event(EventKind.STREAM, "run", 0.0, hash_key="ab" * 20, data={"chunks": [1]}))
+            await store.afinish_run("run")
+            [_, stream_event] = await store.aget_events("run")
+            report = await store.averify()
+        assert [(problem.kind, problem.hash_key, problem.seq) for problem in report.problems] == [
+            ("missing_object", "ab" * 20, stream_event.seq)
+        ]
+        assert f"Event {stream_event.seq} refers to object {'ab' * 20}" in str(report.problems[0])
+
+    async def test_a_missing_sub_message_is_an_integrity_error_naming_it(self) -> None:
+        child = Message(text="child")
+        parent = Message(text="parent", child=child)
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            store.append(message_event("run", child))
+            store.append(message_event("run", parent))
+            await store.afinish_run("run")
+            await store.adelete_run("run")
+            await store.astart_run("run2")
+            store.append(message_event("run2", child))
+            await store.afinish_run("run2")
+        await self.acorrupt_object(store, child.hash_key, None)
+        async with self.reopened(store) as reader:
+            with pytest.raises(StoreIntegrityError, match=f"refers to object {child.hash_key}, which is missing"):
+                await reader.aget(parent.hash_key)
+            report = await reader.averify()
+        kinds = {(problem.kind, problem.hash_key) for problem in report.problems}
+        assert kinds == {("dangling_reference", child.hash_key), ("missing_object", child.hash_key)}
+
+    # --------------------------------------------------------------------------------------------------- write path
+
+    async def test_append_only_buffers_and_the_writer_flushes_on_its_own(self) -> None:
+        async with self.make_store(flush_interval=0.05) as store:
+            await store.astart_run("run")
+            tasks_before = len(asyncio.all_tasks())
+            for index in range(500):
+                store.append(message_event("run", Message(text=str(index))))
+            assert store.pending_count == 500
+            assert len(asyncio.all_tasks()) == tasks_before
+            await asyncio.sleep(0.5)
+            assert store.pending_count == 0
+            await store.afinish_run("run")
+
+    async def test_a_full_batch_is_flushed_without_waiting_for_the_interval(self) -> None:
+        async with self.make_store(batch_size=10, flush_interval=60) as store:
+            await store.astart_run("run")
+            for index in range(9):
+                store.append(message_event("run", Message(text=str(index))))
+            await asyncio.sleep(0.2)
+            assert store.pending_count == 9
+            store.append(message_event("run", Message(text="tenth")))
+            for _ in range(100):
+                if store.pending_count == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert store.pending_count == 0
+            await store.afinish_run("run")
+            assert len(await store.aget_events("run")) == 10
+
+    async def test_a_failing_write_keeps_the_events_buffered_until_a_flush_succeeds(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = self.make_store(flush_interval=60)
+        real_write = store._awrite_batch
+        failures = {"left": 2}
+
+        async def flaky_write(batch: Any) -> None:
+            if failures["left"]:
+                failures["left"] -= 1
+                raise StoreWriteError("simulated failure", store.location)
+            await real_write(batch)
+
+        monkeypatch.setattr(store, "_awrite_batch", flaky_write)
+        with pytest.raises(EventSinkError, match="simulated failure"):
+            await arun_flow(store, count=2)
+        assert store.is_open
+        pending = store.pending_count
+        assert pending > 0
+        with pytest.raises(StoreWriteError, match="simulated failure") as caught:
+            await store.aflush()
+        assert caught.value.pending == pending
+        assert store.pending_count == pending
+        await store.aflush()
+        assert store.pending_count == 0
+        [run] = await store.alist_runs()
+        events = await store.aget_events(run.run_id)
+        await store.aclose()
+        assert len(events) == pending == run.event_count
+        assert run.status == RunStatus.OK
+        assert events[0].kind is EventKind.RUN_STARTED and events[-1].kind is EventKind.RUN_FINISHED
+
+    async def test_closing_with_unwritable_events_says_how_many_were_lost(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = await self.make_store(flush_interval=60).aopen()
+
+        async def failing_write(batch: Any) -> None:
+            raise StoreWriteError("simulated failure", store.location)
+
+        monkeypatch.setattr(store, "_awrite_batch", failing_write)
+        await store.astart_run("run")
+        for index in range(3):
+            store.append(message_event("run", Message(text=str(index))))
+        with pytest.raises(StoreWriteError, match="closed with 3 events that could not be written") as caught:
+            await store.aclose()
+        assert caught.value.pending == 3
+        assert not store.is_open
+
+    async def test_a_closed_store_refuses_use(self) -> None:
+        store = self.make_store()
+        with pytest.raises(StoreClosedError, match="is closed"):
+            store.append(message_event("run", Message(text="x")))
+        with pytest.raises(StoreClosedError, match="is not open"):
+            await store.alist_runs()
+        with pytest.raises(StoreClosedError, match="is not open"):
+            await store.aget("0" * 40)
+
+    async def test_run_ids_are_unique(self) -> None:
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            with pytest.raises(StoreUsageError, match="'run'"):
+                await store.astart_run("run")
+            await store.afinish_run("run")
+            with pytest.raises(StoreUsageError, match="'run'"):
+                await store.astart_run("run")
+
+    async def test_an_unfinished_run_is_shown_as_running(self) -> None:
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            store.append(Event(EventKind.RUN_STARTED, "run", 0.0, data={"started_at": 5.0}))
+            store.append(message_event("run", Message(text="x")))
+        async with self.reopened(store) as reader:
+            [run] = await reader.alist_runs()
+        assert run.status == RunStatus.RUNNING and not run.is_finished
+        assert run.event_count == 2
+        assert run.started_at == 5.0 and run.finished_at is None
+
+    async def test_contents_survive_closing_and_reopening(self) -> None:
+        store = self.make_store()
+        answers = await arun_flow(store, count=1)
+        second = self.reopened(store)
+        await arun_flow(second, count=1)
+        async with self.reopened(second) as reader:
+            runs = await reader.alist_runs()
+            rebuilt = await reader.aget(answers[0].hash_key)
+        assert len(runs) == 2
+        assert rebuilt == answers[0]
+
+    def test_a_store_garbage_collected_while_open_warns(self) -> None:
+        store = self.make_store()
+        asyncio.run(store.aopen())
+        description = repr(store)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del store
+            gc.collect()
+        messages = [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)]
+        assert any(message.startswith(f"{description} was garbage-collected while open") for message in messages)
+
+    # --------------------------------------------------------------------------------------------------- retention
+
+    async def test_deleting_a_run_and_collecting_garbage_keeps_what_other_runs_need(self) -> None:
+        shared, only_a, child = Message(text="shared"), Message(text="only a"), Message(text="child")
+        holder = Message(text="holder", child=child)
+        async with self.make_store() as store:
+            await store.astart_run("a")
+            for message in (shared, only_a, child, holder):
+                store.append(message_event("a", message))
+            await store.afinish_run("a")
+            await store.astart_run("b")
+            store.append(message_event("b", shared))
+            store.append(message_event("b", holder))
+            await store.afinish_run("b")
+            assert await store.agc() == 0
+            await store.adelete_run("a")
+            assert [run.run_id for run in await store.alist_runs()] == ["b"]
+            assert await store.agc() == 1
+            assert await store.agc() == 0
+            with pytest.raises(UnknownHashError):
+                await store.aget(only_a.hash_key)
+            assert await store.aget(holder.hash_key) == holder
+            assert await store.aget(child.hash_key) == child
+            await store.adelete_run("b")
+            assert await store.agc() == 3
+            report = await store.averify()
+        assert report.ok and report.checked == 0
+
+    async def test_objects_named_by_call_finished_data_are_kept_by_gc(self) -> None:
+        node = Message(text="reply node")
+        async with self.make_store() as store:
+            await store.astart_run("a")
+            store.append(message_event("a", node))
+            await store.afinish_run("a")
+            await store.astart_run("b")
+            store.append(
+                Event(EventKind.CALL_FINISHED, "b", 0.0, call_id=1, data={"reply_node": node.hash_key, "replies": []})
+            )
+            await store.afinish_run("b")
+            await store.adelete_run("a")
+            assert await store.agc() == 0
+            assert await store.aget(node.hash_key) == node
+
+    async def test_a_running_run_cannot_be_deleted(self) -> None:
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            with pytest.raises(StoreUsageError, match="still running"):
+                await store.adelete_run("run")
+            await store.afinish_run("run")
+            await store.adelete_run("run")
+            assert await store.alist_runs() == []
+
+    async def test_reading_sees_events_still_in_the_buffer(self) -> None:
+        async with self.make_store(flush_interval=60) as store:
+            await store.astart_run("run")
+            message = Message(text="fresh")
+            store.append(message_event("run", message))
+            assert store.pending_count == 1
+            assert await store.aget(message.hash_key) == message
+            assert len(await store.aget_events("run")) == 1
+            await store.afinish_run("run")

@@ -1,0 +1,22 @@
+"""`MemoryStore` against the store conformance suite."""
+
+from typing import Any, Optional
+
+from conformance import StoreConformance
+
+from store import EventStore, MemoryStore
+
+
+class TestMemoryStore(StoreConformance):
+    def make_store(self, **options: Any) -> EventStore:
+        return MemoryStore(**options)
+
+    def reopened(self, store: EventStore) -> EventStore:
+        return store
+
+    async def acorrupt_object(self, store: EventStore, hash_key: str, body: Optional[bytes]) -> None:
+        assert isinstance(store, MemoryStore)
+        if body is None:
+            del store._objects[hash_key]
+        else:
+            store._objects[hash_key] = body

@@ -1,0 +1,470 @@
+"""`SQLiteStore`: the conformance suite, plus what only a file can do (schema, bad files, processes, crashes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from conformance import StoreConformance, arun_flow, message_event
+
+import miniagents
+from miniagents import EventSinkError, InteractionContext, Message, MiniAgents, miniagent
+from miniagents.events import Event, EventKind
+from store import (
+    EventStore,
+    ForeignDatabaseError,
+    RunStatus,
+    SchemaVersionError,
+    SQLiteStore,
+    StoreCorruptedError,
+    StoreOpenError,
+    StoreWriteError,
+    is_stand_in_class,
+)
+from store import sqlite as sqlite_module
+
+WORKER = Path(__file__).with_name("_store_worker.py")
+
+
+class TestSQLiteStore(StoreConformance):
+    separate_instances_share_data = True
+
+    def make_store(self, **options: Any) -> EventStore:
+        return SQLiteStore(self.tmp_path / "store.db", **options)
+
+    def reopened(self, store: EventStore) -> EventStore:
+        assert isinstance(store, SQLiteStore)
+        return SQLiteStore(store.path)
+
+    async def acorrupt_object(self, store: EventStore, hash_key: str, body: Optional[bytes]) -> None:
+        assert isinstance(store, SQLiteStore)
+        with contextlib.closing(sqlite3.connect(store.path)) as db, db:
+            if body is None:
+                db.execute("DELETE FROM objects WHERE hash = ?", (bytes.fromhex(hash_key),))
+            else:
+                db.execute("UPDATE objects SET body = ? WHERE hash = ?", (body, bytes.fromhex(hash_key)))
+
+
+def store_files(path: Path) -> dict[str, bytes]:
+    """The bytes of the database file and of its `-wal`/`-shm`/`-journal` companions, by name."""
+    return {file.name: file.read_bytes() for file in sorted(path.parent.glob(path.name + "*"))}
+
+
+def query(path: Path, sql: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute(sql, parameters).fetchall()
+
+
+async def arecord_one_run(path: Path) -> str:
+    async with SQLiteStore(path) as store:
+        await store.astart_run("first")
+        store.append(message_event("first", Message(text="kept")))
+        await store.afinish_run("first")
+    return "first"
+
+
+# ------------------------------------------------------------------------------------------------------------ schema
+
+
+async def test_a_new_store_has_the_documented_schema_and_meta(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    message = Message(text="hello")
+    async with SQLiteStore(path) as store:
+        await store.astart_run("run")
+        store.append(message_event("run", message))
+        await store.afinish_run("run")
+    tables = {row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"meta", "kinds", "runs", "objects", "events", "sqlite_sequence"}
+    meta = dict(query(path, "SELECT key, value FROM meta"))
+    assert meta["application"] == "miniagents-store"
+    assert meta["schema_version"] == "1"
+    assert meta["canonical_form_version"] == "1"
+    assert meta["hash_algorithm"] == "blake3"
+    assert meta["created_by"] == f"miniagents {miniagents.__version__}"
+    assert query(path, "PRAGMA application_id") == [(sqlite_module.APPLICATION_ID,)]
+    assert query(path, "PRAGMA journal_mode") == [("wal",)]
+    assert query(path, "SELECT name FROM kinds ORDER BY code") == [(kind.value,) for kind in EventKind]
+    [(hash_blob, run_rowid)] = query(path, "SELECT hash, run FROM events")
+    assert hash_blob == bytes.fromhex(message.hash_key) and len(hash_blob) == 20
+    assert isinstance(run_rowid, int)
+    assert query(path, "SELECT body FROM objects") == [(message.canonical_bytes,)]
+
+
+async def test_older_schemas_are_migrated_step_by_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "agents.db"
+    await arecord_one_run(path)
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(sqlite_module.MIGRATIONS, 2, ("CREATE TABLE labels (run INTEGER, label TEXT)",))
+    async with SQLiteStore(path) as store:
+        [run] = await store.alist_runs()
+    assert run.run_id == "first"
+    assert dict(query(path, "SELECT key, value FROM meta"))["schema_version"] == "2"
+    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "SELECT count(*) FROM labels") == [(0,)]
+    monkeypatch.undo()
+    before = store_files(path)
+    with pytest.raises(SchemaVersionError, match="schema version 2.*up to 1; upgrade miniagents") as caught:
+        await SQLiteStore(path).aopen()
+    assert caught.value.path == str(path)
+    assert store_files(path) == before
+
+
+# --------------------------------------------------------------------------------------------------------- bad files
+
+
+async def test_a_database_of_another_application_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("CREATE TABLE users (name TEXT)")
+        db.execute("INSERT INTO users VALUES ('ada')")
+    before = store_files(path)
+    assert list(before) == ["app.db"]
+    with pytest.raises(
+        ForeignDatabaseError, match=r"app\.db is a SQLite database of another application \(tables: users\)"
+    ):
+        async with SQLiteStore(path):
+            pass
+    assert store_files(path) == before
+
+
+async def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("just some notes, " * 20)
+    before = store_files(path)
+    with pytest.raises(ForeignDatabaseError, match=r"notes\.txt is not a SQLite database") as caught:
+        await SQLiteStore(path).aopen()
+    assert caught.value.path == str(path)
+    assert store_files(path) == before
+
+
+async def test_a_store_of_a_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    await arecord_one_run(path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    before = store_files(path)
+    with pytest.raises(SchemaVersionError, match=f"{path} was written with store schema version 99"):
+        await SQLiteStore(path).aopen()
+    assert store_files(path) == before
+
+
+async def test_a_store_of_another_canonical_form_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    await arecord_one_run(path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE meta SET value = '7' WHERE key = 'canonical_form_version'")
+    with pytest.raises(SchemaVersionError, match="canonical form version 7"):
+        await SQLiteStore(path).aopen()
+
+
+async def test_a_damaged_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    await arecord_one_run(path)
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xa5" * (4096 - 100)
+    path.write_bytes(bytes(data))
+    before = store_files(path)
+    with pytest.raises(StoreCorruptedError, match=f"{path} is damaged.*restore it from a backup"):
+        await SQLiteStore(path).aopen()
+    assert store_files(path) == before
+
+
+async def test_damaged_data_pages_are_reported_by_verify(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    async with SQLiteStore(path) as store:
+        await store.astart_run("run")
+        for index in range(300):
+            store.append(message_event("run", Message(text=f"{index} " + "x" * 500)))
+        await store.afinish_run("run")
+    data = bytearray(path.read_bytes())
+    data[len(data) - 3 * 4096 :] = b"\x5a" * (3 * 4096)
+    path.write_bytes(bytes(data))
+    async with SQLiteStore(path) as store:
+        report = await store.averify()
+    assert not report.ok
+    assert {problem.kind for problem in report.problems} <= {"storage", "hash_mismatch"}
+    assert "storage" in {problem.kind for problem in report.problems}
+
+
+@contextlib.contextmanager
+def read_only_directory(directory: Path) -> Iterator[None]:
+    """Make `directory` unwritable (root ignores permissions, so it gets the immutable attribute instead)."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)
+        return
+    result = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot make a directory read-only as root here: {result.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+async def test_a_read_only_directory_is_an_open_error_naming_the_path(tmp_path: Path) -> None:
+    directory = tmp_path / "locked"
+    directory.mkdir()
+    path = directory / "agents.db"
+    with read_only_directory(directory):
+        with pytest.raises(StoreOpenError, match=f"{path}.*must be writable") as caught:
+            async with MiniAgents(store=SQLiteStore(path)):
+                pass
+        assert caught.value.path == str(path)
+        assert list(directory.iterdir()) == []
+
+
+async def test_an_existing_store_in_a_read_only_directory_is_an_open_error(tmp_path: Path) -> None:
+    directory = tmp_path / "locked"
+    directory.mkdir()
+    path = directory / "agents.db"
+    await arecord_one_run(path)
+    before = store_files(path)
+    with read_only_directory(directory):
+        with pytest.raises(StoreOpenError, match=f"{path}"):
+            await SQLiteStore(path).aopen()
+    assert store_files(path) == before
+
+
+async def test_a_missing_directory_is_an_open_error(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "agents.db"
+    with pytest.raises(StoreOpenError, match="does not exist; create it first"):
+        await SQLiteStore(path).aopen()
+
+
+async def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+    await arecord_one_run(path)
+    async with SQLiteStore(path) as store:
+        assert [run.run_id for run in await store.alist_runs()] == ["first"]
+
+
+async def test_a_full_disk_keeps_events_buffered_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    await arecord_one_run(path)
+    store = await SQLiteStore(path, flush_interval=60).aopen()
+    try:
+        assert store._db is not None
+        [(page_count,)] = await store._db.execute_fetchall("PRAGMA page_count")
+        await store._db.execute(f"PRAGMA max_page_count = {page_count + 2}")
+
+        @miniagent
+        async def chatty(ctx: InteractionContext) -> None:
+            for index in range(40):
+                ctx.reply(Message(text=f"{index} " + "y" * 2000))
+
+        with pytest.raises(EventSinkError, match="the disk \\(or the database's size limit\\) is full"):
+            async with MiniAgents(store=store):
+                await chatty.inquire().aresolve_messages()
+        pending = store.pending_count
+        assert pending > 40
+        with pytest.raises(StoreWriteError, match=f"{path}.*stay buffered") as caught:
+            await store.aflush()
+        assert caught.value.pending == pending
+        runs = await store.alist_runs()
+        assert [run.run_id for run in runs] == ["first"]
+        await store._db.execute("PRAGMA max_page_count = 1000000")
+        await store.aflush()
+        runs = await store.alist_runs()
+        report = await store.averify()
+    finally:
+        await store.aclose()
+    assert [run.run_id for run in runs][0] == "first"
+    assert runs[1].event_count == pending and runs[1].status == RunStatus.OK
+    assert report.ok, report.problems
+
+
+async def test_a_write_lock_held_elsewhere_is_waited_for(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    await arecord_one_run(path)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with SQLiteStore(path, busy_timeout=0.3) as store:
+            await store.astart_run("run")
+            blocker.execute("BEGIN IMMEDIATE")
+            store.append(message_event("run", Message(text="waits")))
+            with pytest.raises(StoreWriteError, match="kept the database locked for more than 0.3 s"):
+                await store.aflush()
+            assert store.pending_count == 1
+            asyncio.get_running_loop().call_later(0.5, blocker.execute, "COMMIT")
+            store._busy_timeout = 10.0
+            await store.aflush()
+            await store.afinish_run("run")
+            assert len(await store.aget_events("run")) == 1
+    finally:
+        blocker.close()
+
+
+# --------------------------------------------------------------------------------------------- processes and crashes
+
+
+def run_worker(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+async def test_several_processes_append_to_one_file_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    start_at = time.time() + 1.5
+    workers = [
+        run_worker("append", str(path), "--run-id", f"proc-{index}", "--count", "2000", "--start-at", str(start_at))
+        for index in range(3)
+    ]
+    outputs = [await asyncio.to_thread(worker.communicate, timeout=60) for worker in workers]
+    for worker, (stdout, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr
+        assert stdout == "done\n"
+        assert "locked" not in stderr
+    async with SQLiteStore(path) as store:
+        runs = await store.alist_runs()
+        per_run = {run.run_id: await store.aget_events(run.run_id) for run in runs}
+        every_event = await store.aget_events()
+        report = await store.averify()
+    assert sorted(per_run) == ["proc-0", "proc-1", "proc-2"]
+    assert all(run.event_count == 2000 and run.status == RunStatus.OK for run in runs)
+    for events in per_run.values():
+        assert len(events) == 2000
+        assert [event.t for event in events[1:-1]] == [index / 1000 for index in range(1998)]
+    assert len(every_event) == 6000
+    assert [event.seq for event in every_event] == sorted({event.seq for event in every_event})
+    interleaved = [event.run_id for event in every_event]
+    assert interleaved != sorted(interleaved), "the processes did not write concurrently"
+    assert report.ok, report.problems
+    assert report.checked_objects == 3 * 1798 + 1
+
+
+async def test_a_process_killed_mid_run_leaves_a_clean_store_with_its_flushed_events(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    worker = run_worker("crash", str(path), "--run-id", "doomed")
+    assert worker.stdout is not None
+    flushed = 0
+    try:
+        while flushed < 3000:
+            line = await asyncio.to_thread(worker.stdout.readline)
+            assert line, worker.stderr.read() if worker.stderr else ""
+            flushed = int(line)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(worker.communicate)
+    assert worker.returncode == -signal.SIGKILL
+    async with SQLiteStore(path) as store:
+        [run] = await store.alist_runs()
+        events = await store.aget_events("doomed")
+        report = await store.averify()
+        last = await store.aget(events[-1].hash_key or "")
+    assert run.status == RunStatus.RUNNING and not run.is_finished
+    assert run.event_count == len(events) >= flushed
+    assert [event.seq for event in events] == list(range(1, len(events) + 1))
+    assert events[0].kind is EventKind.RUN_STARTED
+    assert report.ok, report.problems
+    assert last.text == f"message {len(events) - 1}"  # type: ignore[attr-defined]
+
+
+async def test_objects_of_classes_this_process_never_imported_are_rebuilt_by_stand_ins(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    worker = run_worker("classes", str(path))
+    stdout, stderr = await asyncio.to_thread(worker.communicate, timeout=30)
+    assert worker.returncode == 0, stderr
+    plan_key, owner_key = stdout.split()
+    assert "_store_worker" not in sys.modules
+    async with SQLiteStore(path) as store:
+        plan = await store.aget(plan_key)
+        again = await SQLiteStore(path).aopen()
+        try:
+            plan_from_another_store = await again.aget(plan_key)
+        finally:
+            await again.aclose()
+    assert type(plan).__name__ == "Plan" and is_stand_in_class(type(plan))
+    assert isinstance(plan, Message)
+    assert plan.hash_key == plan_key
+    assert plan.owner.hash_key == owner_key  # type: ignore[attr-defined]
+    assert type(plan.owner) is Message  # type: ignore[attr-defined]
+    steps = plan.steps  # type: ignore[attr-defined]
+    assert [type(step).__name__ for step in steps] == ["Step", "Step"]
+    assert all(is_stand_in_class(type(step)) and not isinstance(step, Message) for step in steps)
+    assert [step.title for step in steps] == ["one", "two"]
+    assert steps[1].extra.k == 1
+    assert type(plan_from_another_store) is type(plan)
+    assert plan_from_another_store == plan
+
+
+# ------------------------------------------------------------------------------------------------- secrets and size
+
+
+async def test_secrets_leave_no_trace_in_the_database_files(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    secret = b"sk-live-123"
+
+    @miniagent
+    async def llm(ctx: InteractionContext, api_key: str) -> None:
+        assert api_key == "sk-live-123"
+        ctx.reply(Message(text="answer", api_key=api_key, openai_api_key=api_key))
+
+    store = SQLiteStore(path)
+    async with store:
+        async with MiniAgents(store=store, run_metadata={"api_key": "sk-live-123"}):
+            replies = await llm.inquire(
+                Message(text="q", api_key="sk-live-123"), api_key="sk-live-123"
+            ).aresolve_messages()
+            await store.aflush()
+            during = store_files(path)
+        assert replies[0].api_key == "[REDACTED]"  # type: ignore[attr-defined]
+        with_wal = store_files(path)
+        events = await store.aget_events()
+    after = store_files(path)
+    assert "agents.db-wal" in during
+    assert len(events) > 5
+    for files in (during, with_wal, after):
+        for name, content in files.items():
+            assert secret not in content, name
+
+
+async def test_a_repeated_message_costs_under_100_bytes_per_event(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    message = Message(text="z" * 1000)
+
+    async def arecord(count: int) -> None:
+        async with SQLiteStore(path) as store:
+            await store.astart_run(f"run-{count}")
+            for index in range(count):
+                store.append(message_event(f"run-{count}", message, t=index / 10))
+            await store.afinish_run(f"run-{count}")
+
+    await arecord(100)
+    size_before = path.stat().st_size
+    await arecord(5000)
+    per_event = (path.stat().st_size - size_before) / 5000
+    assert per_event <= 100, per_event
+
+
+async def test_opening_does_not_write_when_the_store_is_current(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    await arecord_one_run(path)
+    before = path.read_bytes()
+    async with SQLiteStore(path) as store:
+        await store.alist_runs()
+    assert path.read_bytes() == before
+    assert await arun_flow(SQLiteStore(path), count=1)
+
+
+async def test_events_appended_without_astart_run_create_their_run(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "agents.db") as store:
+        store.append(Event(EventKind.CALL_STARTED, "implicit", 0.0, call_id=1, data={"agent_alias": "A"}))
+        [run] = await store.alist_runs()
+    assert run.run_id == "implicit" and run.event_count == 1

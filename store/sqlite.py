@@ -183,6 +183,7 @@ class SQLiteStore(EventStore):
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()
         self._db: Optional[aiosqlite.Connection] = None
+        self._transaction_lock = asyncio.Lock()
         self._reader: Optional[aiosqlite.Connection] = None
         self._maintenance_open = False
         self._kind_codes: dict[EventKind, int] = {}
@@ -202,19 +203,19 @@ class SQLiteStore(EventStore):
         try:
             db = await aiosqlite.connect(self.path, isolation_level=None)
             connections.append(db)
-            await db.execute(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
+            await db.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
             if inspection.is_empty:
-                await self._aretry(lambda: db.execute("PRAGMA journal_mode = WAL"))
+                await self._aretry(lambda: db.execute_fetchall("PRAGMA journal_mode = WAL"))
             if not self._is_current(inspection):
                 inspection = await self._aretry(lambda: self._acreate_or_migrate(db))
             rows = await self._aretry(lambda: db.execute_fetchall("PRAGMA journal_mode"))
             if str(next(iter(rows))[0]).lower() != "wal":
-                await self._aretry(lambda: db.execute("PRAGMA journal_mode = WAL"))
+                await self._aretry(lambda: db.execute_fetchall("PRAGMA journal_mode = WAL"))
             await db.execute(f"PRAGMA synchronous = {self._synchronous}")
             await db.execute("PRAGMA cache_size = -16000")
             reader = await aiosqlite.connect(self._uri + "?mode=ro", uri=True, isolation_level=None)
             connections.append(reader)
-            await reader.execute(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
+            await reader.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
             await reader.execute("PRAGMA cache_size = -16000")
         except BaseException as error:
             for connection in reversed(connections):
@@ -262,7 +263,7 @@ class SQLiteStore(EventStore):
         query = "?mode=ro&immutable=1" if wal_mode and not wal_file_exists else "?mode=ro"
         try:
             async with aiosqlite.connect(self._uri + query, uri=True) as db:
-                await db.execute(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
+                await db.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
                 return await self._aread_layout(db, exists=True)
         except sqlite3.Error as error:
             raise self._open_error(error) from error
@@ -416,14 +417,16 @@ class SQLiteStore(EventStore):
         db = self._writer_db
 
         async def attempt() -> _T:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                result = await work(db)
-                await db.execute("COMMIT")
-            except BaseException:
-                await _arollback(db)
-                raise
-            return result
+            # one connection holds one transaction at a time: flushes of concurrent runs take turns
+            async with self._transaction_lock:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await work(db)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await _arollback(db)
+                    raise
+                return result
 
         try:
             return await self._aretry(attempt)

@@ -15,11 +15,11 @@ import _common as common
 
 sys.path.insert(0, str(common.REPO_ROOT))
 
-from miniagents import MiniAgents  # noqa: E402
-from miniagents.events import EventKind  # noqa: E402
-from miniagents.ext.llm.stand_in import stand_in_llm_agent  # noqa: E402
-from replay import Replay, aload_tree  # noqa: E402
-from store import SQLiteStore  # noqa: E402
+from miniagents import MiniAgents
+from miniagents.events import EventKind
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
+from replay import Replay, aload_tree
+from store import SQLiteStore
 
 TARGET_REPLAY_RATIO = 1.0  # replay wall time <= 1.0x the live (recording) run
 TARGET_FIRST_TOKEN_MS = 50.0  # first replayed token from a 100k-event store
@@ -128,12 +128,10 @@ async def amain(args: argparse.Namespace) -> None:
     print(f"command: `{shlex.join([sys.executable, *sys.argv])}`\n")
     print("| measurement | figure | target | |")
     print("|---|---|---|---|")
+    print(f"| {args.calls:,} stand-in LLM calls x 50 tokens: live (recording) run | {live * 1000:.0f} ms | | |")
     print(
-        f"| {args.calls:,} stand-in LLM calls × 50 tokens: live (recording) run | {live * 1000:.0f} ms | | |"
-    )
-    print(
-        f"| same flow replayed (mode none) | {replayed * 1000:.0f} ms = {replay_ratio:.2f}× live | "
-        f"≤ {TARGET_REPLAY_RATIO}× | {verdict(replay_ratio <= TARGET_REPLAY_RATIO)} |"
+        f"| same flow replayed (mode none) | {replayed * 1000:.0f} ms = {replay_ratio:.2f}x live | "
+        f"≤ {TARGET_REPLAY_RATIO}x | {verdict(replay_ratio <= TARGET_REPLAY_RATIO)} |"
     )
     print(
         f"| first replayed token, store of {small_events:,} events | {small_ms:.1f} ms | "
@@ -141,11 +139,12 @@ async def amain(args: argparse.Namespace) -> None:
     )
     print(
         f"| first replayed token, store of {large_events:,} events | {large_ms:.1f} ms "
-        f"({large_ms / small_ms:.2f}× the smaller store) | no worse | {verdict(large_ms <= small_ms * 1.25)} |"
+        f"({large_ms / small_ms:.2f}x the smaller store) | no worse | {verdict(large_ms <= small_ms * 1.25)} |"
     )
     print(
-        f"| aload_tree of a {kinds_counted:,}-call run | {tree_time * 1000:.0f} ms = {tree_ratio:.2f}× a raw scan "
-        f"of its events ({scan_time * 1000:.0f} ms) | ≤ {TARGET_TREE_RATIO}× | {verdict(tree_ratio <= TARGET_TREE_RATIO)} |"
+        f"| aload_tree of a {kinds_counted:,}-call run | {tree_time * 1000:.0f} ms = {tree_ratio:.2f}x a raw scan "
+        f"of its events ({scan_time * 1000:.0f} ms) | ≤ {TARGET_TREE_RATIO}x | "
+        f"{verdict(tree_ratio <= TARGET_TREE_RATIO)} |"
     )
 
 

@@ -247,6 +247,7 @@ class EventStore(abc.ABC):
         self._stopping = False
         self._failing = False
         self._flush_lock = asyncio.Lock()  # replaced on every open: a lock belongs to one event loop
+        self._open_lock: Optional[tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = None
         self._decoder = ObjectDecoder()
 
     # ----------------------------------------------------------------------------------------------- backend API
@@ -328,16 +329,27 @@ class EventStore(abc.ABC):
 
     async def aopen(self: _StoreT) -> _StoreT:
         """Open the store (idempotent) and start its writer task."""
-        if self._is_open:
-            return self
-        await self._aopen_storage()
-        self._flush_lock = asyncio.Lock()
-        self._stopping = False
-        self._failing = False
-        self._is_open = True
-        # the store's own task, not one of a MiniAgents context (whose task flush would wait for it forever)
-        self._writer = asyncio.get_running_loop().create_task(self._arun_writer(), name=f"store writer {self!r}")
+        await self._aopen()
         return self
+
+    async def _aopen(self) -> bool:
+        """Open the store unless it is open already (concurrent callers wait for one opening); True if opened."""
+        if self._is_open:
+            return False
+        loop = asyncio.get_running_loop()
+        if self._open_lock is None or self._open_lock[0] is not loop:
+            self._open_lock = (loop, asyncio.Lock())
+        async with self._open_lock[1]:
+            if self._is_open:
+                return False
+            await self._aopen_storage()
+            self._flush_lock = asyncio.Lock()
+            self._stopping = False
+            self._failing = False
+            self._is_open = True
+            # the store's own task, not one of a MiniAgents context (whose task flush would wait for it forever)
+            self._writer = loop.create_task(self._arun_writer(), name=f"store writer {self!r}")
+        return True
 
     async def aclose(self) -> None:
         """Write what is buffered, stop the writer and close the store.
@@ -400,21 +412,23 @@ class EventStore(abc.ABC):
 
     async def astart_run(self, run_id: str) -> None:
         """Open the store if needed (it is then closed by `afinish_run`) and record the run as running."""
-        opened_here = not self._is_open
+        opened_here = await self._aopen()
         if opened_here:
-            await self.aopen()
+            self._opened_by_run = True
         try:
             if run_id in self._active_runs:
                 raise StoreUsageError(f"Run {run_id!r} is already running in {self.location}; run ids are unique.")
-            async with self._flush_lock:
-                await self._aregister_run(run_id)
+            self._active_runs.add(run_id)
+            try:
+                async with self._flush_lock:
+                    await self._aregister_run(run_id)
+            except BaseException:
+                self._active_runs.discard(run_id)
+                raise
         except BaseException:
-            if opened_here:
+            if self._opened_by_run and not self._active_runs:
                 await self.aclose()
             raise
-        if opened_here:
-            self._opened_by_run = True
-        self._active_runs.add(run_id)
 
     def append(self, event: Event) -> None:
         """Buffer one event (synchronous and cheap); the writer task stores it."""

@@ -122,9 +122,12 @@ def _frozen_classes_by_name() -> dict[str, list[type[Frozen]]]:
 
 
 def _pin(obj: Frozen, attribute: str, value: Any) -> None:
-    """Fill a `cached_property` of `obj` with a value already known to be right."""
+    """Fill an attribute of `obj` computed once and kept in its `__dict__` (like `functools.cached_property`) with
+    a value already known to be right; the caller checks that the attribute now reads `value`."""
     descriptor = inspect.getattr_static(type(obj), attribute, None)
-    if isinstance(descriptor, functools.cached_property):
+    if isinstance(descriptor, functools.cached_property) or (
+        descriptor is not None and not isinstance(descriptor, property) and not hasattr(descriptor, "__set__")
+    ):
         obj.__dict__[attribute] = value
 
 

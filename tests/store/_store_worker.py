@@ -25,19 +25,19 @@ class Plan(Message):
     steps: tuple[Step, ...] = ()
 
 
-async def aappend(path: str, run_id: str, count: int, start_at: float) -> None:
-    """Append `count` message events to a new run, starting at wall time `start_at` (so processes overlap)."""
+async def aappend(path: str, run_id: str, count: int) -> None:
+    """Append `count` message events to a new run once stdin says "go" (so that several processes overlap)."""
     shared = Message(text="shared by every process")
     async with SQLiteStore(path, batch_size=50) as store:
-        while time.time() < start_at:
-            await asyncio.sleep(0.005)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
         await store.astart_run(run_id)
         store.append(Event(EventKind.RUN_STARTED, run_id, 0.0, data={"started_at": time.time()}))
         for index in range(count - 2):
             message = shared if index % 10 == 0 else Message(text=f"{run_id} {index}", index=index)
             store.append(Event(EventKind.MESSAGE, run_id, index / 1000, hash_key=message.hash_key, obj=message))
-            if index % 100 == 0:
-                await asyncio.sleep(0)
+            if index % 50 == 0:
+                await asyncio.sleep(0.005)
         store.append(Event(EventKind.RUN_FINISHED, run_id, 1.0, data={"status": "ok", "error": None}))
         await store.afinish_run(run_id)
     print("done", flush=True)
@@ -76,10 +76,9 @@ def main() -> None:
     parser.add_argument("path")
     parser.add_argument("--run-id", default="run")
     parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--start-at", type=float, default=0.0)
     args = parser.parse_args()
     if args.mode == "append":
-        asyncio.run(aappend(args.path, args.run_id, args.count, args.start_at))
+        asyncio.run(aappend(args.path, args.run_id, args.count))
     elif args.mode == "crash":
         asyncio.run(acrash(args.path, args.run_id))
     else:

@@ -393,7 +393,7 @@ class StoreConformance:
 
     async def test_unknown_and_malformed_hash_keys_are_refused_by_name(self) -> None:
         async with self.make_store() as store:
-            with pytest.raises(UnknownHashError, match="0{40}") as caught:
+            with pytest.raises(UnknownHashError, match=r"0{40}") as caught:
                 await store.aget("0" * 40)
             assert caught.value.hash_key == "0" * 40
             with pytest.raises(UnknownHashError, match="'not-a-hash' is not a hash key"):

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -113,7 +112,7 @@ async def test_older_schemas_are_migrated_step_by_step(tmp_path: Path, monkeypat
     assert query(path, "SELECT count(*) FROM labels") == [(0,)]
     monkeypatch.undo()
     before = store_files(path)
-    with pytest.raises(SchemaVersionError, match="schema version 2.*up to 1; upgrade miniagents") as caught:
+    with pytest.raises(SchemaVersionError, match=r"schema version 2.*up to 1; upgrade miniagents") as caught:
         await SQLiteStore(path).aopen()
     assert caught.value.path == str(path)
     assert store_files(path) == before
@@ -175,7 +174,7 @@ async def test_a_damaged_file_is_refused_and_left_untouched(tmp_path: Path) -> N
     data[100:4096] = b"\xa5" * (4096 - 100)
     path.write_bytes(bytes(data))
     before = store_files(path)
-    with pytest.raises(StoreCorruptedError, match=f"{path} is damaged.*restore it from a backup"):
+    with pytest.raises(StoreCorruptedError, match=f"{path} is damaged.*Restore it from a backup"):
         await SQLiteStore(path).aopen()
     assert store_files(path) == before
 
@@ -276,15 +275,15 @@ async def test_a_full_disk_keeps_events_buffered_and_loses_nothing(tmp_path: Pat
         with pytest.raises(StoreWriteError, match=f"{path}.*stay buffered") as caught:
             await store.aflush()
         assert caught.value.pending == pending
-        runs = await store.alist_runs()
-        assert [run.run_id for run in runs] == ["first"]
+        first, failed = await store.alist_runs()
+        assert (first.run_id, first.event_count, failed.event_count, failed.status) == ("first", 1, 0, "running")
         await store._db.execute("PRAGMA max_page_count = 1000000")
         await store.aflush()
         runs = await store.alist_runs()
         report = await store.averify()
     finally:
         await store.aclose()
-    assert [run.run_id for run in runs][0] == "first"
+    assert runs[0] == first
     assert runs[1].event_count == pending and runs[1].status == RunStatus.OK
     assert report.ok, report.problems
 
@@ -298,7 +297,7 @@ async def test_a_write_lock_held_elsewhere_is_waited_for(tmp_path: Path) -> None
             await store.astart_run("run")
             blocker.execute("BEGIN IMMEDIATE")
             store.append(message_event("run", Message(text="waits")))
-            with pytest.raises(StoreWriteError, match="kept the database locked for more than 0.3 s"):
+            with pytest.raises(StoreWriteError, match=r"kept the database locked for more than 0\.3 s"):
                 await store.aflush()
             assert store.pending_count == 1
             asyncio.get_running_loop().call_later(0.5, blocker.execute, "COMMIT")
@@ -315,21 +314,28 @@ async def test_a_write_lock_held_elsewhere_is_waited_for(tmp_path: Path) -> None
 
 def run_worker(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(WORKER), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 async def test_several_processes_append_to_one_file_at_once(tmp_path: Path) -> None:
     path = tmp_path / "agents.db"
-    start_at = time.time() + 1.5
-    workers = [
-        run_worker("append", str(path), "--run-id", f"proc-{index}", "--count", "2000", "--start-at", str(start_at))
-        for index in range(3)
-    ]
-    outputs = [await asyncio.to_thread(worker.communicate, timeout=60) for worker in workers]
+    workers = [run_worker("append", str(path), "--run-id", f"proc-{index}", "--count", "2000") for index in range(3)]
+    for worker in workers:
+        assert worker.stdout is not None
+        assert await asyncio.to_thread(worker.stdout.readline) == "ready\n"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    outputs = [await asyncio.to_thread(worker.communicate, None, 60) for worker in workers]
     for worker, (stdout, stderr) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, stderr
-        assert stdout == "done\n"
+        assert stdout == "done\n", stderr
         assert "locked" not in stderr
     async with SQLiteStore(path) as store:
         runs = await store.alist_runs()

@@ -15,7 +15,8 @@ order things happen; a sink must not block (a store buffers and flushes in the b
 |                 | hash (the call key) |                               | occurrence, replies, error, replayed       |
 | error           | -                   | call that was current         | where, position, error, partial            |
 
-`call_finished.data["replies"]` lists the call's replies in order: `{"hash": h}` for a resolved message, or
+`call_finished.data["replies"]` lists the call's replies in order: `{"hash": h}` for a resolved message (plus
+`"chunks"` (lengths) and `"offsets"` when it was streamed, so replay needs no other lookup), or
 `{"failed": PARTIAL}` for a reply whose stream broke, where PARTIAL is `{"class_", "metadata", "chunks" (the texts
 received), "offsets", "error"}`; `data["error"]` is an error the reply sequence itself raised after those replies.
 An error is described as `{"type", "module", "text"}`.

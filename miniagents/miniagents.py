@@ -691,7 +691,12 @@ class AgentCall:
                     replies.append({"failed": failed_reply(message_promise, exc)})
                 else:
                     messages.append(message)
-                    replies.append({"hash": message.hash_key})
+                    reply: dict[str, Any] = {"hash": message.hash_key}
+                    if message_promise.is_streamed:
+                        chunks, offsets = message_promise.chunk_record()
+                        reply["chunks"] = [len(chunk) for chunk in chunks]
+                        reply["offsets"] = offsets
+                    replies.append(reply)
         except Exception as exc:
             sequence_error = exc
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -75,17 +75,13 @@ class Recording:
         """The call's replies as promises that stream as recorded, and the error its reply sequence raised."""
         hashes = [str(reply["hash"]) for reply in call.replies if "hash" in reply]
         messages = await self.store.aget_many(hashes)
-        streams = await self._astreams(call, hashes)
         promises: list[MessagePromise] = []
         for reply in call.replies:
             if "hash" in reply:
                 message = messages[str(reply["hash"])]
                 assert isinstance(message, Message)
-                stream = streams.get(message.hash_key)
-                if stream is None:
-                    promises.append(replayed_message(message, None, (), speed))
-                else:
-                    promises.append(replayed_message(message, stream["chunks"], stream["offsets"], speed))
+                # a streamed reply carries its own chunking; one that was complete from the start has none
+                promises.append(replayed_message(message, reply.get("chunks"), reply.get("offsets") or (), speed))
             else:
                 promises.append(replayed_failure(reply.get("failed") or {}, speed))
         return promises, rebuild_error(call.error) if call.error is not None else None
@@ -94,24 +90,6 @@ class Recording:
         """What `CallInterceptor.aanswer` returns for a recorded call."""
         promises, error = await self.areply_promises(call, speed)
         return replayed_sequence(promises, error)
-
-    async def _astreams(self, call: RecordedCall, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Chunking of each reply: preferably as this very call streamed it, else as its run, else any run did."""
-        if not hashes:
-            return {}
-        ranked: dict[str, tuple[int, dict[str, Any]]] = {}
-        async for event in self.store.aiter_events(kinds=[EventKind.STREAM], hash_keys=hashes):
-            rank = _stream_rank(event, call)
-            hash_key = event.hash_key or ""
-            if event.data is not None and (hash_key not in ranked or rank < ranked[hash_key][0]):
-                ranked[hash_key] = (rank, event.data)
-        return {hash_key: data for hash_key, (_, data) in ranked.items()}
-
-
-def _stream_rank(event: Event, call: RecordedCall) -> int:
-    if event.run_id == call.run_id:
-        return 0 if event.call_id == call.call_id else 1
-    return 2
 
 
 def unique_calls(calls: Iterable[RecordedCall]) -> list[RecordedCall]:

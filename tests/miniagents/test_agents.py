@@ -328,7 +328,8 @@ async def test_streamed_messages_record_their_chunks_and_broken_streams_their_po
     assert finished.data is not None and finished.data["reply_node"] is None  # no reply node: one reply failed
     assert finished.data is not None
     replies = finished.data["replies"]
-    assert replies[0] == {"hash": Message(text="Hello!", model="m").hash_key}
+    assert replies[0]["hash"] == Message(text="Hello!", model="m").hash_key
+    assert replies[0]["chunks"] == [3, 2, 1] and len(replies[0]["offsets"]) == 3
     assert replies[1]["failed"]["chunks"] == ["par", "tial"]
     assert replies[1]["failed"]["class_"] == "Message"
     assert replies[1]["failed"]["metadata"] == {"class_": "Frozen", "model": "m"}

@@ -26,7 +26,7 @@ from miniagents.promising.ext.frozen import REDACTION, Frozen, freeze
 from miniagents.promising.promise_typing import PromiseResolvedEventHandler, PromiseStreamer
 from miniagents.promising.promising import Promise, PromisingContext, StreamAppender
 from miniagents.promising.sentinels import DEFAULT, Sentinel
-from miniagents.promising.sequence import FlatSequence
+from miniagents.promising.sequence import FlatSequence, collect_tuple
 
 logger = logging.getLogger(__name__)
 
@@ -548,7 +548,7 @@ class AgentCall:
         self._input_appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
         self._input_appender.open()
         self.input_sequence_promise = MessageSequencePromise(
-            streamer=_flattened(self._input_appender), resolver=_collect_tuple, start_asap=False
+            streamer=_flattened(self._input_appender), resolver=collect_tuple, start_asap=False
         )
         self._reply_appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
         self._started = False
@@ -557,7 +557,7 @@ class AgentCall:
         self.replayed = False
         start_now = context.start_everything_asap_by_default if start_asap is DEFAULT else bool(start_asap)
         self.reply_sequence_promise = MessageSequencePromise(
-            streamer=self._areply_stream, resolver=_collect_tuple, start_asap=False
+            streamer=self._areply_stream, resolver=collect_tuple, start_asap=False
         )
         if start_now:
             self._start()
@@ -589,11 +589,10 @@ class AgentCall:
             self._started = True
             self._context.spawn(self._arun())
 
-    async def _areply_stream(self, _: Any) -> AsyncIterator[MessagePromise]:
+    async def _areply_stream(self, promise: Any) -> AsyncIterator[MessagePromise]:
         self._start()
-        async for item in self._reply_appender:
-            async for message_promise in _flatten(item):
-                yield message_promise
+        async for message_promise in _flattened(self._reply_appender)(promise):
+            yield message_promise
 
     async def _arun(self) -> None:
         context = self._context
@@ -788,7 +787,7 @@ class MessageSequence(FlatSequence[MessageType, MessagePromise]):
         appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
         with appender:
             appender.append(messages)
-        return MessageSequencePromise(streamer=_flattened(appender), resolver=_collect_tuple, start_asap=False)
+        return MessageSequencePromise(streamer=_flattened(appender), resolver=collect_tuple, start_asap=False)
 
     @classmethod
     async def aresolve_messages(cls, messages: MessageType) -> tuple[Message, ...]:
@@ -845,7 +844,3 @@ async def _flatten(item: Any) -> AsyncIterator[MessagePromise]:
             f"A {type(item).__name__} cannot be sent as a message: send a str, dict, Message, MessagePromise, "
             "pydantic model, exception, or a (async) iterable of those."
         )
-
-
-async def _collect_tuple(promise: MessageSequencePromise) -> tuple[MessagePromise, ...]:
-    return tuple([item async for item in promise])

@@ -12,6 +12,7 @@ from miniagents.miniagent_typing import MessageType
 from miniagents.miniagents import MessageSequence, MiniAgent
 from miniagents.promising.promising import StreamAppender
 from miniagents.promising.sentinels import AWAIT, CLEAR, DEFAULT, Sentinel
+from miniagents.promising.sequence import collect_tuple
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def split_messages(
 
     # the paragraphs are fed by the streamer above, so it must run on its own (not driven by a consumer that is
     # waiting for a paragraph's tokens): start_asap=True
-    return MessageSequencePromise(streamer=sequence_streamer, resolver=_collect, start_asap=True)
+    return MessageSequencePromise(streamer=sequence_streamer, resolver=collect_tuple, start_asap=True)
 
 
 def _paragraph_promise(
@@ -159,10 +160,6 @@ def _paragraph_promise(
             yield token
 
     return Message.promise(message_token_streamer=token_streamer, start_asap=start_asap)
-
-
-async def _collect(promise: MessageSequencePromise) -> tuple[MessagePromise, ...]:
-    return tuple([item async for item in promise])
 
 
 class _ParagraphSplitter:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from miniagents.events import EventKind
 from miniagents.messages import Message, MessageSequencePromise
-from miniagents.miniagents import _collect_tuple
+from miniagents.promising.sequence import collect_tuple
 from replay.recording import RecordedCall, Recording
 from replay.streams import replayed_sequence
 from store.base import EventStore
@@ -67,7 +67,7 @@ class CallTreeNode:
                 async for promise in sequence:
                     yield promise
 
-        return MessageSequencePromise(streamer=streamer, resolver=_collect_tuple, start_asap=False)
+        return MessageSequencePromise(streamer=streamer, resolver=collect_tuple, start_asap=False)
 
     def walk(self) -> Iterator[CallTreeNode]:
         """This call and every call below it, depth first."""

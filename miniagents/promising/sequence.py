@@ -35,7 +35,7 @@ class FlatSequence(Generic[IN, OUT]):
         self._incoming_streamer = incoming_streamer
         self.sequence_promise = sequence_promise_class(
             streamer=self._flat_streamer,
-            resolver=_collect_tuple,
+            resolver=collect_tuple,
             start_asap=start_asap,
         )
 
@@ -52,5 +52,6 @@ class FlatSequence(Generic[IN, OUT]):
                 yield item
 
 
-async def _collect_tuple(promise: StreamedPromise[Any, Any]) -> tuple[Any, ...]:
+async def collect_tuple(promise: StreamedPromise[Any, Any]) -> tuple[Any, ...]:
+    """A resolver that makes the whole value of a streamed promise the tuple of its pieces."""
     return tuple([item async for item in promise])

@@ -185,12 +185,10 @@ class Frozen(BaseModel):
         class_ = values.get("class_")
         if class_ is None or class_ == cls.__name__:
             return values
-        if class_ != cls.__name__:
-            raise FrozenValueError(
-                f"`class_` of a {cls.__name__} must be {cls.__name__!r}, got {class_!r}; leave `class_` out and "
-                "it is filled in."
-            )
-        return values
+        raise FrozenValueError(
+            f"`class_` of a {cls.__name__} must be {cls.__name__!r}, got {class_!r}; leave `class_` out and "
+            "it is filled in."
+        )
 
     @model_validator(mode="before")
     @classmethod

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import logging
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Container, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -16,6 +18,7 @@ from typing import Any, Optional, TypeVar
 import orjson
 
 from miniagents.events import Event, EventKind
+from miniagents.messages import Message
 from miniagents.promising.ext.frozen import REDACTION, Frozen
 from store.decoding import (
     ObjectDecoder,
@@ -40,6 +43,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 1_000
 DEFAULT_FLUSH_INTERVAL = 0.1
 _MAX_RETRY_DELAY = 5.0
+_RECENTLY_STORED_LIMIT = 1_000_000
+_MAX_BATCH_SIZE = 20_000
+"""A flush writes everything buffered (group commit), in transactions of at most this many events."""
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 _StoreT = TypeVar("_StoreT", bound="EventStore")
@@ -108,26 +114,23 @@ class VerifyReport:
         return self.checked_objects + self.checked_events
 
 
-@dataclass(slots=True)
-class PendingEvent:
-    """An event waiting in the buffer, with everything a backend writes for it already encoded."""
-
-    event: Event
-    hash_key: Optional[str]
-    """`event.hash_key`, or the hash key of `event.obj` if the event named none."""
-    data: Optional[bytes]
-    """`event.data` as JSON (secret-looking fields redacted)."""
-    objects: tuple[tuple[str, bytes], ...]
-    """(hash key, canonical bytes) of the objects this event brings: `event.obj` and messages nested in it."""
-    wall_time: float
-    """When the event was appended (seconds since the epoch)."""
-
-
 def encode_data(data: Optional[dict[str, Any]]) -> Optional[bytes]:
     """Event data as stored: compact JSON, secret-looking fields redacted; None stays None."""
     if data is None:
         return None
-    return orjson.dumps(_redacted(data), default=_json_default, option=_JSON_OPTIONS)
+    try:
+        encoded = orjson.dumps(data, default=_json_default, option=_JSON_OPTIONS)
+        if _may_hold_secrets(encoded):
+            encoded = orjson.dumps(_redacted(data), default=_json_default, option=_JSON_OPTIONS)
+        return encoded
+    except TypeError as error:  # e.g. an integer beyond 64 bits: keep the event, describe what could not be kept
+        return orjson.dumps({"unencodable": repr(data)[:10_000], "reason": str(error)})
+
+
+def _may_hold_secrets(encoded: bytes) -> bool:
+    """Whether some key of this JSON could look like a secret (a cheap scan before the exact, slower walk)."""
+    normalized = encoded.lower().replace(b"-", b"_")
+    return any(name.encode() in normalized for name in REDACTION.names)
 
 
 def decode_data(data: Optional[bytes]) -> Optional[dict[str, Any]]:
@@ -176,43 +179,57 @@ class RunUpdate:
     error: Optional[bytes] = None
 
 
-def run_update(pending: PendingEvent) -> Optional[RunUpdate]:
-    """The run fields set by a `run_started` or `run_finished` event; None for other events."""
-    kind = pending.event.kind
+def run_update(kind: EventKind, data: Optional[bytes], finished_at: Optional[float] = None) -> Optional[RunUpdate]:
+    """The run fields set by a `run_started` or `run_finished` event (given its encoded data); None for others."""
     if kind is EventKind.RUN_STARTED:
-        data = decode_data(pending.data) or {}
-        started_at = data.get("started_at")
-        version = data.get("library_version")
+        fields = decode_data(data) or {}
+        started_at = fields.get("started_at")
+        version = fields.get("library_version")
         return RunUpdate(
-            started_at=float(started_at) if isinstance(started_at, (int, float)) else pending.wall_time,
+            started_at=float(started_at) if isinstance(started_at, (int, float)) else None,
             library_version=version if isinstance(version, str) else None,
-            metadata=orjson.dumps(data.get("metadata") or {}, option=_JSON_OPTIONS),
+            metadata=orjson.dumps(fields.get("metadata") or {}, option=_JSON_OPTIONS),
         )
     if kind is EventKind.RUN_FINISHED:
-        data = decode_data(pending.data) or {}
-        status = data.get("status")
-        error = data.get("error")
+        fields = decode_data(data) or {}
+        status = fields.get("status")
+        error = fields.get("error")
         return RunUpdate(
             status=status if isinstance(status, str) and status else RunStatus.OK,
-            finished_at=pending.wall_time,
+            finished_at=finished_at,
             error=None if error is None else orjson.dumps(error, option=_JSON_OPTIONS),
         )
     return None
 
 
-def _nested_messages(obj: Frozen) -> list[tuple[str, bytes]]:
-    """(hash key, canonical bytes) of every message referenced by hash inside `obj`, at any depth."""
-    try:
-        from miniagents.messages import Message
-    except ImportError:  # pragma: no cover - only while the core has no messages module
-        return []
+@dataclass
+class Batch:
+    """Buffered events prepared for one write: everything a backend stores, encoded once."""
+
+    events: list[Event]
+    hash_keys: list[Optional[str]]
+    """Per event: its hash key (of `event.obj` if the event named none)."""
+    data: list[Optional[bytes]]
+    """Per event: its data as JSON, secret-looking fields redacted."""
+    objects: dict[str, bytes]
+    """Hash key -> canonical bytes of every object the batch brings (each once)."""
+    run_updates: list[tuple[str, EventKind, RunUpdate]]
+    """(run id, kind, update) of the batch's `run_started` / `run_finished` events, in order."""
+    counts: dict[str, int]
+    """Events per run."""
+
+
+def _nested_messages(obj: Frozen, known: Container[str]) -> list[tuple[str, bytes]]:
+    """(hash key, canonical bytes) of the messages referenced by hash inside `obj`, at any depth, except those in
+    `known` (stored already, with what they reference)."""
     found: dict[str, bytes] = {}
     stack: list[Any] = list(obj.frozen_fields_and_values().values())
     while stack:
         value = stack.pop()
         if isinstance(value, Message):
-            if value.hash_key not in found:
-                found[value.hash_key] = value.canonical_bytes
+            key = value.hash_key
+            if key not in found and key not in known:
+                found[key] = value.canonical_bytes
                 stack.extend(value.frozen_fields_and_values().values())
         elif isinstance(value, Frozen):
             stack.extend(value.frozen_fields_and_values().values())
@@ -238,7 +255,11 @@ class EventStore(abc.ABC):
             raise StoreUsageError(f"flush_interval must be a positive number of seconds, got {flush_interval}.")
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._buffer: list[PendingEvent] = []
+        self._buffer: list[Event] = []
+        self._finished_at: dict[str, float] = {}
+        self._recently_stored: set[str] = set()
+        """Hash keys this store object wrote (bounded): messages nested in later objects need no second look."""
+        self._max_batch_size = max(batch_size, _MAX_BATCH_SIZE)
         self._is_open = False
         self._opened_by_run = False
         self._active_runs: set[str] = set()
@@ -270,7 +291,7 @@ class EventStore(abc.ABC):
         """Record a new run as running; raise `StoreUsageError` if a run with this id is already stored."""
 
     @abc.abstractmethod
-    async def _awrite_batch(self, batch: Sequence[PendingEvent]) -> None:
+    async def _awrite_batch(self, batch: Batch) -> None:
         """Write the batch atomically (all or nothing), numbering the events in order; raise `StoreWriteError`."""
 
     @abc.abstractmethod
@@ -375,6 +396,7 @@ class EventStore(abc.ABC):
         self._opened_by_run = False
         self._active_runs.clear()
         self._decoder.clear()
+        self._recently_stored.clear()
         await self._aclose_storage()
         if flush_error is not None:
             raise StoreWriteError(
@@ -440,31 +462,28 @@ class EventStore(abc.ABC):
             )
         obj = event.obj
         hash_key = event.hash_key
-        objects: tuple[tuple[str, bytes], ...] = ()
         if obj is not None:
+            known = obj.hash_key
             if hash_key is None:
-                hash_key = obj.hash_key
-            body = obj.canonical_bytes
-            objects = ((hash_key, body),)
-            if b"__hash_key" in body:
-                objects += tuple(_nested_messages(obj))
-        if hash_key is not None and not is_hash_key(hash_key):
+                event = dataclasses.replace(event, hash_key=known)
+            elif hash_key is not known and hash_key != known:
+                self._check_event_hash_key(event, hash_key)
+            obj.canonical_bytes  # noqa: B018 - computed (and cached) now, in the caller's context
+        elif hash_key is not None:
+            self._check_event_hash_key(event, hash_key)
+        if event.kind is EventKind.RUN_FINISHED:
+            self._finished_at[event.run_id] = time.time()
+        self._buffer.append(event)
+        if len(self._buffer) >= self._batch_size and not self._failing:
+            self._wake_writer()
+
+    @staticmethod
+    def _check_event_hash_key(event: Event, hash_key: object) -> None:
+        if not is_hash_key(hash_key):
             raise StoreUsageError(
                 f"The {event.kind.value} event of run {event.run_id!r} has the hash key {hash_key!r}, which is not "
                 "40 or 64 lower-case hex characters; pass `message.hash_key`."
             )
-        data = event.data
-        self._buffer.append(
-            PendingEvent(
-                event=event,
-                hash_key=hash_key,
-                data=None if data is None else encode_data(data),
-                objects=objects,
-                wall_time=time.time(),
-            )
-        )
-        if len(self._buffer) >= self._batch_size and not self._failing:
-            self._wake_writer()
 
     async def afinish_run(self, run_id: str) -> None:
         """Write every buffered event; close the store if `astart_run` opened it and no other run is active.
@@ -523,20 +542,31 @@ class EventStore(abc.ABC):
                 yield event
 
     async def aget_events(
-        self, run_id: Optional[str] = None, *, kinds: Optional[Iterable[EventKind]] = None
+        self,
+        run_id: Optional[str] = None,
+        *,
+        kinds: Optional[Iterable[EventKind]] = None,
+        after_seq: Optional[int] = None,
+        hash_keys: Optional[Iterable[str]] = None,
     ) -> list[Event]:
         """`aiter_events()` as a list."""
-        return [event async for event in self.aiter_events(run_id, kinds=kinds)]
+        return [
+            event async for event in self.aiter_events(run_id, kinds=kinds, after_seq=after_seq, hash_keys=hash_keys)
+        ]
 
     async def aget_many(self, hash_keys: Iterable[str]) -> dict[str, Frozen]:
-        """Several objects at once (fewer round trips than `aget` one by one), by hash key."""
-        objects: dict[str, Frozen] = {}
-        for hash_key in dict.fromkeys(hash_keys):
-            objects[hash_key] = await self.aget(hash_key)
-        return objects
+        """Several objects at once, by hash key (one read for all of them instead of one each); errors as `aget`."""
+        keys = list(dict.fromkeys(hash_keys))
+        for hash_key in keys:
+            self._check_hash_key(hash_key)
+        missing = [key for key in keys if self._decoder.cached(key) is None]
+        bodies = await self._aload_closure(missing) if missing else {}
+        return {key: self._decoder.decode(key, bodies) for key in keys}
 
     async def acontains(self, hash_key: str) -> bool:
         """Whether an object with this hash key is stored."""
+        if not is_hash_key(hash_key):
+            return False
         await self._aprepare_read()
         return bool(await self._aload_objects([hash_key]))
 
@@ -560,9 +590,14 @@ class EventStore(abc.ABC):
         cached = self._decoder.cached(hash_key)
         if cached is not None:
             return cached
+        return self._decoder.decode(hash_key, await self._aload_closure([hash_key]))
+
+    async def _aload_closure(self, hash_keys: list[str]) -> dict[str, bytes]:
+        """The checked bytes of these objects and of every object they reference that is not decoded yet."""
         await self._aprepare_read()
+        roots = set(hash_keys)
         bodies: dict[str, bytes] = {}
-        wanted = [hash_key]
+        wanted = hash_keys
         referrer: dict[str, str] = {}
         while wanted:
             found = await self._aload_objects(wanted)
@@ -570,8 +605,8 @@ class EventStore(abc.ABC):
             for key in wanted:
                 body = found.get(key)
                 if body is None:
-                    if key == hash_key:
-                        raise self._unknown_hash(hash_key)
+                    if key in roots:
+                        raise self._unknown_hash(key)
                     raise StoreIntegrityError(
                         f"Object {referrer[key]} in {self.location} refers to object {key}, which is missing; run "
                         "`await store.averify()` to list every damaged object.",
@@ -580,11 +615,16 @@ class EventStore(abc.ABC):
                 self._check_body(key, body)
                 bodies[key] = body
                 for ref in body_references(body):
-                    if ref not in bodies and ref not in referrer and self._decoder.cached(ref) is None:
+                    if (
+                        ref not in bodies
+                        and ref not in referrer
+                        and ref not in roots
+                        and self._decoder.cached(ref) is None
+                    ):
                         referrer[ref] = key
                         next_wanted.append(ref)
             wanted = next_wanted
-        return self._decoder.decode(hash_key, bodies)
+        return bodies
 
     # ---------------------------------------------------------------------------------------- integrity, retention
 
@@ -690,6 +730,7 @@ class EventStore(abc.ABC):
             if garbage:
                 await self._adelete_objects(garbage)
         self._decoder.clear()
+        self._recently_stored.clear()
         return len(garbage)
 
     # ---------------------------------------------------------------------------------------------------- internals
@@ -706,7 +747,7 @@ class EventStore(abc.ABC):
         """Make buffered events readable; if they cannot be written now, read what is stored (the write error is
         raised by `aflush()`, `afinish_run()` and `aclose()`, not by reads)."""
         self._check_open()
-        if self._buffer:
+        if self._buffer and not self._failing:
             try:
                 await self._aflush_buffer()
             except StoreError:
@@ -745,11 +786,12 @@ class EventStore(abc.ABC):
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
-    async def _aflush_buffer(self) -> None:
-        """Write the buffer in batches; on failure the unwritten events stay buffered and `StoreWriteError` rises."""
+    async def _aflush_buffer(self, drain: bool = True) -> None:
+        """Write the buffer (all of it, or with `drain=False` one batch of what is there now), one transaction per
+        batch; on failure the unwritten events stay buffered and `StoreWriteError` rises."""
         async with self._flush_lock:
             while self._buffer:
-                batch = self._buffer[: self._batch_size]
+                batch = self._prepare_batch(self._buffer[: self._max_batch_size])
                 try:
                     await self._awrite_batch(batch)
                 except StoreWriteError as error:
@@ -767,8 +809,48 @@ class EventStore(abc.ABC):
                         self.location,
                         pending=len(self._buffer),
                     ) from error
-                del self._buffer[: len(batch)]
-            self._failing = False
+                del self._buffer[: len(batch.events)]
+                if len(self._recently_stored) > _RECENTLY_STORED_LIMIT:
+                    self._recently_stored.clear()
+                self._recently_stored.update(batch.objects)
+                for event in batch.events:
+                    if event.kind is EventKind.RUN_FINISHED:
+                        self._finished_at.pop(event.run_id, None)
+                self._failing = False
+                if not drain:
+                    break
+
+    def _prepare_batch(self, events: list[Event]) -> Batch:
+        """Encode what the backend writes for these events (on the writer's side, not in `append`)."""
+        batch = Batch([], [], [], {}, [], {})
+        self._extend_batch(batch, events)
+        return batch
+
+    def _extend_batch(self, batch: Batch, events: list[Event]) -> None:
+        batch.events.extend(events)
+        batch.hash_keys.extend(event.hash_key for event in events)
+        data = [None if event.data is None else encode_data(event.data) for event in events]
+        batch.data.extend(data)
+        objects = batch.objects
+        for event in events:
+            obj = event.obj
+            if obj is not None:
+                hash_key = event.hash_key
+                if hash_key is not None and hash_key not in objects:
+                    body = obj.canonical_bytes
+                    objects[hash_key] = body
+                    if b"__hash_key" in body:
+                        known = _EitherContainer(objects, self._recently_stored)
+                        for nested_key, nested_body in _nested_messages(obj, known):
+                            objects.setdefault(nested_key, nested_body)
+        for event, encoded in zip(events, data, strict=True):
+            kind = event.kind
+            if kind is EventKind.RUN_STARTED or kind is EventKind.RUN_FINISHED:
+                update = run_update(kind, encoded, self._finished_at.get(event.run_id))
+                if update is not None:
+                    batch.run_updates.append((event.run_id, kind, update))
+        for run_id, count in Counter(event.run_id for event in events).items():
+            batch.counts[run_id] = batch.counts.get(run_id, 0) + count
 
     async def _arun_writer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -785,11 +867,21 @@ class EventStore(abc.ABC):
             if self._stopping or not self._buffer:
                 continue
             try:
-                await self._aflush_buffer()
+                await self._aflush_buffer(drain=False)
                 delay = self._flush_interval
             except StoreError as error:
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
                 logger.warning("%s; retrying in %.1f s", error, delay)
+
+
+class _EitherContainer:
+    """`in` either of two containers."""
+
+    def __init__(self, first: Container[str], second: Container[str]) -> None:
+        self._first, self._second = first, second
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._first or item in self._second
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

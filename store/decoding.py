@@ -11,6 +11,7 @@ from typing import Any, Optional
 import orjson
 from blake3 import blake3
 
+from miniagents.messages import Message
 from miniagents.promising.ext.frozen import Frozen
 from store.errors import StoreIntegrityError
 
@@ -40,14 +41,18 @@ def find_references(value: Any) -> Iterator[str]:
         current = stack.pop()
         if isinstance(current, dict):
             for key, item in current.items():
-                if key.endswith(_ONE_SUFFIX) and isinstance(item, str):
+                if key.endswith(_ONE_SUFFIX) and is_hash_key(item):
                     yield item
-                elif key.endswith(_MANY_SUFFIX) and isinstance(item, list):
-                    yield from (ref for ref in item if isinstance(ref, str))
+                elif key.endswith(_MANY_SUFFIX) and _are_hash_keys(item):
+                    yield from item
                 elif isinstance(item, (dict, list)):
                     stack.append(item)
         elif isinstance(current, list):
             stack.extend(item for item in current if isinstance(item, (dict, list)))
+
+
+def _are_hash_keys(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(is_hash_key(item) for item in value)
 
 
 def body_references(body: bytes) -> list[str]:
@@ -98,11 +103,7 @@ def stand_in_class(class_name: str, base: type[Frozen]) -> type[Frozen]:
 
 
 def message_base_class() -> type[Frozen]:
-    """`miniagents.messages.Message` (stored top-level objects are messages), or `Frozen` before it exists."""
-    try:
-        from miniagents.messages import Message
-    except ImportError:  # pragma: no cover - only while the core has no messages module
-        return Frozen
+    """The base class of stand-ins for stored (top-level) objects: `Message`."""
     return Message
 
 
@@ -121,13 +122,21 @@ def _frozen_classes_by_name() -> dict[str, list[type[Frozen]]]:
     return classes
 
 
+_PINNABLE: dict[tuple[type, str], bool] = {}
+
+
 def _pin(obj: Frozen, attribute: str, value: Any) -> None:
     """Fill an attribute of `obj` computed once and kept in its `__dict__` (like `functools.cached_property`) with
     a value already known to be right; the caller checks that the attribute now reads `value`."""
-    descriptor = inspect.getattr_static(type(obj), attribute, None)
-    if isinstance(descriptor, functools.cached_property) or (
-        descriptor is not None and not isinstance(descriptor, property) and not hasattr(descriptor, "__set__")
-    ):
+    key = (type(obj), attribute)
+    pinnable = _PINNABLE.get(key)
+    if pinnable is None:
+        descriptor = inspect.getattr_static(type(obj), attribute, None)
+        pinnable = isinstance(descriptor, functools.cached_property) or (
+            descriptor is not None and not isinstance(descriptor, property) and not hasattr(descriptor, "__set__")
+        )
+        _PINNABLE[key] = pinnable
+    if pinnable:
         obj.__dict__[attribute] = value
 
 
@@ -154,8 +163,10 @@ class ObjectDecoder:
         return obj
 
     def clear(self) -> None:
-        """Forget every rebuilt object."""
+        """Forget every rebuilt object (and which classes this process has)."""
         self._cache.clear()
+        self._classes = None
+        self._missing_names.clear()
 
     def decode(self, hash_key: str, bodies: Mapping[str, bytes]) -> Frozen:
         """Rebuild the object `hash_key` from `bodies` (its bytes and those of every object it references that is
@@ -214,9 +225,8 @@ class ObjectDecoder:
                 f"Object {hash_key} has no `class_` field, so it is not a stored Frozen object.", hash_key
             )
         attempts: list[tuple[type[Frozen], bool]] = [(cls, True) for cls in self._classes_named(class_name)]
-        attempts.append((stand_in_class(class_name, message_base_class()), False))
-        if message_base_class() is not Frozen:
-            attempts.append((stand_in_class(class_name, Frozen), False))
+        attempts.append((stand_in_class(class_name, Message), False))
+        attempts.append((stand_in_class(class_name, Frozen), False))
         first_error: Optional[BaseException] = None
         for cls, real_nested_classes in attempts:
             try:
@@ -239,9 +249,9 @@ class ObjectDecoder:
     def _fields(self, data: dict[str, Any], real_classes: bool, resolved: Mapping[str, Frozen]) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         for name, value in data.items():
-            if name.endswith(_ONE_SUFFIX) and isinstance(value, str):
+            if name.endswith(_ONE_SUFFIX) and is_hash_key(value):
                 fields[name[: -len(_ONE_SUFFIX)]] = resolved[value]
-            elif name.endswith(_MANY_SUFFIX) and isinstance(value, list):
+            elif name.endswith(_MANY_SUFFIX) and _are_hash_keys(value):
                 fields[name[: -len(_MANY_SUFFIX)]] = tuple(resolved[ref] for ref in value)
             else:
                 fields[name] = self._value(value, real_classes, resolved)

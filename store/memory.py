@@ -10,12 +10,11 @@ from miniagents.events import Event, EventKind
 from store.base import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FLUSH_INTERVAL,
+    Batch,
     EventStore,
-    PendingEvent,
     RunInfo,
     RunStatus,
     decode_data,
-    run_update,
 )
 from store.errors import StoreUsageError
 
@@ -100,39 +99,33 @@ class MemoryStore(EventStore):
             raise StoreUsageError(f"{self.location} already holds a run {run_id!r}; run ids must be unique.")
         self._runs[run_id] = _Run(run_id)
 
-    async def _awrite_batch(self, batch: Sequence[PendingEvent]) -> None:
+    async def _awrite_batch(self, batch: Batch) -> None:
+        for hash_key, body in batch.objects.items():
+            self._objects.setdefault(hash_key, body)
+        runs = self._runs
         seq = self._last_seq
-        for pending in batch:
-            event = pending.event
+        for event, event_key, data in zip(batch.events, batch.hash_keys, batch.data, strict=True):
             seq += 1
-            for hash_key, body in pending.objects:
-                self._objects.setdefault(hash_key, body)
             self._events[seq] = _Row(
-                run_id=event.run_id,
-                kind=event.kind,
-                t=event.t,
-                hash_key=pending.hash_key,
-                call_id=event.call_id,
-                parent_call_id=event.parent_call_id,
-                data=pending.data,
+                event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data
             )
-            if pending.hash_key is not None:
-                self._seqs_by_hash.setdefault(pending.hash_key, []).append(seq)
-            run = self._runs.get(event.run_id)
+            run = runs.get(event.run_id)
             if run is None:
-                run = self._runs[event.run_id] = _Run(event.run_id)
+                run = runs[event.run_id] = _Run(event.run_id)
             run.seqs.append(seq)
-            update = run_update(pending)
-            if update is not None:
-                if event.kind is EventKind.RUN_STARTED:
-                    run.started_at = update.started_at
-                    run.library_version = update.library_version
-                    run.metadata = update.metadata
-                else:
-                    run.status = update.status or RunStatus.OK
-                    run.finished_at = update.finished_at
-                    run.error = update.error
+            if event_key is not None:
+                self._seqs_by_hash.setdefault(event_key, []).append(seq)
         self._last_seq = seq
+        for run_id, kind, update in batch.run_updates:
+            run = runs[run_id]
+            if kind is EventKind.RUN_STARTED:
+                run.started_at = update.started_at
+                run.library_version = update.library_version
+                run.metadata = update.metadata
+            else:
+                run.status = update.status or RunStatus.OK
+                run.finished_at = update.finished_at
+                run.error = update.error
 
     async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
         if run_id is None:
@@ -184,8 +177,17 @@ class MemoryStore(EventStore):
         run = self._runs.pop(run_id, None)
         if run is None:
             return False
+        touched: set[str] = set()
         for seq in run.seqs:
-            self._events.pop(seq, None)
+            row = self._events.pop(seq, None)
+            if row is not None and row.hash_key is not None:
+                touched.add(row.hash_key)
+        for hash_key in touched:
+            remaining = [seq for seq in self._seqs_by_hash.get(hash_key, ()) if seq in self._events]
+            if remaining:
+                self._seqs_by_hash[hash_key] = remaining
+            else:
+                self._seqs_by_hash.pop(hash_key, None)
         return True
 
     async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:

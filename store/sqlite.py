@@ -15,19 +15,19 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar, Union
 
 import aiosqlite
+import orjson
 
 from miniagents.events import Event, EventKind
 from miniagents.promising.ext.frozen import CANONICAL_FORM_VERSION, HASH_ALGORITHM
 from store.base import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FLUSH_INTERVAL,
+    Batch,
     EventStore,
-    PendingEvent,
     Problem,
     RunInfo,
     RunStatus,
     decode_data,
-    run_update,
 )
 from store.errors import (
     ForeignDatabaseError,
@@ -43,6 +43,8 @@ APPLICATION = "miniagents-store"
 """The `application` value in the `meta` table of every store."""
 APPLICATION_ID = 0x4D41_5354
 """Written into the SQLite header (`PRAGMA application_id`), so tools like `file` can tell a store apart."""
+PAGE_SIZE = 16_384
+"""SQLite page size of new stores."""
 SCHEMA_VERSION = 1
 """Version of the table layout below; a newer store is refused, an older one is migrated."""
 
@@ -91,6 +93,18 @@ KIND_CODES: dict[EventKind, int] = {
 }
 """Stored codes of the event kinds (never renumbered; kinds added later get the next free code, kept in `kinds`)."""
 
+_INSERT_OBJECTS = """
+    INSERT OR IGNORE INTO objects (hash, body)
+    SELECT substr(:hashes, r.key * :width + 1, :width), substr(:bodies, sum(r.value) OVER w - r.value + 1, r.value)
+    FROM json_each(:lengths) AS r
+    WINDOW w AS (ORDER BY r.key ROWS UNBOUNDED PRECEDING)
+"""
+_INSERT_EVENTS = """
+    INSERT INTO events (run, kind, t, hash, call_id, parent_call_id, data)
+    SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, substr(:hashes, r.key * :width + 1, r.value ->> 3),
+        r.value ->> 4, r.value ->> 5, substr(:data, r.value ->> 6, r.value ->> 7)
+    FROM json_each(:rows) AS r ORDER BY r.key
+"""
 _CHUNK = 5_000
 _IN_LIMIT = 500
 _BUSY_ERROR_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
@@ -160,6 +174,9 @@ class SQLiteStore(EventStore):
         a write fails with `StoreWriteError`.
     :param synchronous: SQLite's `synchronous` setting; `"NORMAL"` (default) survives process crashes, `"FULL"`
         also survives power loss, `"OFF"` is fastest.
+    :param inline_lookups: look objects up by hash key (`aget`) right in the event loop's thread, which takes
+        microseconds on a local disk, instead of a round trip to the reader thread; turn off for network file
+        systems, where a read may take long.
     """
 
     def __init__(
@@ -170,6 +187,7 @@ class SQLiteStore(EventStore):
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         busy_timeout: float = 60.0,
         synchronous: str = "NORMAL",
+        inline_lookups: bool = True,
     ) -> None:
         super().__init__(batch_size=batch_size, flush_interval=flush_interval)
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
@@ -179,12 +197,14 @@ class SQLiteStore(EventStore):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise StoreUsageError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}.")
         self.path = Path(path)
-        self._uri = self.path.absolute().as_uri()
+        self._uri = ""
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()
         self._db: Optional[aiosqlite.Connection] = None
         self._transaction_lock = asyncio.Lock()
         self._reader: Optional[aiosqlite.Connection] = None
+        self._inline_lookups = inline_lookups
+        self._lookup: Optional[sqlite3.Connection] = None
         self._maintenance_open = False
         self._kind_codes: dict[EventKind, int] = {}
         self._kinds_by_code: dict[int, EventKind] = {}
@@ -197,6 +217,7 @@ class SQLiteStore(EventStore):
     # ------------------------------------------------------------------------------------------------------ opening
 
     async def _aopen_storage(self) -> None:
+        self._uri = self.path.absolute().as_uri()
         inspection = await self._ainspect()
         self._classify(inspection)
         connections: list[aiosqlite.Connection] = []
@@ -205,6 +226,8 @@ class SQLiteStore(EventStore):
             connections.append(db)
             await db.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
             if inspection.is_empty:
+                # 16 KiB pages: ~1 KB objects fill them with little slack, and large batches write faster
+                await db.execute_fetchall(f"PRAGMA page_size = {PAGE_SIZE}")
                 await self._aretry(lambda: db.execute_fetchall("PRAGMA journal_mode = WAL"))
             if not self._is_current(inspection):
                 inspection = await self._aretry(lambda: self._acreate_or_migrate(db))
@@ -224,6 +247,15 @@ class SQLiteStore(EventStore):
                 raise self._open_error(error) from error
             raise
         self._db, self._reader = db, reader
+        self._transaction_lock = asyncio.Lock()
+        if self._inline_lookups:
+            try:
+                self._lookup = sqlite3.connect(
+                    self._uri + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                )
+                self._lookup.execute("PRAGMA busy_timeout = 0")  # never blocks the loop: busy -> the reader thread
+            except sqlite3.Error:
+                self._lookup = None
         self._set_kinds(inspection.kinds)
         self._run_rowids = {}
 
@@ -236,8 +268,10 @@ class SQLiteStore(EventStore):
         self._set_kinds({int(code): str(name) for code, name in rows})
 
     async def _aclose_storage(self) -> None:
-        db, reader = self._db, self._reader
-        self._db = self._reader = None
+        db, reader, lookup = self._db, self._reader, self._lookup
+        self._db = self._reader = self._lookup = None
+        if lookup is not None:
+            lookup.close()
         for connection in (reader, db):
             if connection is not None:
                 await connection.close()
@@ -478,63 +512,102 @@ class SQLiteStore(EventStore):
                 rowids[run_id] = int(next(iter(rows))[0])
         return rowids
 
-    async def _awrite_batch(self, batch: Sequence[PendingEvent]) -> None:
-        objects: dict[str, bytes] = {}
-        counts: dict[str, int] = {}
-        for pending in batch:
-            for hash_key, body in pending.objects:
-                objects.setdefault(hash_key, body)
-            run_id = pending.event.run_id
-            counts[run_id] = counts.get(run_id, 0) + 1
-        object_rows = [(bytes.fromhex(hash_key), body) for hash_key, body in objects.items()]
+    async def _awrite_batch(self, batch: Batch) -> None:
+        # One INSERT ... SELECT per table and batch: SQLite takes the rows apart (JSON numbers, slices of the
+        # concatenated bytes) without holding the GIL, instead of the GIL hand-over per row that `executemany` needs
+        # (which starves the writer thread while the event loop is busy).
+        by_width: dict[int, tuple[list[str], list[bytes]]] = {}
+        for hash_key, body in batch.objects.items():
+            keys, bodies = by_width.setdefault(len(hash_key) // 2, ([], []))
+            keys.append(hash_key)
+            bodies.append(body)
+        object_parameters = [
+            {
+                "hashes": bytes.fromhex("".join(keys)),
+                "width": width,
+                "bodies": b"".join(bodies),
+                "lengths": orjson.dumps([len(body) for body in bodies]),
+            }
+            for width, (keys, bodies) in by_width.items()
+        ]
         kind_codes = self._kind_codes
-        fromhex = bytes.fromhex
+
+        def event_parameters(rowids: dict[str, int]) -> dict[str, Any]:
+            # each event's hash key in a slot of `width` bytes (an empty slot for events without one)
+            width = max((len(key) // 2 for key in batch.hash_keys if key is not None), default=20)
+            empty_slot = "0" * (2 * width)
+            slots: list[str] = []
+            rows: list[tuple[Any, ...]] = []
+            event_data: list[bytes] = []
+            data_start = 1
+            for event, hash_key, data in zip(batch.events, batch.hash_keys, batch.data, strict=True):
+                if hash_key is None:
+                    slots.append(empty_slot)
+                    hash_length = None
+                else:
+                    slots.append(hash_key if len(hash_key) == 2 * width else hash_key.ljust(2 * width, "0"))
+                    hash_length = len(hash_key) // 2
+                if data is not None:
+                    event_data.append(data)
+                    rows.append(
+                        (
+                            rowids[event.run_id],
+                            kind_codes[event.kind],
+                            event.t,
+                            hash_length,
+                            event.call_id,
+                            event.parent_call_id,
+                            data_start,
+                            len(data),
+                        )
+                    )
+                    data_start += len(data)
+                elif event.parent_call_id is not None:
+                    rows.append(
+                        (
+                            rowids[event.run_id],
+                            kind_codes[event.kind],
+                            event.t,
+                            hash_length,
+                            event.call_id,
+                            event.parent_call_id,
+                        )
+                    )
+                else:  # trailing nulls left out: fewer JSON values for SQLite to read
+                    rows.append((rowids[event.run_id], kind_codes[event.kind], event.t, hash_length, event.call_id))
+            return {
+                "hashes": bytes.fromhex("".join(slots)),
+                "width": width,
+                "data": b"".join(event_data),
+                "rows": orjson.dumps(rows),
+            }
 
         async def work(db: aiosqlite.Connection) -> None:
-            rowids = await self._aresolve_runs(db, counts)
-            event_rows = [
-                (
-                    rowids[event.run_id],
-                    kind_codes[event.kind],
-                    event.t,
-                    None if pending.hash_key is None else fromhex(pending.hash_key),
-                    event.call_id,
-                    event.parent_call_id,
-                    pending.data,
-                )
-                for pending in batch
-                for event in (pending.event,)
-            ]
-            if object_rows:
-                await db.executemany("INSERT OR IGNORE INTO objects (hash, body) VALUES (?, ?)", object_rows)
-            await db.executemany(
-                "INSERT INTO events (run, kind, t, hash, call_id, parent_call_id, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                event_rows,
-            )
-            for pending in batch:
-                update = run_update(pending)
-                if update is None:
-                    continue
-                rowid = rowids[pending.event.run_id]
-                if pending.event.kind is EventKind.RUN_STARTED:
+            rowids = await self._aresolve_runs(db, batch.counts)
+            parameters = event_parameters(rowids)
+            for object_group in object_parameters:
+                await db.execute(_INSERT_OBJECTS, object_group)
+            await db.execute(_INSERT_EVENTS, parameters)
+            for run_id, kind, update in batch.run_updates:
+                if kind is EventKind.RUN_STARTED:
                     await db.execute(
                         "UPDATE runs SET started_at = ?, library_version = ?, metadata = ? WHERE id = ?",
-                        (update.started_at, update.library_version, update.metadata, rowid),
+                        (update.started_at, update.library_version, update.metadata, rowids[run_id]),
                     )
                 else:
                     await db.execute(
                         "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
-                        (update.status, update.finished_at, update.error, rowid),
+                        (update.status, update.finished_at, update.error, rowids[run_id]),
                     )
             await db.executemany(
                 "UPDATE runs SET event_count = event_count + ? WHERE id = ?",
-                [(count, rowids[run_id]) for run_id, count in counts.items()],
+                [(count, rowids[run_id]) for run_id, count in batch.counts.items()],
             )
 
         try:
             await self._atransaction(
                 work,
-                f"write {len(batch)} events",
+                f"write {len(batch.events)} events",
                 "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
             )
         except StoreWriteError:
@@ -708,15 +781,32 @@ class SQLiteStore(EventStore):
         found: dict[str, bytes] = {}
         for start in range(0, len(hash_keys), _IN_LIMIT):
             keys = hash_keys[start : start + _IN_LIMIT]
-            if len(keys) == 1:
-                rows = await self._afetch("SELECT hash, body FROM objects WHERE hash = ?", (bytes.fromhex(keys[0]),))
-            else:
-                rows = await self._afetch(
-                    f"SELECT hash, body FROM objects WHERE hash IN ({', '.join('?' * len(keys))})",
-                    [bytes.fromhex(key) for key in keys],
-                )
+            sql = (
+                "SELECT hash, body FROM objects WHERE hash = ?"
+                if len(keys) == 1
+                else f"SELECT hash, body FROM objects WHERE hash IN ({', '.join('?' * len(keys))})"
+            )
+            parameters = [bytes.fromhex(key) for key in keys]
+            rows = self._lookup_inline(sql, parameters)
+            if rows is None:
+                rows = await self._afetch(sql, parameters)
             found.update((hash_blob.hex(), bytes(body)) for hash_blob, body in rows)
         return found
+
+    def _lookup_inline(self, sql: str, parameters: Sequence[Any]) -> Optional[list[Any]]:
+        """Rows of an indexed point lookup run right here, or None if that cannot be done without waiting."""
+        lookup = self._lookup
+        if lookup is None or self._maintenance_open:
+            return None
+        try:
+            return lookup.execute(sql, parameters).fetchall()
+        except sqlite3.Error as error:
+            if _is_busy(error):
+                return None
+            raise StoreReadError(
+                f"Could not read from {self.path} ({error}); run `await store.averify()` to check the file.",
+                str(self.path),
+            ) from error
 
     async def _aiter_object_chunks(self) -> AsyncIterator[list[tuple[str, bytes]]]:
         last = 0

@@ -312,6 +312,75 @@ class StoreConformance:
         assert messages == [everything[1], everything[3]]
         assert later == everything[2:]
 
+    async def test_events_can_be_found_by_hash_key(self) -> None:
+        first, second = Message(text="first"), Message(text="second")
+        async with self.make_store() as store:
+            for run_id in ("a", "b"):
+                await store.astart_run(run_id)
+                store.append(message_event(run_id, first))
+                store.append(message_event(run_id, second))
+                store.append(
+                    Event(EventKind.CALL_FINISHED, run_id, 1.0, hash_key=first.hash_key, call_id=1, data={"x": 1})
+                )
+                await store.afinish_run(run_id)
+            everything = await store.aget_events()
+            by_first = [event async for event in store.aiter_events(hash_keys=[first.hash_key])]
+            finished_by_first = [
+                event
+                async for event in store.aiter_events(
+                    hash_keys=[first.hash_key, "ab" * 20], kinds=[EventKind.CALL_FINISHED]
+                )
+            ]
+            in_run_b = [event async for event in store.aiter_events("b", hash_keys=[second.hash_key])]
+            none = [event async for event in store.aiter_events(hash_keys=[])]
+            with pytest.raises(UnknownHashError, match="'nope' is not a hash key"):
+                _ = [event async for event in store.aiter_events(hash_keys=["nope"])]
+        assert by_first == [everything[0], everything[2], everything[3], everything[5]]
+        assert finished_by_first == [everything[2], everything[5]]
+        assert in_run_b == [everything[4]]
+        assert none == []
+
+    async def test_events_with_hash_keys_of_both_lengths_share_a_batch(self) -> None:
+        short = Message(text="short")
+        async with MiniAgents(longer_hash_keys=True):
+            long = Message(text="long")
+            long_key = long.hash_key
+        sent = [
+            Event(EventKind.CALL_STARTED, "run", 0.0, call_id=1, data={"agent_alias": "A"}),
+            message_event("run", short, t=0.1),
+            Event(EventKind.MESSAGE, "run", 0.2, hash_key=long_key, obj=long),
+            Event(EventKind.STREAM, "run", 0.3, hash_key=long_key, call_id=1, parent_call_id=7, data={"chunks": [4]}),
+            Event(EventKind.ERROR, "run", 0.4, parent_call_id=3),
+        ]
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            for event in sent:
+                store.append(event)
+            await store.afinish_run("run")
+            received = await store.aget_events("run")
+            rebuilt = await store.aget_many([long_key, short.hash_key, long_key])
+        assert [(e.kind, e.t, e.hash_key, e.call_id, e.parent_call_id, e.data) for e in received] == [
+            (e.kind, e.t, e.hash_key, e.call_id, e.parent_call_id, e.data) for e in sent
+        ]
+        assert rebuilt == {long_key: long, short.hash_key: short}
+        assert rebuilt[long_key].hash_key == long_key
+
+    async def test_several_objects_are_fetched_at_once(self) -> None:
+        child = Message(text="child")
+        parents = [Message(text=f"parent {index}", child=child) for index in range(3)]
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            for message in (child, *parents):
+                store.append(message_event("run", message))
+            await store.afinish_run("run")
+        async with self.reopened(store) as reader:
+            objects = await reader.aget_many(parent.hash_key for parent in parents)
+            with pytest.raises(UnknownHashError, match=r"0{40}"):
+                await reader.aget_many([child.hash_key, "0" * 40])
+        assert list(objects) == [parent.hash_key for parent in parents]
+        assert list(objects.values()) == parents
+        assert {id(obj.child) for obj in objects.values()} == {id(objects[parents[0].hash_key].child)}  # type: ignore[attr-defined]
+
     # ---------------------------------------------------------------------------------------------------- decoding
 
     async def test_nested_messages_and_frozen_values_are_rebuilt(self) -> None:
@@ -363,6 +432,17 @@ class StoreConformance:
         assert isinstance(rebuilt, Message)
         assert rebuilt.hash_key == message.hash_key
         assert rebuilt.text == "strict"  # type: ignore[attr-defined]
+
+    async def test_fields_named_like_references_but_holding_other_values_stay_fields(self) -> None:
+        message = Message(text="odd", note__hash_key="not a hash", tags__hash_keys=(), more__hash_keys=("x",))
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            store.append(message_event("run", message))
+            await store.afinish_run("run")
+            rebuilt = await store.aget(message.hash_key)
+            report = await store.averify()
+        assert rebuilt == message and type(rebuilt) is Message
+        assert report.ok, report.problems
 
     async def test_a_plain_frozen_is_rebuilt_as_one(self) -> None:
         frozen = Frozen(a=1, b={"c": "d"})

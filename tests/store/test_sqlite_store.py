@@ -466,7 +466,7 @@ async def test_opening_does_not_write_when_the_store_is_current(tmp_path: Path) 
     async with SQLiteStore(path) as store:
         await store.alist_runs()
     assert path.read_bytes() == before
-    assert await arun_flow(SQLiteStore(path), count=1)
+    assert len(await arun_flow(SQLiteStore(path), count=1)) == 1
 
 
 async def test_events_appended_without_astart_run_create_their_run(tmp_path: Path) -> None:

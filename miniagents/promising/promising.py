@@ -273,7 +273,8 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
             raise PromisingError(f"{type(self).__name__} takes either `streamer` or `prefill_pieces`, not both.")
         self._streamer_fn = streamer
         self._stream_iterator: Any = None
-        self._stream_lock: Optional[asyncio.Lock] = None
+        self._pulling = False  # a consumer is pulling the next piece from the streamer right now
+        self._piece_waiters: list[asyncio.Future[None]] = []  # consumers waiting for that piece
         if prefill_pieces is NO_VALUE:
             self._pieces: list[Any] = []
             self._stream_done = False
@@ -306,47 +307,67 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         await self._aresolve_in_background()
 
     async def _aproduce_piece(self, index: int) -> None:
-        """Make sure the piece at `index` exists, unless the stream ends before it."""
-        if self._stream_lock is None:
-            self._stream_lock = asyncio.Lock()
-        async with self._stream_lock:
-            if index < len(self._pieces) or self._stream_done:
-                return
-            if self._stream_iterator is None:
-                try:
-                    iterator = self._streamer()
-                    if not callable(getattr(iterator, "__anext__", None)):
-                        if inspect.iscoroutine(iterator):
-                            iterator.close()  # never awaited: close it so it does not warn later
-                        raise TypeError(
-                            f"The streamer of {type(self).__name__} returned a {type(iterator).__name__}, but it "
-                            "must return an async iterator (write it as an `async def` with `yield`)."
-                        )
-                    self._stream_iterator = iterator
-                except BaseException as exc:
-                    logger.debug("The streamer of a StreamedPromise could not be started", exc_info=True)
-                    self._stream_iterator = FAILED
-                    self._append_piece(exc)
-                    self._end_stream()
-                    return
+        """Make sure the piece at `index` exists, unless the stream ends before it.
+
+        One consumer at a time pulls from the streamer; the others wait for that piece rather than for a lock,
+        so the consumer that is pulling carries on to the next piece without handing over to each waiting one
+        (with a lock, two consumers of the same stream would take turns through the event loop on every piece).
+        """
+        while index >= len(self._pieces) and not self._stream_done:
+            if self._pulling:
+                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._piece_waiters.append(waiter)
+                await waiter
+                continue
+            self._pulling = True
             try:
-                piece = await self._stream_iterator.__anext__()
-            except StopAsyncIteration:
-                self._end_stream()
-            except asyncio.CancelledError as exc:
-                if inspect.isasyncgen(self._stream_iterator):
-                    # the generator is dead now: every consumer sees the cancellation at this position
-                    self._append_piece(exc)
-                    self._end_stream()
-                raise
+                await self._apull_piece()
+            finally:
+                self._pulling = False
+                waiters = self._piece_waiters
+                if waiters:
+                    self._piece_waiters = []
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
+
+    async def _apull_piece(self) -> None:
+        """Pull one piece from the streamer (started on first use) and append it, or end the stream."""
+        if self._stream_iterator is None:
+            try:
+                iterator = self._streamer()
+                if not callable(getattr(iterator, "__anext__", None)):
+                    if inspect.iscoroutine(iterator):
+                        iterator.close()  # never awaited: close it so it does not warn later
+                    raise TypeError(
+                        f"The streamer of {type(self).__name__} returned a {type(iterator).__name__}, but it "
+                        "must return an async iterator (write it as an `async def` with `yield`)."
+                    )
+                self._stream_iterator = iterator
             except BaseException as exc:
-                logger.debug("The streamer of a StreamedPromise raised", exc_info=True)
+                logger.debug("The streamer of a StreamedPromise could not be started", exc_info=True)
+                self._stream_iterator = FAILED
                 self._append_piece(exc)
-                if not isinstance(exc, Exception):
-                    self._end_stream()
-                    raise
-            else:
-                self._append_piece(piece)
+                self._end_stream()
+                return
+        try:
+            piece = await self._stream_iterator.__anext__()
+        except StopAsyncIteration:
+            self._end_stream()
+        except asyncio.CancelledError as exc:
+            if inspect.isasyncgen(self._stream_iterator):
+                # the generator is dead now: every consumer sees the cancellation at this position
+                self._append_piece(exc)
+                self._end_stream()
+            raise
+        except BaseException as exc:
+            logger.debug("The streamer of a StreamedPromise raised", exc_info=True)
+            self._append_piece(exc)
+            if not isinstance(exc, Exception):
+                self._end_stream()
+                raise
+        else:
+            self._append_piece(piece)
 
     def _append_piece(self, piece: Any) -> None:
         self._pieces.append(piece)

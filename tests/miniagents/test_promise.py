@@ -337,6 +337,72 @@ async def test_a_cancelled_streamer_generator_shows_the_cancellation_to_every_co
             await asyncio.wait_for(iterator.__anext__(), timeout=1)
 
 
+async def test_a_consumer_cancelled_while_waiting_for_a_piece_leaves_the_others_unharmed() -> None:
+    async with PromisingContext():
+        appender: StreamAppender[int] = StreamAppender()
+        promise = StreamedPromise(streamer=appender, resolver=collect_resolver, start_asap=False)
+        pulling = asyncio.create_task(collect(promise))
+        waiting = asyncio.create_task(collect(promise))
+        await asyncio.sleep(0)  # the first pulls from the appender, the second waits for that piece
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        with appender:
+            appender.append(1)
+            appender.append(2)
+        assert await asyncio.wait_for(pulling, timeout=1) == [1, 2]
+        assert await collect(promise) == [1, 2]
+
+
+class _SlowCounter:
+    """An async iterator (not a generator, so it survives a cancelled `__anext__`): 1, 2, 3 after a pause each."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __aiter__(self) -> "_SlowCounter":
+        return self
+
+    async def __anext__(self) -> int:
+        await asyncio.sleep(0.01)
+        if self.count == 3:
+            raise StopAsyncIteration
+        self.count += 1
+        return self.count
+
+
+async def test_when_the_pulling_consumer_is_cancelled_a_waiting_one_takes_over() -> None:
+    counter = _SlowCounter()
+    async with PromisingContext():
+        promise = StreamedPromise(streamer=lambda _: counter, resolver=collect_resolver, start_asap=False)
+        pulling = asyncio.create_task(collect(promise))
+        waiting = asyncio.create_task(collect(promise))
+        await asyncio.sleep(0)
+        pulling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pulling
+        assert await asyncio.wait_for(waiting, timeout=1) == [1, 2, 3]
+
+
+async def test_consumers_of_a_ready_stream_do_not_take_turns_through_the_event_loop() -> None:
+    async with PromisingContext():
+        appender: StreamAppender[int] = StreamAppender()
+        promise = StreamedPromise(streamer=appender, resolver=collect_resolver, start_asap=False)
+        first = asyncio.create_task(collect(promise))
+        second = asyncio.create_task(collect(promise))
+        await asyncio.sleep(0)  # the first waits inside the appender, the second waits for the first piece
+        with appender:
+            for piece in range(1000):
+                appender.append(piece)
+        loop_turns = 0
+        while not (first.done() and second.done()):
+            await asyncio.sleep(0)
+            loop_turns += 1
+        assert await first == await second == list(range(1000))
+        # each consumer is woken a bounded number of times, not once per piece
+        assert loop_turns < 10
+
+
 async def test_on_promise_resolved_handlers_see_every_resolution_in_this_and_parent_contexts() -> None:
     outer_seen: list[Any] = []
     inner_seen: list[Any] = []

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 from miniagents.miniagent_typing import MessageTokenStreamer
 from miniagents.promising.errors import PromisingError
-from miniagents.promising.ext.frozen import Frozen
+from miniagents.promising.ext.frozen import PLAIN_VALUE_TYPES, Frozen, declared_field_names
 from miniagents.promising.promising import StreamedPromise
 from miniagents.promising.sentinels import DEFAULT, Sentinel
 
@@ -58,7 +58,7 @@ class Message(Frozen):
 
     def sub_messages(self) -> Iterator[Message]:
         """Every message nested in this one, depth first, each after its own sub-messages."""
-        yield from _iter_sub_messages(self)
+        return iter(_collect_sub_messages(self, []))
 
     def _as_string(self) -> str:
         if self.text is not None:
@@ -70,52 +70,70 @@ class Message(Frozen):
 
 def _dump_with_references(frozen: Frozen) -> dict[str, Any]:
     dump: dict[str, Any] = {}
-    for field, value in frozen._frozen_fields_and_values(exclude_class=False):
-        if isinstance(value, Message):
-            dump[f"{field}__hash_key"] = value.hash_key
-        elif isinstance(value, Frozen):
-            dump[field] = _dump_with_references(value)
-        elif type(value) is tuple:
-            if value and isinstance(value[0], Message):
-                dump[f"{field}__hash_keys"] = tuple(message.hash_key for message in value)
-            else:
-                dump[field] = _dump_sequence_with_references(value)
-        else:
+    values = frozen.__dict__
+    for field in declared_field_names(type(frozen)):
+        value = values[field]
+        if type(value) in PLAIN_VALUE_TYPES:
             dump[field] = value
+        else:
+            _dump_nested_with_references(dump, field, value)
+    if frozen.__pydantic_extra__:
+        for field, value in frozen.__pydantic_extra__.items():
+            if type(value) in PLAIN_VALUE_TYPES:
+                dump[field] = value
+            else:
+                _dump_nested_with_references(dump, field, value)
     return dump
+
+
+def _dump_nested_with_references(dump: dict[str, Any], field: str, value: Any) -> None:
+    if isinstance(value, Message):
+        dump[f"{field}__hash_key"] = value.hash_key
+    elif isinstance(value, Frozen):
+        dump[field] = _dump_with_references(value)
+    elif type(value) is not tuple:
+        dump[field] = value
+    elif value and isinstance(value[0], Message):  # a tuple holds either only messages or none at all
+        dump[f"{field}__hash_keys"] = tuple(message.hash_key for message in value)
+    else:
+        dump[field] = _dump_sequence_with_references(value)
 
 
 def _dump_sequence_with_references(values: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(
-        _dump_with_references(value)
+        value
+        if type(value) in PLAIN_VALUE_TYPES
+        else _dump_with_references(value)
         if isinstance(value, Frozen)
         else _dump_sequence_with_references(value)
-        if type(value) is tuple
-        else value
         for value in values
     )
 
 
-def _iter_sub_messages(frozen: Frozen) -> Iterator[Message]:
-    for _, value in frozen._frozen_fields_and_values(exclude_class=True):
-        if isinstance(value, Message):
-            yield from _iter_sub_messages(value)
-            yield value
-        elif isinstance(value, Frozen):
-            yield from _iter_sub_messages(value)
-        elif type(value) is tuple and value:
-            yield from _iter_sub_messages_in_sequence(value)
+def _collect_sub_messages(frozen: Frozen, found: list[Message]) -> list[Message]:
+    """Append every message nested in `frozen` to `found`, depth first, each after its own sub-messages."""
+    values = frozen.__dict__
+    for field in declared_field_names(type(frozen)):
+        value = values[field]
+        if type(value) not in PLAIN_VALUE_TYPES:
+            _collect_sub_messages_in_value(value, found)
+    if frozen.__pydantic_extra__:
+        for value in frozen.__pydantic_extra__.values():
+            if type(value) not in PLAIN_VALUE_TYPES:
+                _collect_sub_messages_in_value(value, found)
+    return found
 
 
-def _iter_sub_messages_in_sequence(values: tuple[Any, ...]) -> Iterator[Message]:
-    for value in values:
-        if isinstance(value, Message):
-            yield from _iter_sub_messages(value)
-            yield value
-        elif isinstance(value, Frozen):
-            yield from _iter_sub_messages(value)
-        elif type(value) is tuple:
-            yield from _iter_sub_messages_in_sequence(value)
+def _collect_sub_messages_in_value(value: Any, found: list[Message]) -> None:
+    if isinstance(value, Message):
+        _collect_sub_messages(value, found)
+        found.append(value)
+    elif isinstance(value, Frozen):
+        _collect_sub_messages(value, found)
+    elif type(value) is tuple:
+        for item in value:
+            if type(item) not in PLAIN_VALUE_TYPES:
+                _collect_sub_messages_in_value(item, found)
 
 
 class MessagePromise(StreamedPromise[str, Message]):

@@ -160,7 +160,7 @@ class Frozen(BaseModel):
 
     def frozen_fields(self, exclude_class: bool = False) -> Iterator[str]:
         """Names of all fields: declared ones (defaults included) and extra ones."""
-        for field in _declared_field_names(type(self)):
+        for field in declared_field_names(type(self)):
             if not (exclude_class and field == "class_"):
                 yield field
         yield from self.__pydantic_extra__ or ()
@@ -171,7 +171,7 @@ class Frozen(BaseModel):
 
     def _frozen_fields_and_values(self, exclude_class: bool) -> Iterator[tuple[str, Any]]:
         values = self.__dict__
-        for field in _declared_field_names(type(self)):
+        for field in declared_field_names(type(self)):
             if not (exclude_class and field == "class_"):
                 yield field, values[field]
         if self.__pydantic_extra__:
@@ -304,7 +304,12 @@ def _current_context() -> Any:
     return _context_var.get()
 
 
-def _declared_field_names(model_class: type[Frozen]) -> tuple[str, ...]:
+PLAIN_VALUE_TYPES: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+"""Types of frozen values that hold nothing nested (the fast path of every walk over field values)."""
+
+
+def declared_field_names(model_class: type[Frozen]) -> tuple[str, ...]:
+    """The declared (non-extra) field names of a `Frozen` class, `class_` included; cached per class."""
     names = _FIELD_NAMES_CACHE.get(model_class)
     if names is None:
         names = tuple(model_class.model_fields)
@@ -313,7 +318,15 @@ def _declared_field_names(model_class: type[Frozen]) -> tuple[str, ...]:
 
 
 def _full_dump(frozen: Frozen) -> dict[str, Any]:
-    return {field: _full_dump_value(value) for field, value in frozen._frozen_fields_and_values(exclude_class=False)}
+    dump: dict[str, Any] = {}
+    values = frozen.__dict__
+    for field in declared_field_names(type(frozen)):
+        value = values[field]
+        dump[field] = value if type(value) in PLAIN_VALUE_TYPES else _full_dump_value(value)
+    if frozen.__pydantic_extra__:
+        for field, value in frozen.__pydantic_extra__.items():
+            dump[field] = value if type(value) in PLAIN_VALUE_TYPES else _full_dump_value(value)
+    return dump
 
 
 def _full_dump_value(value: Any) -> Any:

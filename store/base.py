@@ -229,7 +229,7 @@ def _nested_messages(obj: Frozen, known: Container[str]) -> list[tuple[str, byte
         if isinstance(value, Message):
             key = value.hash_key
             if key not in found and key not in known:
-                found[key] = value.canonical_bytes
+                found[key] = value.encode_canonical()
                 stack.extend(value.frozen_fields_and_values().values())
         elif isinstance(value, Frozen):
             stack.extend(value.frozen_fields_and_values().values())
@@ -468,7 +468,6 @@ class EventStore(abc.ABC):
                 event = dataclasses.replace(event, hash_key=known)
             elif hash_key is not known and hash_key != known:
                 self._check_event_hash_key(event, hash_key)
-            obj.canonical_bytes  # noqa: B018 - computed (and cached) now, in the caller's context
         elif hash_key is not None:
             self._check_event_hash_key(event, hash_key)
         if event.kind is EventKind.RUN_FINISHED:
@@ -837,7 +836,7 @@ class EventStore(abc.ABC):
             if obj is not None:
                 hash_key = event.hash_key
                 if hash_key is not None and hash_key not in objects:
-                    body = obj.canonical_bytes
+                    body = obj.encode_canonical()
                     objects[hash_key] = body
                     if b"__hash_key" in body:
                         known = _EitherContainer(objects, self._recently_stored)

@@ -87,6 +87,15 @@ def test_hash_key_is_computed_once() -> None:
         hasher.assert_called_once()
 
 
+def test_hashing_does_not_keep_a_second_copy_of_the_object_in_memory() -> None:
+    sample = SampleModel(some_req_field="x" * 1000)
+    hash_key = sample.hash_key
+    assert "canonical_bytes" not in sample.__dict__  # a recorded message would otherwise carry 2x its size
+    assert blake3(sample.encode_canonical()).hexdigest()[:40] == hash_key
+    assert sample.encode_canonical() == sample.canonical_bytes  # kept from now on, because it was asked for
+    assert sample.encode_canonical() is sample.canonical_bytes
+
+
 def test_field_order_does_not_change_the_hash_key() -> None:
     assert Frozen(some_field="test", other=2).hash_key == Frozen(other=2, some_field="test").hash_key
 

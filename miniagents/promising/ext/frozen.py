@@ -145,10 +145,21 @@ class Frozen(BaseModel):
         """`canonical_bytes` as a string."""
         return self.canonical_bytes.decode("utf-8")
 
+    def encode_canonical(self) -> bytes:
+        """`canonical_bytes`, without keeping them on the object if they were not kept already.
+
+        The hash key and the store's write path use this, so a recorded message does not carry a second copy
+        of itself in memory for the rest of the run.
+        """
+        kept: Optional[bytes] = self.__dict__.get("canonical_bytes")
+        if kept is not None:
+            return kept
+        return orjson.dumps(self.serialize(), option=orjson.OPT_SORT_KEYS)
+
     @computed_once
     def hash_key(self) -> str:
         """blake3 of `canonical_bytes` in hex: 40 characters, or 64 with `longer_hash_keys=True`."""
-        digest: str = blake3(self.canonical_bytes).hexdigest()
+        digest: str = blake3(self.encode_canonical()).hexdigest()
         context = _current_context()
         if context is not None and context.longer_hash_keys:
             return digest

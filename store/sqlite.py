@@ -174,9 +174,10 @@ class SQLiteStore(EventStore):
         a write fails with `StoreWriteError`.
     :param synchronous: SQLite's `synchronous` setting; `"NORMAL"` (default) survives process crashes, `"FULL"`
         also survives power loss, `"OFF"` is fastest.
-    :param inline_lookups: look objects up by hash key (`aget`) right in the event loop's thread, which takes
-        microseconds on a local disk, instead of a round trip to the reader thread; turn off for network file
-        systems, where a read may take long.
+    :param inline_lookups: look objects up by hash key (`aget`), and stream and call_finished events by hash key
+        (replay's call lookups), right in the event loop's thread, which takes microseconds on a local disk,
+        instead of a round trip to the reader thread; turn off for network file systems, where a read may take
+        long.
     """
 
     def __init__(
@@ -716,39 +717,42 @@ class SQLiteStore(EventStore):
                 ):
                     yield chunk
             return
-        columns = "SELECT seq, run, kind, t, hash, call_id, parent_call_id, data FROM events WHERE seq > ?"
         conditions = ""
         parameters: list[Any] = []
+        indexed = False
         if hash_keys is not None:
             # stream and call_finished events are found through the events_by_hash index, other kinds by a scan
             indexed = kinds is not None and kinds <= {EventKind.STREAM, EventKind.CALL_FINISHED}
-            conditions += f" AND hash IN ({', '.join('?' * len(hash_keys))})"
+            conditions += f" AND e.hash IN ({', '.join('?' * len(hash_keys))})"
             parameters.extend(bytes.fromhex(key) for key in hash_keys)
             if indexed:
-                conditions += " AND kind IN (4, 6)"
-        run_names: dict[int, str] = {}
+                conditions += " AND e.kind IN (4, 6)"
         if run_id is not None:
-            rows = await self._afetch("SELECT id FROM runs WHERE run_id = ?", (run_id,))
-            if not rows:
+            run_rows = await self._afetch("SELECT id FROM runs WHERE run_id = ?", (run_id,))
+            if not run_rows:
                 return
-            conditions += " AND run = ?"
-            parameters.append(rows[0][0])
-            run_names[rows[0][0]] = run_id
+            conditions += " AND e.run = ?"
+            parameters.append(run_rows[0][0])
+            source = "events AS e"  # the run's name is known
+        else:
+            source = "events AS e LEFT JOIN runs AS r ON r.id = e.run"  # each event's run name from its row
+        run_column = "e.run" if run_id is not None else "coalesce(r.run_id, '')"
+        columns = f"SELECT e.seq, {run_column}, e.kind, e.t, e.hash, e.call_id, e.parent_call_id, e.data FROM {source}"
         if kinds is not None:
             codes = [self._kind_codes[kind] for kind in kinds if kind in self._kind_codes]
-            conditions += f" AND kind IN ({', '.join('?' * len(codes))})"
+            conditions += f" AND e.kind IN ({', '.join('?' * len(codes))})"
             parameters.extend(codes)
-        sql = f"{columns}{conditions} ORDER BY seq LIMIT {_CHUNK}"
+        sql = f"{columns} WHERE e.seq > ?{conditions} ORDER BY e.seq LIMIT {_CHUNK}"
         kinds_by_code = self._kinds_by_code
         loads = decode_data
         last = after_seq if after_seq is not None else 0
         while True:
-            rows = await self._afetch(sql, [last, *parameters])
+            # an indexed lookup (replay's call lookups) runs inline; a scan runs on the reader thread
+            rows = self._lookup_inline(sql, [last, *parameters]) if indexed else None
+            if rows is None:
+                rows = await self._afetch(sql, [last, *parameters])
             if not rows:
                 return
-            missing = {row[1] for row in rows} - run_names.keys()
-            if missing:
-                run_names.update((row[0], row[1]) for row in await self._afetch("SELECT id, run_id FROM runs"))
             if not {row[2] for row in rows} <= kinds_by_code.keys():
                 await self._areload_kinds()
                 kinds_by_code = self._kinds_by_code
@@ -762,7 +766,7 @@ class SQLiteStore(EventStore):
             yield [
                 Event(
                     kinds_by_code[kind],
-                    run_names.get(run, ""),
+                    run if run_id is None else run_id,
                     t,
                     None if hash_blob is None else hash_blob.hex(),
                     call_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
+from itertools import accumulate
 from typing import Any, Optional
 
 from miniagents.messages import Message, MessagePromise
@@ -35,25 +36,51 @@ def rebuild_error(description: Mapping[str, Any]) -> BaseException:
 
 def split_into_chunks(text: str, chunk_lengths: Sequence[int]) -> list[str]:
     """`text` cut at the recorded chunk boundaries (one chunk if they do not add up to the text)."""
-    if sum(chunk_lengths) != len(text) or any(length < 0 for length in chunk_lengths):
+    if sum(chunk_lengths) != len(text) or min(chunk_lengths, default=0) < 0:
         return [text]
-    chunks: list[str] = []
-    position = 0
-    for length in chunk_lengths:
-        chunks.append(text[position : position + length])
-        position += length
-    return chunks
+    ends = accumulate(chunk_lengths)
+    return [text[end - length : end] for length, end in zip(chunk_lengths, ends, strict=True)]
 
 
-async def _apaced(chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float]) -> AsyncIterator[str]:
-    previous = 0.0
-    for index, chunk in enumerate(chunks):
-        if speed and index < len(offsets):
-            delay = (offsets[index] - previous) / speed
-            previous = offsets[index]
-            if delay > 0:
-                await asyncio.sleep(delay)
-        yield chunk
+def _token_streamer(chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float]) -> Any:
+    """The token streamer of a replayed message: the chunks at once, or at `speed` times the recorded pace."""
+    if speed:
+
+        async def paced(_: dict[str, Any]) -> AsyncIterator[str]:
+            previous = 0.0
+            for index, chunk in enumerate(chunks):
+                if index < len(offsets):
+                    delay = (offsets[index] - previous) / speed
+                    previous = offsets[index]
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                yield chunk
+
+        return paced
+
+    async def at_once(_: dict[str, Any]) -> AsyncIterator[str]:
+        for chunk in chunks:
+            yield chunk
+
+    return at_once
+
+
+class ReplayedMessagePromise(MessagePromise):
+    """A message promise that streams a recorded message's chunks and resolves to the recorded message itself
+    (read from the store and checked against its hash key), rather than to a copy rebuilt from the chunks."""
+
+    def __init__(self, message: Message, chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float]):
+        self.recorded_message = message
+        metadata = message.frozen_fields_and_values()
+        metadata.pop("text", None)
+        super().__init__(
+            message_token_streamer=_token_streamer(chunks, offsets, speed), message_class=type(message), **metadata
+        )
+
+    async def _resolver(self) -> Message:
+        async for _ in self:  # the whole stream first, as every message promise resolves
+            pass
+        return self.recorded_message
 
 
 def replayed_message(
@@ -65,15 +92,7 @@ def replayed_message(
     """A promise that streams `message` in its recorded chunks (at `speed` times the recorded pace, or at once)."""
     if chunk_lengths is None:
         return MessagePromise(prefill_message=message)
-    metadata = message.frozen_fields_and_values()
-    text = metadata.pop("text") or ""
-    chunks = split_into_chunks(text, chunk_lengths)
-
-    async def token_streamer(_: dict[str, Any]) -> AsyncIterator[str]:
-        async for chunk in _apaced(chunks, offsets, speed):
-            yield chunk
-
-    return MessagePromise(message_token_streamer=token_streamer, message_class=type(message), **metadata)
+    return ReplayedMessagePromise(message, split_into_chunks(message.text or "", chunk_lengths), offsets, speed)
 
 
 def replayed_failure(partial: Mapping[str, Any], speed: Optional[float]) -> MessagePromise:
@@ -90,8 +109,10 @@ def replayed_failure(partial: Mapping[str, Any], speed: Optional[float]) -> Mess
     except Exception:  # metadata that cannot be rebuilt is left out rather than failing the replay
         metadata = {}
 
-    async def token_streamer(_: dict[str, Any]) -> AsyncIterator[str]:
-        async for chunk in _apaced(chunks, offsets, speed):
+    chunk_streamer = _token_streamer(chunks, offsets, speed)
+
+    async def token_streamer(metadata: dict[str, Any]) -> AsyncIterator[str]:
+        async for chunk in chunk_streamer(metadata):
             yield chunk
         raise error
 

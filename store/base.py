@@ -9,7 +9,7 @@ import logging
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Container, Iterable, Sequence
+from collections.abc import AsyncIterator, Container, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -21,6 +21,8 @@ from miniagents.events import Event, EventKind
 from miniagents.messages import Message
 from miniagents.promising.ext.frozen import REDACTION, Frozen
 from store.decoding import (
+    LazyObjects,
+    LoadedObjects,
     ObjectDecoder,
     body_references,
     event_data_references,
@@ -556,11 +558,17 @@ class EventStore(abc.ABC):
     async def aget_many(self, hash_keys: Iterable[str]) -> dict[str, Frozen]:
         """Several objects at once, by hash key (one read for all of them instead of one each); errors as `aget`."""
         keys = list(dict.fromkeys(hash_keys))
-        for hash_key in keys:
-            self._check_hash_key(hash_key)
-        missing = [key for key in keys if self._decoder.cached(key) is None]
-        bodies = await self._aload_closure(missing) if missing else {}
-        return {key: self._decoder.decode(key, bodies) for key in keys}
+        return self._decoder.decode_many(keys, await self._aload_closure(keys))
+
+    async def aget_many_lazily(self, hash_keys: Iterable[str]) -> Mapping[str, Frozen]:
+        """`aget_many`, except that each object is rebuilt when it is first looked up in the returned mapping.
+
+        The objects' bytes (and those of everything they reference) are read and checked against their hash keys
+        now, in one bulk read: a missing or corrupted object raises here, as with `aget_many`. Looking an object up
+        raises `StoreIntegrityError` only if its (intact) bytes cannot be rebuilt into an object.
+        """
+        keys = list(dict.fromkeys(hash_keys))
+        return LazyObjects(self._decoder, keys, await self._aload_closure(keys))
 
     async def acontains(self, hash_key: str) -> bool:
         """Whether an object with this hash key is stored."""
@@ -589,15 +597,19 @@ class EventStore(abc.ABC):
         cached = self._decoder.cached(hash_key)
         if cached is not None:
             return cached
-        return self._decoder.decode(hash_key, await self._aload_closure([hash_key]))
+        return self._decoder.decode_many([hash_key], await self._aload_closure([hash_key]))[hash_key]
 
-    async def _aload_closure(self, hash_keys: list[str]) -> dict[str, bytes]:
-        """The checked bytes of these objects and of every object they reference that is not decoded yet."""
-        await self._aprepare_read()
+    async def _aload_closure(self, hash_keys: list[str]) -> LoadedObjects:
+        """The checked bytes of these objects and of every object they reference, except those decoded already
+        (which are taken as they are), in one read per level of nesting."""
+        for hash_key in hash_keys:
+            self._check_hash_key(hash_key)
+        loaded = LoadedObjects()
         roots = set(hash_keys)
-        bodies: dict[str, bytes] = {}
-        wanted = hash_keys
         referrer: dict[str, str] = {}
+        wanted = [key for key in hash_keys if not self._take_decoded(key, loaded)]
+        if wanted:
+            await self._aprepare_read()
         while wanted:
             found = await self._aload_objects(wanted)
             next_wanted: list[str] = []
@@ -612,18 +624,24 @@ class EventStore(abc.ABC):
                         key,
                     )
                 self._check_body(key, body)
-                bodies[key] = body
-                for ref in body_references(body):
-                    if (
-                        ref not in bodies
-                        and ref not in referrer
-                        and ref not in roots
-                        and self._decoder.cached(ref) is None
-                    ):
+                loaded.bodies[key] = body
+                refs = loaded.references[key] = body_references(body)
+                for ref in refs:
+                    if ref not in referrer and ref not in roots and not self._take_decoded(ref, loaded):
                         referrer[ref] = key
                         next_wanted.append(ref)
             wanted = next_wanted
-        return bodies
+        return loaded
+
+    def _take_decoded(self, hash_key: str, loaded: LoadedObjects) -> bool:
+        """Put the object into `loaded.decoded` if it is decoded already (and say whether it was)."""
+        if hash_key in loaded.decoded:
+            return True
+        obj = self._decoder.cached(hash_key)
+        if obj is None:
+            return False
+        loaded.decoded[hash_key] = obj
+        return True
 
     # ---------------------------------------------------------------------------------------- integrity, retention
 

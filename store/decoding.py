@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import orjson
@@ -20,8 +21,11 @@ HASH_KEY_LENGTHS = (40, 64)
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _REFERENCE_MARKER = b"__hash_key"
+_REFERENCE_NAME = "__hash_key"
+"""Part of the name of every field that holds hash references (`x__hash_key`, `x__hash_keys`)."""
 _ONE_SUFFIX = "__hash_key"
 _MANY_SUFFIX = "__hash_keys"
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
 def is_hash_key(value: object) -> bool:
@@ -62,12 +66,27 @@ def body_references(body: bytes) -> list[str]:
     return list(find_references(orjson.loads(body)))
 
 
+def _parse(hash_key: str, body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise StoreIntegrityError(f"Object {hash_key} is not valid JSON ({error}).", hash_key) from None
+
+
+def _parsed_references(hash_key: str, body: bytes, parsed: dict[str, Any]) -> list[str]:
+    """`body_references(body)`, keeping the parsed body in `parsed` if it had to be parsed."""
+    if _REFERENCE_MARKER not in body:
+        return []
+    data = parsed[hash_key] = _parse(hash_key, body)
+    return list(find_references(data))
+
+
 def event_data_references(data: Optional[Mapping[str, Any]]) -> Iterator[str]:
     """Hash keys an event's data names besides `Event.hash_key` (`call_finished`: call and reply nodes, replies)."""
     if not data:
         return
-    for field in ("call_node", "reply_node"):
-        value = data.get(field)
+    for name in ("call_node", "reply_node"):
+        value = data.get(name)
         if isinstance(value, str):
             yield value
     replies = data.get("replies")
@@ -140,6 +159,17 @@ def _pin(obj: Frozen, attribute: str, value: Any) -> None:
         obj.__dict__[attribute] = value
 
 
+@dataclass
+class LoadedObjects:
+    """What a store read to rebuild some objects: the checked bytes of those not rebuilt yet and of everything
+    they reference, the hash keys each of those bodies references, and the objects among them (or referenced by
+    them) that were rebuilt already."""
+
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    references: dict[str, list[str]] = field(default_factory=dict)
+    decoded: dict[str, Frozen] = field(default_factory=dict)
+
+
 class ObjectDecoder:
     """Rebuilds objects from canonical bytes, caching what it rebuilt (objects are immutable, so sharing is safe).
 
@@ -174,31 +204,41 @@ class ObjectDecoder:
         cached = self.cached(hash_key)
         if cached is not None:
             return cached
-        resolved: dict[str, Frozen] = {}
-        for key in self._build_order(hash_key, bodies, resolved):
-            resolved[key] = self._rebuild(key, bodies[key], resolved)
-            self._remember(key, resolved[key])
-        return resolved[hash_key]
+        return self.decode_many([hash_key], LoadedObjects(bodies=dict(bodies)))[hash_key]
 
-    def _build_order(self, hash_key: str, bodies: Mapping[str, bytes], resolved: dict[str, Frozen]) -> list[str]:
+    def decode_many(self, hash_keys: Sequence[str], loaded: LoadedObjects) -> dict[str, Frozen]:
+        """Rebuild several objects from what a store loaded for them (bytes checked already), each shared object
+        once and each body parsed once."""
+        resolved: dict[str, Frozen] = {}
+        parsed: dict[str, Any] = {}
+        for key in self._build_order(hash_keys, loaded, resolved, parsed):
+            resolved[key] = self._rebuild(key, loaded.bodies[key], parsed.get(key), resolved)
+            self._remember(key, resolved[key])
+        return {key: resolved[key] for key in hash_keys}
+
+    def _build_order(
+        self, hash_keys: Sequence[str], loaded: LoadedObjects, resolved: dict[str, Frozen], parsed: dict[str, Any]
+    ) -> list[str]:
         """Keys to rebuild, every object after the objects it references (iterative post-order); objects found in
-        the cache go straight into `resolved`."""
+        the load or in the cache go straight into `resolved`, bodies parsed to find references into `parsed`."""
         order: list[str] = []
         done: set[str] = set()
-        stack: list[tuple[str, bool]] = [(hash_key, False)]
+        stack: list[tuple[str, bool]] = [(key, False) for key in reversed(hash_keys)]
         while stack:
             key, expanded = stack.pop()
-            if key in done or key in resolved:
-                continue
-            cached = self.cached(key)
-            if cached is not None:
-                resolved[key] = cached
-                continue
-            if expanded:
+            if expanded:  # the objects it references are ordered already
                 done.add(key)
                 order.append(key)
                 continue
-            body = bodies.get(key)
+            if key in done or key in resolved:
+                continue
+            known = loaded.decoded.get(key)
+            if known is None:
+                known = self.cached(key)
+            if known is not None:
+                resolved[key] = known
+                continue
+            body = loaded.bodies.get(key)
             if body is None:
                 raise StoreIntegrityError(
                     f"Object {key} is referenced but missing from the store; run `await store.averify()` to list "
@@ -206,7 +246,10 @@ class ObjectDecoder:
                     key,
                 )
             stack.append((key, True))
-            stack.extend((ref, False) for ref in body_references(body) if ref not in done)
+            refs = loaded.references.get(key)
+            if refs is None:
+                refs = _parsed_references(key, body, parsed)
+            stack.extend((ref, False) for ref in refs if ref not in done)
         return order
 
     def _remember(self, hash_key: str, obj: Frozen) -> None:
@@ -214,21 +257,17 @@ class ObjectDecoder:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def _rebuild(self, hash_key: str, body: bytes, resolved: Mapping[str, Frozen]) -> Frozen:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise StoreIntegrityError(f"Object {hash_key} is not valid JSON ({error}).", hash_key) from None
+    def _rebuild(self, hash_key: str, body: bytes, data: Any, resolved: Mapping[str, Frozen]) -> Frozen:
+        """The object stored as `body`; `data` is the body parsed already, or None."""
+        if data is None:
+            data = _parse(hash_key, body)
         class_name = data.get("class_") if isinstance(data, dict) else None
         if not isinstance(class_name, str):
             raise StoreIntegrityError(
                 f"Object {hash_key} has no `class_` field, so it is not a stored Frozen object.", hash_key
             )
-        attempts: list[tuple[type[Frozen], bool]] = [(cls, True) for cls in self._classes_named(class_name)]
-        attempts.append((stand_in_class(class_name, Message), False))
-        attempts.append((stand_in_class(class_name, Frozen), False))
         first_error: Optional[BaseException] = None
-        for cls, real_nested_classes in attempts:
+        for cls, real_nested_classes in self._classes_to_try(class_name):
             try:
                 obj = cls(**self._fields(data, real_nested_classes, resolved))
                 if obj.canonical_bytes != body:
@@ -246,15 +285,25 @@ class ObjectDecoder:
             hash_key,
         )
 
+    def _classes_to_try(self, class_name: str) -> Iterator[tuple[type[Frozen], bool]]:
+        """The classes to rebuild an object of `class_name` with, and whether its nested objects may use this
+        process's classes too: the classes of that name here, then stand-ins (created only when needed)."""
+        for cls in self._classes_named(class_name):
+            yield cls, True
+        yield stand_in_class(class_name, Message), False
+        yield stand_in_class(class_name, Frozen), False
+
     def _fields(self, data: dict[str, Any], real_classes: bool, resolved: Mapping[str, Frozen]) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         for name, value in data.items():
-            if name.endswith(_ONE_SUFFIX) and is_hash_key(value):
-                fields[name[: -len(_ONE_SUFFIX)]] = resolved[value]
-            elif name.endswith(_MANY_SUFFIX) and _are_hash_keys(value):
-                fields[name[: -len(_MANY_SUFFIX)]] = tuple(resolved[ref] for ref in value)
-            else:
-                fields[name] = self._value(value, real_classes, resolved)
+            if _REFERENCE_NAME in name:
+                if name.endswith(_ONE_SUFFIX) and is_hash_key(value):
+                    fields[name[: -len(_ONE_SUFFIX)]] = resolved[value]
+                    continue
+                if name.endswith(_MANY_SUFFIX) and _are_hash_keys(value):
+                    fields[name[: -len(_MANY_SUFFIX)]] = tuple(resolved[ref] for ref in value)
+                    continue
+            fields[name] = value if type(value) in _PLAIN_TYPES else self._value(value, real_classes, resolved)
         return fields
 
     def _value(self, value: Any, real_classes: bool, resolved: Mapping[str, Frozen]) -> Any:
@@ -282,3 +331,34 @@ class ObjectDecoder:
             self._missing_names.add(class_name)
             return []
         return classes
+
+
+class LazyObjects(Mapping[str, Frozen]):
+    """Objects whose bytes were read and checked already, each rebuilt when first looked up (then kept).
+
+    Looking one up raises `StoreIntegrityError` if its bytes cannot be rebuilt into an object.
+    """
+
+    def __init__(self, decoder: ObjectDecoder, hash_keys: Sequence[str], loaded: LoadedObjects) -> None:
+        self._decoder = decoder
+        self._keys = list(dict.fromkeys(hash_keys))
+        self._wanted = frozenset(self._keys)
+        self._loaded = loaded
+        self._objects: dict[str, Frozen] = {key: loaded.decoded[key] for key in self._keys if key in loaded.decoded}
+
+    def __getitem__(self, hash_key: str) -> Frozen:
+        obj = self._objects.get(hash_key)
+        if obj is None:
+            if hash_key not in self._wanted:
+                raise KeyError(hash_key)
+            obj = self._objects[hash_key] = self._decoder.decode_many([hash_key], self._loaded)[hash_key]
+        return obj
+
+    def __contains__(self, hash_key: object) -> bool:
+        return hash_key in self._wanted
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)

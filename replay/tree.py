@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from miniagents.events import EventKind
 from miniagents.messages import Message, MessageSequencePromise
+from miniagents.promising.ext.frozen import Frozen
 from miniagents.promising.sequence import collect_tuple
 from replay.recording import RecordedCall, Recording
 from replay.streams import replayed_sequence
@@ -18,7 +19,11 @@ _NOT_KWARGS = frozenset({"text", "text_template", "agent_alias", "messages"})
 
 @dataclass
 class CallTreeNode:
-    """One agent call of a recorded run."""
+    """One agent call of a recorded run.
+
+    Its call node and replies were read and checked with the whole tree; they are rebuilt into objects (`kwargs`,
+    `input_messages`, `replies`) when first used.
+    """
 
     call_id: int
     parent_call_id: Optional[int]
@@ -28,10 +33,6 @@ class CallTreeNode:
     finished_at: Optional[float] = None
     call_key: Optional[str] = None
     occurrence: Optional[int] = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    input_messages: tuple[Message, ...] = ()
-    replies: tuple[Message, ...] = ()
-    """The replies that were received whole (see `failed_replies` for the others)."""
     failed_replies: tuple[dict[str, Any], ...] = ()
     error: Optional[dict[str, Any]] = None
     """The error the agent (or its reply sequence) raised: type, module and text."""
@@ -39,6 +40,43 @@ class CallTreeNode:
     children: list[CallTreeNode] = field(default_factory=list)
     _recorded: Optional[RecordedCall] = field(default=None, repr=False)
     _store: Optional[EventStore] = field(default=None, repr=False)
+    _objects: Mapping[str, Frozen] = field(default_factory=dict, repr=False, compare=False)
+    """The run's objects by hash key (read and checked; rebuilt on first lookup)."""
+    _inputs: Optional[tuple[dict[str, Any], tuple[Message, ...]]] = field(default=None, repr=False, compare=False)
+    _replies: Optional[tuple[Message, ...]] = field(default=None, repr=False, compare=False)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the call."""
+        return self._decoded_inputs()[0]
+
+    @property
+    def input_messages(self) -> tuple[Message, ...]:
+        """The messages the call received."""
+        return self._decoded_inputs()[1]
+
+    @property
+    def replies(self) -> tuple[Message, ...]:
+        """The replies that were received whole (see `failed_replies` for the others)."""
+        if self._replies is None:
+            recorded = self._recorded.replies if self._recorded is not None else ()
+            self._replies = tuple(
+                message
+                for reply in recorded
+                if "hash" in reply and isinstance(message := self._objects.get(str(reply["hash"])), Message)
+            )
+        return self._replies
+
+    def _decoded_inputs(self) -> tuple[dict[str, Any], tuple[Message, ...]]:
+        if self._inputs is None:
+            call_node = self._objects.get(self.call_key) if self.call_key else None
+            if call_node is None:
+                self._inputs = ({}, ())
+            else:
+                values = call_node.frozen_fields_and_values()
+                kwargs = {name: value for name, value in values.items() if name not in _NOT_KWARGS}
+                self._inputs = (kwargs, tuple(values.get("messages") or ()))
+        return self._inputs
 
     @property
     def finished(self) -> bool:
@@ -117,7 +155,11 @@ class InteractionTree:
 
 
 async def aload_tree(store: EventStore, run_id: str) -> InteractionTree:
-    """Rebuild who called whom in a stored run, with inputs, kwargs, replies, errors and timing."""
+    """Rebuild who called whom in a stored run, with inputs, kwargs, replies, errors and timing.
+
+    The call nodes and replies of every call are read in one bulk read and checked against their hash keys here
+    (a corrupted object raises `StoreIntegrityError` naming it); each is rebuilt into an object when first used.
+    """
     calls: dict[int, CallTreeNode] = {}
     order: list[int] = []
     wanted: set[str] = set()
@@ -149,21 +191,11 @@ async def aload_tree(store: EventStore, run_id: str) -> InteractionTree:
         elif event.kind is EventKind.ERROR and (event.data or {}).get("where") == "agent":
             node.error = (event.data or {}).get("error")
 
-    objects = await store.aget_many(sorted(wanted))
+    objects = await store.aget_many_lazily(sorted(wanted))
     roots: list[CallTreeNode] = []
     for call_id in order:
         node = calls[call_id]
-        if node._recorded is not None:
-            call_node = objects.get(node.call_key or "")
-            if call_node is not None:
-                values = call_node.frozen_fields_and_values()
-                node.kwargs = {name: value for name, value in values.items() if name not in _NOT_KWARGS}
-                node.input_messages = tuple(values.get("messages") or ())
-            node.replies = tuple(
-                message
-                for reply in node._recorded.replies
-                if "hash" in reply and isinstance(message := objects.get(str(reply["hash"])), Message)
-            )
+        node._objects = objects
         parent = calls.get(node.parent_call_id) if node.parent_call_id is not None else None
         if parent is None:
             roots.append(node)

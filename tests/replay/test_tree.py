@@ -1,5 +1,8 @@
 """Interaction trees loaded from a store."""
 
+import contextlib
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -7,7 +10,7 @@ import pytest
 from miniagents import InteractionContext, Message, MiniAgents, miniagent
 from miniagents.ext.llm.stand_in import stand_in_llm_agent
 from replay import aload_tree
-from store import MemoryStore
+from store import MemoryStore, SQLiteStore, StoreIntegrityError
 
 
 @miniagent
@@ -95,3 +98,30 @@ async def test_an_unfinished_call_is_marked() -> None:
     async with store:
         tree = await aload_tree(store, mini_agents.run_id or "")
         assert tree.roots == [] and node is None
+
+
+async def test_the_tree_reads_and_checks_every_object_at_once_and_rebuilds_them_when_used(tmp_path: Path) -> None:
+    path = tmp_path / "tree.db"
+    async with MiniAgents(store=SQLiteStore(path)) as mini_agents:
+        with pytest.raises(LookupError):
+            await lead.inquire("start").aresolve_messages()
+    run_id = mini_agents.run_id or ""
+    async with SQLiteStore(path) as store:
+        tree = await aload_tree(store, run_id)
+    # the store is closed: what the tree shows was read with it
+    assert str(tree).splitlines()[1] == "  < start"
+    ink_llm = tree.roots[0].children[0].children[0]
+    assert ink_llm.kwargs == {"model": "m", "reply": "notes on ink", "temperature": 0}
+    assert ink_llm.kwargs is ink_llm.kwargs  # rebuilt once
+    assert [str(reply) for reply in ink_llm.replies] == ["notes on ink"]
+    assert ink_llm.input_messages == (Message(text="plan"),)
+
+    prompt = Message(text="plan")
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "UPDATE objects SET body = ? WHERE hash = ?",
+            (prompt.canonical_bytes.replace(b"plan", b"PLAN"), bytes.fromhex(prompt.hash_key)),
+        )
+    async with SQLiteStore(path) as store:
+        with pytest.raises(StoreIntegrityError, match=prompt.hash_key):
+            await aload_tree(store, run_id)

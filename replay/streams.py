@@ -69,7 +69,9 @@ class ReplayedMessagePromise(MessagePromise):
     """A message promise that streams a recorded message's chunks and resolves to the recorded message itself
     (read from the store and checked against its hash key), rather than to a copy rebuilt from the chunks."""
 
-    def __init__(self, message: Message, chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float]):
+    def __init__(
+        self, message: Message, chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float]
+    ) -> None:
         self.recorded_message = message
         metadata = message.frozen_fields_and_values()
         metadata.pop("text", None)
@@ -111,8 +113,8 @@ def replayed_failure(partial: Mapping[str, Any], speed: Optional[float]) -> Mess
 
     chunk_streamer = _token_streamer(chunks, offsets, speed)
 
-    async def token_streamer(metadata: dict[str, Any]) -> AsyncIterator[str]:
-        async for chunk in chunk_streamer(metadata):
+    async def token_streamer(metadata_so_far: dict[str, Any]) -> AsyncIterator[str]:
+        async for chunk in chunk_streamer(metadata_so_far):
             yield chunk
         raise error
 

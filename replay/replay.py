@@ -88,17 +88,15 @@ class Replay:
         return self._fingerprint_sink.fingerprint
 
     async def astart(self, mini_agents: MiniAgents) -> None:
+        if self.mode is RecordMode.NONE and not self.store.is_open and not self.store.exists:
+            raise self._no_recording_error()  # before opening: that would create the file
         if not self.store.is_open:
             await self.store.aopen()
             self._opened_store = True
         try:
             has_recording = bool(await self.store.alist_runs())
             if self.mode is RecordMode.NONE and not has_recording:
-                raise NoRecordingError(
-                    f"The store {self.store.location} holds no recording, and record mode 'none' never records. "
-                    "Record it first: run once with Replay(store, mode='once') (with pytest: "
-                    "`pytest --record-mode=once`)."
-                )
+                raise self._no_recording_error()
             self.replaying = self.mode is RecordMode.NEW_EPISODES or (
                 has_recording and self.mode in (RecordMode.NONE, RecordMode.ONCE)
             )
@@ -113,6 +111,12 @@ class Replay:
         except BaseException:
             await self._aclose_if_opened()
             raise
+
+    def _no_recording_error(self) -> NoRecordingError:
+        return NoRecordingError(
+            f"The store {self.store.location} holds no recording, and record mode 'none' never records. "
+            "Record it first: run once with Replay(store, mode='once') (with pytest: `pytest --record-mode=once`)."
+        )
 
     def intercepts(self, agent: MiniAgent) -> bool:
         if self._all_agents:

@@ -346,6 +346,11 @@ class EventStore(abc.ABC):
         return self._is_open
 
     @property
+    def exists(self) -> bool:
+        """Whether the storage exists already, so opening it would not create it (a store in memory always does)."""
+        return True
+
+    @property
     def pending_count(self) -> int:
         """How many appended events are buffered and not written yet."""
         return len(self._buffer)

@@ -217,6 +217,14 @@ class SQLiteStore(EventStore):
 
     # ------------------------------------------------------------------------------------------------------ opening
 
+    @property
+    def exists(self) -> bool:
+        """Whether the file exists and is not empty (opening a missing or empty file makes it a new store)."""
+        try:
+            return self.path.stat().st_size > 0
+        except OSError:
+            return False
+
     async def _aopen_storage(self) -> None:
         self._uri = self.path.absolute().as_uri()
         inspection = await self._ainspect()

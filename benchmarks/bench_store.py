@@ -74,6 +74,18 @@ async def araw_executemany(count: int, tmpdir: str) -> Optional[float]:
     return await raw_aiosqlite_executemany(count, 1024, 1000, tmpdir)
 
 
+def langgraph_rate(messages: int, channel: str) -> Optional[float]:
+    """LangGraph's SqliteSaver persisting `messages` ~1 KB messages, one per step of a two-node graph, in its own
+    virtualenv (installed on first use); None when it cannot be measured (no network for the install)."""
+    try:
+        from bench_store_peers import langgraph_messages_per_s
+
+        return langgraph_messages_per_s(messages, 1024, saver="sync", channel=channel)
+    except Exception as exc:  # a missing peer must not hide this project's own figures
+        print(f"LangGraph ({channel}) not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
 async def around(args: argparse.Namespace, tmpdir: Path, results: dict[str, list[float]]) -> None:
     """One round of every measurement; appends each figure to `results`."""
 
@@ -82,6 +94,9 @@ async def around(args: argparse.Namespace, tmpdir: Path, results: dict[str, list
             results.setdefault(name, []).append(value)
 
     count = args.messages
+    if args.graph_messages:
+        record("langgraph_append", langgraph_rate(args.graph_messages, "append"))
+        record("langgraph_delta", langgraph_rate(args.graph_messages, "delta"))
     record("flow_no_store", await aflow(None, count))
     record("flow_list_sink", await aflow(ListEventSink(), count))
     record("flow_memory_store", await aflow(MemoryStore(), count))
@@ -176,6 +191,21 @@ def render(results: dict[str, list[float]], args: argparse.Namespace) -> str:
         ),
         ("random aget (objects/s)", common.fmt_num(med["aget_per_s"]), ">= 20,000", med["aget_per_s"] >= 20_000),
     ]
+    for name, label in (
+        ("langgraph_append", "`operator.add` list channel"),
+        ("langgraph_delta", "`DeltaChannel` list (its fastest)"),
+    ):
+        if name in med:
+            ratio = med["flow_sqlite"] / med[name]
+            rows.append(
+                (
+                    f"LangGraph SqliteSaver, {label}, {args.graph_messages:,} steps x 1 msg (msg/s)",
+                    common.fmt_num(med[name]),
+                    "-",
+                    True,
+                )
+            )
+            rows.append((f"this project's flow vs LangGraph, {label}", common.fmt_ratio(ratio), ">= 25x", ratio >= 25))
     table = common.markdown_table(
         ["measurement", "median", "target", "met"],
         [[name, value, target, "yes" if met else "NO"] for name, value, target, met in rows],
@@ -191,6 +221,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=100_000, help="messages per flow / events per run")
     parser.add_argument("--lookups", type=int, default=20_000, help="random aget calls")
+    parser.add_argument(
+        "--graph-messages",
+        type=int,
+        default=2_000,
+        help="messages LangGraph persists per round (its list channel re-serializes the whole list at every step, "
+        "so 100k would take hours); 0 skips LangGraph",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tmpdir", default=None, help="where the database files go (default: a temporary dir)")
     return parser.parse_args(argv)

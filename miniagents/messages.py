@@ -69,6 +69,7 @@ class Message(Frozen):
 
 
 def _dump_with_references(frozen: Frozen) -> dict[str, Any]:
+    # runs for every recorded message: two plain loops over the fields are ~0.3 us faster than `field_items()`
     dump: dict[str, Any] = {}
     values = frozen.__dict__
     for field in declared_field_names(type(frozen)):

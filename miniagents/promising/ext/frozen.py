@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
+from itertools import chain
 from typing import Any, ClassVar, Generic, Optional, TypeVar, Union, overload
 
 import orjson
@@ -178,15 +179,17 @@ class Frozen(BaseModel):
 
     def frozen_fields_and_values(self, exclude_class: bool = True) -> dict[str, Any]:
         """A dict of all fields and their values (declared and extra)."""
-        return dict(self._frozen_fields_and_values(exclude_class=exclude_class))
+        values = dict(self.field_items())
+        if exclude_class:
+            del values["class_"]
+        return values
 
-    def _frozen_fields_and_values(self, exclude_class: bool) -> Iterator[tuple[str, Any]]:
-        values = self.__dict__
-        for field in declared_field_names(type(self)):
-            if not (exclude_class and field == "class_"):
-                yield field, values[field]
-        if self.__pydantic_extra__:
-            yield from self.__pydantic_extra__.items()
+    def field_items(self) -> Iterable[tuple[str, Any]]:
+        """(name, value) of every field: the declared ones (`class_` included), then the extra ones."""
+        names = declared_field_names(type(self))
+        declared = zip(names, map(self.__dict__.__getitem__, names), strict=True)
+        extra = self.__pydantic_extra__
+        return chain(declared, extra.items()) if extra else declared
 
     def _as_string(self) -> str:
         return self.full_json
@@ -329,15 +332,10 @@ def declared_field_names(model_class: type[Frozen]) -> tuple[str, ...]:
 
 
 def _full_dump(frozen: Frozen) -> dict[str, Any]:
-    dump: dict[str, Any] = {}
-    values = frozen.__dict__
-    for field in declared_field_names(type(frozen)):
-        value = values[field]
-        dump[field] = value if type(value) in PLAIN_VALUE_TYPES else _full_dump_value(value)
-    if frozen.__pydantic_extra__:
-        for field, value in frozen.__pydantic_extra__.items():
-            dump[field] = value if type(value) in PLAIN_VALUE_TYPES else _full_dump_value(value)
-    return dump
+    return {
+        field: value if type(value) in PLAIN_VALUE_TYPES else _full_dump_value(value)
+        for field, value in frozen.field_items()
+    }
 
 
 def _full_dump_value(value: Any) -> Any:

@@ -64,6 +64,9 @@ class Event:
     data: Optional[dict[str, Any]] = None
     obj: Optional[Frozen] = field(default=None, repr=False, compare=False)
     seq: Optional[int] = None
+    canonical_bytes: Optional[bytes] = field(default=None, repr=False, compare=False)
+    """`obj.canonical_bytes` when the emitter had them at hand (a store then does not encode `obj` again); like
+    `obj`, it only travels to the sink."""
 
 
 @runtime_checkable

@@ -218,10 +218,20 @@ class MiniAgents(PromisingContext):
         parent_call_id: Optional[int] = None,
         data: Optional[dict[str, Any]] = None,
         obj: Optional[Frozen] = None,
+        canonical_bytes: Optional[bytes] = None,
     ) -> None:
         assert self.run_id is not None
         event = Event(
-            kind, self.run_id, time.perf_counter() - self._started_at, hash_key, call_id, parent_call_id, data, obj
+            kind,
+            self.run_id,
+            time.perf_counter() - self._started_at,
+            hash_key,
+            call_id,
+            parent_call_id,
+            data,
+            obj,
+            None,
+            canonical_bytes,
         )
         for sink in self._sinks:
             try:
@@ -264,11 +274,13 @@ class MiniAgents(PromisingContext):
         message.__dict__[_EMITTED_BY] = self._serial
         if self._sinks:
             call = _CURRENT_CALL.get()
+            hash_key, canonical_bytes = message.hash_key_and_canonical_bytes()
             self._emit(
                 EventKind.MESSAGE,
-                hash_key=message.hash_key,
+                hash_key=hash_key,
                 call_id=call.call_id if call is not None else None,
                 obj=message,
+                canonical_bytes=canonical_bytes,
             )
         if self.on_persist_message_handlers:
             self._persist_queue.append((promise, message))

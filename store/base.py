@@ -8,8 +8,9 @@ import dataclasses
 import logging
 import time
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Container, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,6 +40,7 @@ from store.errors import (
     UnknownHashError,
     UnknownRunError,
 )
+from store.writer import BatchWriter, InlineBatchWriter
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ DEFAULT_FLUSH_INTERVAL = 0.1
 _MAX_RETRY_DELAY = 5.0
 _RECENTLY_STORED_LIMIT = 1_000_000
 _MAX_BATCH_SIZE = 20_000
-"""A flush writes everything buffered (group commit), in transactions of at most this many events."""
+"""Batches handed over together are written in transactions of at most this many events."""
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 _StoreT = TypeVar("_StoreT", bound="EventStore")
@@ -220,6 +222,26 @@ class Batch:
     counts: dict[str, int]
     """Events per run."""
 
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @classmethod
+    def merged(cls, batches: list[Batch]) -> Batch:
+        """One batch with the events of `batches`, in order (what one transaction writes)."""
+        if len(batches) == 1:
+            return batches[0]
+        merged = cls([], [], [], {}, [], {})
+        for batch in batches:
+            merged.events.extend(batch.events)
+            merged.hash_keys.extend(batch.hash_keys)
+            merged.data.extend(batch.data)
+            for hash_key, body in batch.objects.items():
+                merged.objects.setdefault(hash_key, body)
+            merged.run_updates.extend(batch.run_updates)
+            for run_id, count in batch.counts.items():
+                merged.counts[run_id] = merged.counts.get(run_id, 0) + count
+        return merged
+
 
 def _nested_messages(obj: Frozen, known: Container[str]) -> list[tuple[str, bytes]]:
     """(hash key, canonical bytes) of the messages referenced by hash inside `obj`, at any depth, except those in
@@ -244,10 +266,11 @@ class EventStore(abc.ABC):
     """A content-addressed, append-only event store; an `EventSink` for `MiniAgents(store=...)`.
 
     Objects (hash key -> canonical bytes) are stored once each; events form an append-only log with a sequence
-    number that only grows. `append()` only buffers; one writer task per open store writes the buffer in batches,
-    one transaction each, at least every `flush_interval` seconds or whenever `batch_size` events are waiting.
-    A batch that cannot be written stays buffered (nothing is dropped) and `aflush()` / `afinish_run()` raise
-    `StoreWriteError`.
+    number that only grows. `append()` buffers; as soon as `batch_size` events are waiting it hands them, encoded
+    as one batch, to the store's batch writer (`SQLiteStore` writes on a thread of its own, so it never waits for
+    the event loop), and a writer task hands over the rest at least every `flush_interval` seconds. A batch that
+    cannot be written goes back into the buffer, in order (nothing is dropped), and `aflush()` / `afinish_run()`
+    raise `StoreWriteError`.
     """
 
     def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, flush_interval: float = DEFAULT_FLUSH_INTERVAL):
@@ -267,6 +290,11 @@ class EventStore(abc.ABC):
         self._active_runs: set[str] = set()
         self._writer: Optional[asyncio.Task[None]] = None
         self._wakeup: Optional[asyncio.Future[None]] = None
+        self._batch_writer: Optional[BatchWriter[Batch]] = None
+        self._in_flight: deque[tuple[Batch, Future[None]]] = deque()
+        """Batches handed to the batch writer, in order, that were not yet found written."""
+        self._generation = 0
+        """Incremented whenever failed batches come back to the buffer (see `BatchWriter`)."""
         self._stopping = False
         self._failing = False
         self._flush_lock = asyncio.Lock()  # replaced on every open: a lock belongs to one event loop
@@ -293,8 +321,17 @@ class EventStore(abc.ABC):
         """Record a new run as running; raise `StoreUsageError` if a run with this id is already stored."""
 
     @abc.abstractmethod
-    async def _awrite_batch(self, batch: Batch) -> None:
-        """Write the batch atomically (all or nothing), numbering the events in order; raise `StoreWriteError`."""
+    def _write_batches(self, batches: list[Batch]) -> None:
+        """Write these batches atomically (all or nothing), numbering their events in order; raise
+        `StoreWriteError`. Runs wherever the store's batch writer writes (see `_aopen_batch_writer`)."""
+
+    async def _aopen_batch_writer(self) -> BatchWriter[Batch]:
+        """What writes this store's batches (called after `_aopen_storage`, stopped after `_aclose_storage`); by
+        default each batch is written right away, in the thread that hands it over."""
+        return InlineBatchWriter(self._write_handed_over)
+
+    def _write_handed_over(self, batches: list[Batch]) -> None:
+        self._write_batches(batches)  # looked up on every write, so a replaced method (a test's) takes effect
 
     @abc.abstractmethod
     async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
@@ -352,8 +389,9 @@ class EventStore(abc.ABC):
 
     @property
     def pending_count(self) -> int:
-        """How many appended events are buffered and not written yet."""
-        return len(self._buffer)
+        """How many appended events are not written yet (buffered, or handed over and still being written)."""
+        self._settle()
+        return len(self._buffer) + sum(len(batch) for batch, _ in self._in_flight)
 
     async def aopen(self: _StoreT) -> _StoreT:
         """Open the store (idempotent) and start its writer task."""
@@ -371,6 +409,12 @@ class EventStore(abc.ABC):
             if self._is_open:
                 return False
             await self._aopen_storage()
+            try:
+                self._batch_writer = await self._aopen_batch_writer()
+            except BaseException:
+                await self._aclose_storage()
+                raise
+            self._in_flight.clear()
             self._flush_lock = asyncio.Lock()
             self._stopping = False
             self._failing = False
@@ -397,14 +441,20 @@ class EventStore(abc.ABC):
             await self._aflush_buffer()
         except StoreWriteError as error:
             flush_error = error
-        lost = len(self._buffer)
+        lost = self.pending_count
         self._buffer = []
+        self._in_flight.clear()
+        batch_writer, self._batch_writer = self._batch_writer, None
         self._is_open = False
         self._opened_by_run = False
         self._active_runs.clear()
         self._decoder.clear()
         self._recently_stored.clear()
-        await self._aclose_storage()
+        try:
+            await self._aclose_storage()
+        finally:
+            if batch_writer is not None:
+                await asyncio.wrap_future(batch_writer.stop())
         if flush_error is not None:
             raise StoreWriteError(
                 f"{self.location} was closed with {lost} events that could not be written, so they are lost: "
@@ -426,6 +476,9 @@ class EventStore(abc.ABC):
 
     def __del__(self) -> None:
         if getattr(self, "_is_open", False):
+            batch_writer = getattr(self, "_batch_writer", None)
+            if batch_writer is not None:
+                batch_writer.stop()
             warnings.warn(
                 f"{self!r} was garbage-collected while open: its buffered events were never written. Close it with "
                 "`await store.aclose()` or use `async with`.",
@@ -481,7 +534,13 @@ class EventStore(abc.ABC):
             self._finished_at[event.run_id] = time.time()
         self._buffer.append(event)
         if len(self._buffer) >= self._batch_size and not self._failing:
-            self._wake_writer()
+            self._settle()  # forget written batches early: their bytes go back to the allocator
+            if not self._failing:
+                try:
+                    self._hand_over_buffer()
+                except Exception:  # the events stay buffered; the writer task's flush reports why
+                    self._failing = True
+                    self._wake_writer()
 
     @staticmethod
     def _check_event_hash_key(event: Event, hash_key: object) -> None:
@@ -769,7 +828,7 @@ class EventStore(abc.ABC):
         """Make buffered events readable; if they cannot be written now, read what is stored (the write error is
         raised by `aflush()`, `afinish_run()` and `aclose()`, not by reads)."""
         self._check_open()
-        if self._buffer and not self._failing:
+        if (self._buffer or self._in_flight) and not self._failing:
             try:
                 await self._aflush_buffer()
             except StoreError:
@@ -808,39 +867,89 @@ class EventStore(abc.ABC):
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
-    async def _aflush_buffer(self, drain: bool = True) -> None:
-        """Write the buffer (all of it, or with `drain=False` one batch of what is there now), one transaction per
-        batch; on failure the unwritten events stay buffered and `StoreWriteError` rises."""
+    async def _aflush_buffer(self) -> None:
+        """Hand over everything buffered and wait until it, and everything handed over before, is written. On
+        failure the unwritten events are back in the buffer, in order, and a `StoreError` rises."""
         async with self._flush_lock:
-            while self._buffer:
-                batch = self._prepare_batch(self._buffer[: self._max_batch_size])
-                try:
-                    await self._awrite_batch(batch)
-                except StoreWriteError as error:
-                    self._failing = True
-                    error.pending = len(self._buffer)
-                    raise
-                except StoreError:
-                    self._failing = True
-                    raise
-                except Exception as error:
-                    self._failing = True
-                    raise StoreWriteError(
-                        f"Could not write {len(self._buffer)} events to {self.location} ({type(error).__name__}: "
-                        f"{error}); they stay buffered, `await store.aflush()` retries.",
-                        self.location,
-                        pending=len(self._buffer),
-                    ) from error
-                del self._buffer[: len(batch.events)]
-                if len(self._recently_stored) > _RECENTLY_STORED_LIMIT:
-                    self._recently_stored.clear()
-                self._recently_stored.update(batch.objects)
-                for event in batch.events:
-                    if event.kind is EventKind.RUN_FINISHED:
-                        self._finished_at.pop(event.run_id, None)
-                self._failing = False
-                if not drain:
-                    break
+            self._settle()
+            self._failing = False  # a flush always tries again
+            try:
+                self._hand_over_buffer()
+            except Exception as error:
+                self._failing = True
+                raise self._flush_error(error) from error
+            if not self._in_flight:
+                return
+            last = self._in_flight[-1][1]  # the writer finishes batches in order: when it is done, all are
+            while True:
+                await _await_done(last)
+                failure = self._settle()
+                if failure is not None:
+                    raise self._flush_error(failure) from failure
+                if all(future is not last for _, future in self._in_flight):
+                    return
+                last = self._in_flight[-1][1]  # a failed batch comes back once the batches after it are done
+
+    def _hand_over_buffer(self) -> None:
+        """Encode what is buffered into batches and hand them to the batch writer (the events leave the buffer
+        only once their batch is handed over)."""
+        buffer = self._buffer
+        if not buffer:
+            return
+        writer = self._batch_writer
+        if writer is None:
+            self._check_open()
+            raise StoreUsageError(f"{self!r} has no batch writer.")
+        while buffer:
+            batch = self._prepare_batch(buffer[: self._max_batch_size])
+            self._in_flight.append((batch, writer.submit(batch, self._generation)))
+            del buffer[: len(batch)]
+
+    def _settle(self) -> Optional[BaseException]:
+        """Take stock of what the batch writer finished, in order: forget the written batches. After a failure,
+        once every batch handed over has come back, put their events in front of the buffer (in order) and return
+        the error."""
+        in_flight = self._in_flight
+        while in_flight:
+            batch, future = in_flight[0]
+            if not future.done():
+                return None
+            error = future.exception()
+            if error is None:
+                in_flight.popleft()
+                self._note_written(batch)
+                continue
+            self._failing = True  # nothing more is handed over until a flush tries again
+            if not all(later.done() for _, later in in_flight):
+                return None
+            self._buffer[:0] = [event for failed, _ in in_flight for event in failed.events]
+            in_flight.clear()
+            self._generation += 1
+            return error
+        return None
+
+    def _note_written(self, batch: Batch) -> None:
+        if len(self._recently_stored) > _RECENTLY_STORED_LIMIT:
+            self._recently_stored.clear()
+        self._recently_stored.update(batch.objects)
+        for event in batch.events:
+            if event.kind is EventKind.RUN_FINISHED:
+                self._finished_at.pop(event.run_id, None)
+
+    def _flush_error(self, error: BaseException) -> StoreError:
+        """What a failed flush raises: the store's own error with the number of events still unwritten."""
+        pending = self.pending_count
+        if isinstance(error, StoreWriteError):
+            error.pending = pending
+            return error
+        if isinstance(error, StoreError):
+            return error
+        return StoreWriteError(
+            f"Could not write {pending} events to {self.location} ({type(error).__name__}: {error}); they stay "
+            "buffered, `await store.aflush()` retries.",
+            self.location,
+            pending=pending,
+        )
 
     def _prepare_batch(self, events: list[Event]) -> Batch:
         """Encode what the backend writes for these events (on the writer's side, not in `append`)."""
@@ -859,7 +968,7 @@ class EventStore(abc.ABC):
             if obj is not None:
                 hash_key = event.hash_key
                 if hash_key is not None and hash_key not in objects:
-                    body = obj.encode_canonical()
+                    body = event.canonical_bytes or obj.encode_canonical()
                     objects[hash_key] = body
                     if b"__hash_key" in body:
                         known = _EitherContainer(objects, self._recently_stored)
@@ -875,6 +984,8 @@ class EventStore(abc.ABC):
             batch.counts[run_id] = batch.counts.get(run_id, 0) + count
 
     async def _arun_writer(self) -> None:
+        """Hand over what is buffered at least every `flush_interval` seconds; after a failure, retry with
+        growing delays."""
         loop = asyncio.get_running_loop()
         delay = self._flush_interval
         while not self._stopping:
@@ -886,10 +997,13 @@ class EventStore(abc.ABC):
             finally:
                 timer.cancel()
                 self._wakeup = None
-            if self._stopping or not self._buffer:
+            if self._stopping:
+                continue
+            self._settle()
+            if not self._buffer:
                 continue
             try:
-                await self._aflush_buffer(drain=False)
+                await self._aflush_buffer()
                 delay = self._flush_interval
             except StoreError as error:
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
@@ -909,3 +1023,16 @@ class _EitherContainer:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+async def _await_done(future: Future[Any]) -> None:
+    """Wait until a future of another thread is done, whatever its outcome (which the caller reads from it)."""
+    if not future.done():
+        waited = asyncio.wrap_future(future)
+        waited.add_done_callback(_mark_retrieved)
+        await asyncio.wait([waited])
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # the outcome is read from the original future; asyncio must not log it as lost

@@ -99,7 +99,11 @@ class MemoryStore(EventStore):
             raise StoreUsageError(f"{self.location} already holds a run {run_id!r}; run ids must be unique.")
         self._runs[run_id] = _Run(run_id)
 
-    async def _awrite_batch(self, batch: Batch) -> None:
+    def _write_batches(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: Batch) -> None:
         for hash_key, body in batch.objects.items():
             self._objects.setdefault(hash_key, body)
         runs = self._runs

@@ -7,8 +7,9 @@ import datetime
 import os
 import random
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from store.errors import (
     StoreUsageError,
     StoreWriteError,
 )
+from store.writer import BatchWriter, ThreadedBatchWriter, weak_method
 
 APPLICATION = "miniagents-store"
 """The `application` value in the `meta` table of every store."""
@@ -106,6 +108,7 @@ _INSERT_EVENTS = """
     FROM json_each(:rows) AS r ORDER BY r.key
 """
 _CHUNK = 5_000
+_MAX_TRANSACTION_EVENTS = 20_000
 _IN_LIMIT = 500
 _BUSY_ERROR_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 _FULL, _READONLY, _CORRUPT, _NOTADB, _CANTOPEN, _IOERR = 13, 8, 11, 26, 14, 10
@@ -209,7 +212,9 @@ class SQLiteStore(EventStore):
         self._maintenance_open = False
         self._kind_codes: dict[EventKind, int] = {}
         self._kinds_by_code: dict[int, EventKind] = {}
-        self._run_rowids: dict[str, int] = {}
+        self._writer_thread_state = threading.local()
+        """Holds `connection`, which batches are written through: opened, used and closed on the thread of the
+        batch writer (each opening of the store has its own thread)."""
 
     @property
     def location(self) -> str:
@@ -266,7 +271,6 @@ class SQLiteStore(EventStore):
             except sqlite3.Error:
                 self._lookup = None
         self._set_kinds(inspection.kinds)
-        self._run_rowids = {}
 
     def _set_kinds(self, kinds: dict[int, str]) -> None:
         self._kinds_by_code = {code: EventKind(name) for code, name in kinds.items() if _known(name)}
@@ -439,16 +443,25 @@ class SQLiteStore(EventStore):
 
     async def _aretry(self, operation: Callable[[], Awaitable[_T]]) -> _T:
         """Run `operation`, retrying with backoff while the database is busy (up to `busy_timeout` seconds)."""
-        deadline = time.monotonic() + self._busy_timeout
-        delay = 0.002
-        while True:
+        for delay in _busy_backoff(self._busy_timeout):
             try:
                 return await operation()
             except sqlite3.Error as error:
-                if not _is_busy(error) or time.monotonic() >= deadline:
+                if delay is None or not _is_busy(error):
                     raise
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 0.25)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last backoff step is None")
+
+    def _retry(self, operation: Callable[[], _T]) -> _T:
+        """`_aretry` for the writer thread, which may block while it waits."""
+        for delay in _busy_backoff(self._busy_timeout):
+            try:
+                return operation()
+            except sqlite3.Error as error:
+                if delay is None or not _is_busy(error):
+                    raise
+            time.sleep(delay)
+        raise AssertionError("unreachable: the last backoff step is None")
 
     async def _atransaction(
         self,
@@ -508,120 +521,99 @@ class SQLiteStore(EventStore):
             cursor = await db.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (run_id,))
             if cursor.rowcount == 0:
                 raise StoreUsageError(f"{self.path} already holds a run {run_id!r}; run ids must be unique.")
-            self._run_rowids[run_id] = int(cursor.lastrowid or 0)
 
         await self._atransaction(work, f"record the start of run {run_id!r}")
 
-    async def _aresolve_runs(self, db: aiosqlite.Connection, run_ids: Iterable[str]) -> dict[str, int]:
-        rowids = self._run_rowids
-        for run_id in run_ids:
-            if run_id not in rowids:
-                await db.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (run_id,))
-                rows = await db.execute_fetchall("SELECT id FROM runs WHERE run_id = ?", (run_id,))
-                rowids[run_id] = int(next(iter(rows))[0])
-        return rowids
+    async def _aopen_batch_writer(self) -> BatchWriter[Batch]:
+        # a thread of its own with its own connection: batches are written while the event loop is busy (aiosqlite
+        # needs the loop for every statement), and the batches that queue up meanwhile share one transaction
+        writer: ThreadedBatchWriter[Batch] = ThreadedBatchWriter(
+            weak_method(self._write_handed_over),  # a store left open can still be collected (and warn)
+            name=f"miniagents store writer {self.path}",
+            max_events=_MAX_TRANSACTION_EVENTS,
+            on_stop=weak_method(self._disconnect_writer),
+        )
+        try:
+            await asyncio.wrap_future(writer.call(weak_method(self._connect_writer)))
+        except BaseException as error:
+            await asyncio.wrap_future(writer.stop())
+            if isinstance(error, sqlite3.Error):
+                raise self._open_error(error) from error
+            raise
+        return writer
 
-    async def _awrite_batch(self, batch: Batch) -> None:
-        # One INSERT ... SELECT per table and batch: SQLite takes the rows apart (JSON numbers, slices of the
-        # concatenated bytes) without holding the GIL, instead of the GIL hand-over per row that `executemany` needs
-        # (which starves the writer thread while the event loop is busy).
-        by_width: dict[int, tuple[list[str], list[bytes]]] = {}
-        for hash_key, body in batch.objects.items():
-            keys, bodies = by_width.setdefault(len(hash_key) // 2, ([], []))
-            keys.append(hash_key)
-            bodies.append(body)
-        object_parameters = [
-            {
-                "hashes": bytes.fromhex("".join(keys)),
-                "width": width,
-                "bodies": b"".join(bodies),
-                "lengths": orjson.dumps([len(body) for body in bodies]),
-            }
-            for width, (keys, bodies) in by_width.items()
-        ]
+    def _connect_writer(self) -> None:
+        connection = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
+            connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            connection.execute("PRAGMA cache_size = -16000")
+        except BaseException:
+            connection.close()
+            raise
+        self._writer_thread_state.connection = connection
+
+    def _disconnect_writer(self) -> None:
+        connection: Optional[sqlite3.Connection] = getattr(self._writer_thread_state, "connection", None)
+        self._writer_thread_state.connection = None
+        if connection is not None:
+            connection.close()
+
+    def _writer_thread_connection(self) -> sqlite3.Connection:
+        """The connection of the batch writer's thread (call on that thread)."""
+        connection: Optional[sqlite3.Connection] = getattr(self._writer_thread_state, "connection", None)
+        if connection is None:
+            raise StoreUsageError(f"{self!r} has no writer connection on this thread.")
+        return connection
+
+    def _write_batches(self, batches: list[Batch]) -> None:
+        # Runs on the batch writer's thread. One INSERT ... SELECT per table: SQLite takes the rows apart (JSON
+        # numbers, slices of the concatenated bytes) without the GIL, instead of handing it over for every row
+        # as `executemany` does, which would starve this thread while the event loop is busy.
+        batch = Batch.merged(batches)
+        connection = self._writer_thread_connection()
+        object_parameters = _object_parameters(batch.objects)
         kind_codes = self._kind_codes
 
-        def event_parameters(rowids: dict[str, int]) -> dict[str, Any]:
-            # each event's hash key in a slot of `width` bytes (an empty slot for events without one)
-            width = max((len(key) // 2 for key in batch.hash_keys if key is not None), default=20)
-            empty_slot = "0" * (2 * width)
-            slots: list[str] = []
-            rows: list[tuple[Any, ...]] = []
-            event_data: list[bytes] = []
-            data_start = 1
-            for event, hash_key, data in zip(batch.events, batch.hash_keys, batch.data, strict=True):
-                if hash_key is None:
-                    slots.append(empty_slot)
-                    hash_length = None
-                else:
-                    slots.append(hash_key if len(hash_key) == 2 * width else hash_key.ljust(2 * width, "0"))
-                    hash_length = len(hash_key) // 2
-                if data is not None:
-                    event_data.append(data)
-                    rows.append(
-                        (
-                            rowids[event.run_id],
-                            kind_codes[event.kind],
-                            event.t,
-                            hash_length,
-                            event.call_id,
-                            event.parent_call_id,
-                            data_start,
-                            len(data),
+        def work() -> None:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                rowids = _resolve_runs(connection, batch.counts)
+                for object_group in object_parameters:
+                    connection.execute(_INSERT_OBJECTS, object_group)
+                connection.execute(_INSERT_EVENTS, _event_parameters(batch, rowids, kind_codes))
+                for run_id, kind, update in batch.run_updates:
+                    if kind is EventKind.RUN_STARTED:
+                        connection.execute(
+                            "UPDATE runs SET started_at = ?, library_version = ?, metadata = ? WHERE id = ?",
+                            (update.started_at, update.library_version, update.metadata, rowids[run_id]),
                         )
-                    )
-                    data_start += len(data)
-                elif event.parent_call_id is not None:
-                    rows.append(
-                        (
-                            rowids[event.run_id],
-                            kind_codes[event.kind],
-                            event.t,
-                            hash_length,
-                            event.call_id,
-                            event.parent_call_id,
+                    else:
+                        connection.execute(
+                            "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                            (update.status, update.finished_at, update.error, rowids[run_id]),
                         )
-                    )
-                else:  # trailing nulls left out: fewer JSON values for SQLite to read
-                    rows.append((rowids[event.run_id], kind_codes[event.kind], event.t, hash_length, event.call_id))
-            return {
-                "hashes": bytes.fromhex("".join(slots)),
-                "width": width,
-                "data": b"".join(event_data),
-                "rows": orjson.dumps(rows),
-            }
-
-        async def work(db: aiosqlite.Connection) -> None:
-            rowids = await self._aresolve_runs(db, batch.counts)
-            parameters = event_parameters(rowids)
-            for object_group in object_parameters:
-                await db.execute(_INSERT_OBJECTS, object_group)
-            await db.execute(_INSERT_EVENTS, parameters)
-            for run_id, kind, update in batch.run_updates:
-                if kind is EventKind.RUN_STARTED:
-                    await db.execute(
-                        "UPDATE runs SET started_at = ?, library_version = ?, metadata = ? WHERE id = ?",
-                        (update.started_at, update.library_version, update.metadata, rowids[run_id]),
-                    )
-                else:
-                    await db.execute(
-                        "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
-                        (update.status, update.finished_at, update.error, rowids[run_id]),
-                    )
-            await db.executemany(
-                "UPDATE runs SET event_count = event_count + ? WHERE id = ?",
-                [(count, rowids[run_id]) for run_id, count in batch.counts.items()],
-            )
+                connection.executemany(
+                    "UPDATE runs SET event_count = event_count + ? WHERE id = ?",
+                    [(count, rowids[run_id]) for run_id, count in batch.counts.items()],
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    try:
+                        connection.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
 
         try:
-            await self._atransaction(
-                work,
-                f"write {len(batch.events)} events",
+            self._retry(work)
+        except sqlite3.Error as error:
+            raise self._write_error(
+                error,
+                f"write {len(batch)} events",
                 "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
-            )
-        except StoreWriteError:
-            self._run_rowids = {}
-            raise
+            ) from error
 
     async def _adelete_run_events(self, run_id: str) -> bool:
         async def work(db: aiosqlite.Connection) -> bool:
@@ -632,7 +624,6 @@ class SQLiteStore(EventStore):
             await db.execute("DELETE FROM runs WHERE id = ?", (rows[0][0],))
             return True
 
-        self._run_rowids.pop(run_id, None)
         return await self._atransaction(work, f"delete run {run_id!r}")
 
     async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
@@ -841,6 +832,81 @@ class SQLiteStore(EventStore):
                 return
             yield [(seq, None if hash_blob is None else hash_blob.hex(), data) for seq, hash_blob, data in rows]
             last = rows[-1][0]
+
+
+def _busy_backoff(timeout: float) -> Iterator[Optional[float]]:
+    """Delays between attempts while the database is busy: growing, jittered, for `timeout` seconds; then None
+    (give up)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while time.monotonic() < deadline:
+        yield delay * random.uniform(0.5, 1.5)
+        delay = min(delay * 2, 0.25)
+    yield None
+
+
+def _resolve_runs(connection: sqlite3.Connection, run_ids: Iterable[str]) -> dict[str, int]:
+    """The row ids of these runs, registering those that are missing (events of a run no `astart_run` announced)."""
+    wanted = list(run_ids)
+    placeholders = ", ".join("?" * len(wanted))
+    rows = connection.execute(f"SELECT run_id, id FROM runs WHERE run_id IN ({placeholders})", wanted).fetchall()
+    rowids = {str(run_id): int(rowid) for run_id, rowid in rows}
+    for run_id in wanted:
+        if run_id not in rowids:
+            cursor = connection.execute("INSERT INTO runs (run_id) VALUES (?)", (run_id,))
+            rowids[run_id] = int(cursor.lastrowid or 0)
+    return rowids
+
+
+def _object_parameters(objects: dict[str, bytes]) -> list[dict[str, Any]]:
+    """`_INSERT_OBJECTS` parameters for these objects: one set per hash key width."""
+    by_width: dict[int, tuple[list[str], list[bytes]]] = {}
+    for hash_key, body in objects.items():
+        keys, bodies = by_width.setdefault(len(hash_key) // 2, ([], []))
+        keys.append(hash_key)
+        bodies.append(body)
+    return [
+        {
+            "hashes": bytes.fromhex("".join(keys)),
+            "width": width,
+            "bodies": b"".join(bodies),
+            "lengths": orjson.dumps([len(body) for body in bodies]),
+        }
+        for width, (keys, bodies) in by_width.items()
+    ]
+
+
+def _event_parameters(batch: Batch, rowids: dict[str, int], kind_codes: dict[EventKind, int]) -> dict[str, Any]:
+    """`_INSERT_EVENTS` parameters for the batch's events: each hash key in a slot of `width` bytes (an empty slot
+    for events without one), rows as JSON, event data concatenated."""
+    width = max((len(key) // 2 for key in batch.hash_keys if key is not None), default=20)
+    empty_slot = "0" * (2 * width)
+    slots: list[str] = []
+    rows: list[tuple[Any, ...]] = []
+    event_data: list[bytes] = []
+    data_start = 1
+    for event, hash_key, data in zip(batch.events, batch.hash_keys, batch.data, strict=True):
+        if hash_key is None:
+            slots.append(empty_slot)
+            hash_length = None
+        else:
+            slots.append(hash_key if len(hash_key) == 2 * width else hash_key.ljust(2 * width, "0"))
+            hash_length = len(hash_key) // 2
+        run, kind = rowids[event.run_id], kind_codes[event.kind]
+        if data is not None:
+            event_data.append(data)
+            rows.append((run, kind, event.t, hash_length, event.call_id, event.parent_call_id, data_start, len(data)))
+            data_start += len(data)
+        elif event.parent_call_id is not None:
+            rows.append((run, kind, event.t, hash_length, event.call_id, event.parent_call_id))
+        else:  # trailing nulls left out: fewer JSON values for SQLite to read
+            rows.append((run, kind, event.t, hash_length, event.call_id))
+    return {
+        "hashes": bytes.fromhex("".join(slots)),
+        "width": width,
+        "data": b"".join(event_data),
+        "rows": orjson.dumps(rows),
+    }
 
 
 def _read_header(path: Path) -> tuple[Optional[bytes], bool]:

@@ -213,3 +213,13 @@ def test_frozen_fields_and_string_forms() -> None:
         == sample.full_json
         == ('{"class_":"SampleModel","extra":1,"some_opt_field":2,"some_req_field":"a","sub_model":null}')
     )
+
+
+def test_hash_key_and_canonical_bytes_encodes_once_and_agrees_with_the_properties() -> None:
+    message = SampleModel(some_req_field="hello")
+    hash_key, body = message.hash_key_and_canonical_bytes()
+    assert body == SampleModel(some_req_field="hello").canonical_bytes
+    assert hash_key == SampleModel(some_req_field="hello").hash_key
+    assert message.hash_key == hash_key
+    assert message.hash_key_and_canonical_bytes() == (hash_key, None)  # the key is known now: nothing is encoded
+    assert "canonical_bytes" not in message.__dict__  # and the bytes were not kept on the message

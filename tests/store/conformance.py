@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import warnings
@@ -578,16 +579,16 @@ class StoreConformance:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         store = self.make_store(flush_interval=60)
-        real_write = store._awrite_batch
+        real_write = store._write_batches
         failures = {"left": 2}
 
-        async def flaky_write(batch: Any) -> None:
+        def flaky_write(batches: Any) -> None:
             if failures["left"]:
                 failures["left"] -= 1
                 raise StoreWriteError("simulated failure", store.location)
-            await real_write(batch)
+            real_write(batches)
 
-        monkeypatch.setattr(store, "_awrite_batch", flaky_write)
+        monkeypatch.setattr(store, "_write_batches", flaky_write)
         with pytest.raises(EventSinkError, match="simulated failure"):
             await arun_flow(store, count=2)
         assert store.is_open
@@ -606,15 +607,45 @@ class StoreConformance:
         assert run.status == RunStatus.OK
         assert events[0].kind is EventKind.RUN_STARTED and events[-1].kind is EventKind.RUN_FINISHED
 
+    async def test_a_failed_batch_comes_back_before_the_batches_after_it(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = self.make_store(batch_size=2, flush_interval=60)
+        real_write = store._write_batches
+        calls = {"count": 0}
+
+        def second_write_fails(batches: Any) -> None:
+            calls["count"] += 1
+            if calls["count"] == 2:
+                raise StoreWriteError("simulated failure", store.location)
+            real_write(batches)
+
+        monkeypatch.setattr(store, "_write_batches", second_write_fails)
+        messages = [Message(text=str(index)) for index in range(12)]
+        async with store:
+            await store.astart_run("run")
+            for index, message in enumerate(messages):
+                store.append(message_event("run", message))
+                if index % 4 == 3:
+                    await asyncio.sleep(0.01)  # let a threaded writer take some batches in separate writes
+            with contextlib.suppress(StoreWriteError):
+                await store.aflush()
+            await store.aflush()
+            assert store.pending_count == 0
+            events = await store.aget_events("run")
+        assert calls["count"] >= 2
+        assert [event.hash_key for event in events] == [message.hash_key for message in messages]
+        assert [event.seq for event in events] == sorted(event.seq for event in events)
+
     async def test_closing_with_unwritable_events_says_how_many_were_lost(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         store = await self.make_store(flush_interval=60).aopen()
 
-        async def failing_write(batch: Any) -> None:
+        def failing_write(batches: Any) -> None:
             raise StoreWriteError("simulated failure", store.location)
 
-        monkeypatch.setattr(store, "_awrite_batch", failing_write)
+        monkeypatch.setattr(store, "_write_batches", failing_write)
         await store.astart_run("run")
         for index in range(3):
             store.append(message_event("run", Message(text=str(index))))

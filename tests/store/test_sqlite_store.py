@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -253,14 +254,43 @@ async def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
         assert [run.run_id for run in await store.alist_runs()] == ["first"]
 
 
+async def ain_writer_connection(store: SQLiteStore, sql: str) -> list[Any]:
+    """Run `sql` on the connection the store writes its batches through (on that connection's thread)."""
+    assert store._batch_writer is not None
+
+    def run() -> list[Any]:
+        return store._writer_thread_connection().execute(sql).fetchall()
+
+    return await asyncio.wrap_future(store._batch_writer.call(run))
+
+
+async def test_full_batches_are_written_while_the_event_loop_is_busy(tmp_path: Path) -> None:
+    path = tmp_path / "agents.db"
+    async with SQLiteStore(path, batch_size=10, flush_interval=60) as store:
+        await store.astart_run("run")
+        for index in range(30):
+            store.append(message_event("run", Message(text=str(index))))
+        # the loop is blocked from here on: only the store's writer thread can write the three full batches
+        observer = sqlite3.connect(path)
+        try:
+            deadline = time.monotonic() + 10
+            count = 0
+            while count < 30 and time.monotonic() < deadline:
+                time.sleep(0.01)  # noqa: ASYNC251 - blocking the loop on purpose
+                [(count,)] = observer.execute("SELECT count(*) FROM events").fetchall()
+        finally:
+            observer.close()
+        assert count == 30
+        await store.afinish_run("run")
+
+
 async def test_a_full_disk_keeps_events_buffered_and_loses_nothing(tmp_path: Path) -> None:
     path = tmp_path / "agents.db"
     await arecord_one_run(path)
     store = await SQLiteStore(path, flush_interval=60).aopen()
     try:
-        assert store._db is not None
-        [(page_count,)] = await store._db.execute_fetchall("PRAGMA page_count")
-        await store._db.execute(f"PRAGMA max_page_count = {page_count + 2}")
+        [(page_count,)] = await ain_writer_connection(store, "PRAGMA page_count")
+        await ain_writer_connection(store, f"PRAGMA max_page_count = {page_count + 2}")
 
         @miniagent
         async def chatty(ctx: InteractionContext) -> None:
@@ -277,7 +307,7 @@ async def test_a_full_disk_keeps_events_buffered_and_loses_nothing(tmp_path: Pat
         assert caught.value.pending == pending
         first, failed = await store.alist_runs()
         assert (first.run_id, first.event_count, failed.event_count, failed.status) == ("first", 1, 0, "running")
-        await store._db.execute("PRAGMA max_page_count = 1000000")
+        await ain_writer_connection(store, "PRAGMA max_page_count = 1000000")
         await store.aflush()
         runs = await store.alist_runs()
         report = await store.averify()

@@ -107,6 +107,14 @@ class SecretRedaction:
 REDACTION = SecretRedaction()
 
 
+def _hash_key_of(canonical_bytes: bytes) -> str:
+    digest: str = blake3(canonical_bytes).hexdigest()
+    context = _current_context()
+    if context is not None and context.longer_hash_keys:
+        return digest
+    return digest[:_SHORT_HASH_LENGTH]
+
+
 class Frozen(BaseModel):
     """An immutable model with arbitrary extra fields and a content hash key.
 
@@ -160,11 +168,20 @@ class Frozen(BaseModel):
     @computed_once
     def hash_key(self) -> str:
         """blake3 of `canonical_bytes` in hex: 40 characters, or 64 with `longer_hash_keys=True`."""
-        digest: str = blake3(self.encode_canonical()).hexdigest()
-        context = _current_context()
-        if context is not None and context.longer_hash_keys:
-            return digest
-        return digest[:_SHORT_HASH_LENGTH]
+        return _hash_key_of(self.encode_canonical())
+
+    def hash_key_and_canonical_bytes(self) -> tuple[str, Optional[bytes]]:
+        """`hash_key`, and the canonical bytes if they had to be encoded for it (None if the key was known).
+
+        For whoever needs both, like the core recording a message into a store: the bytes are encoded once.
+        """
+        known: Optional[str] = self.__dict__.get("hash_key")
+        if known is not None:
+            return known, None
+        body = self.encode_canonical()
+        hash_key = _hash_key_of(body)
+        self.__dict__["hash_key"] = hash_key
+        return hash_key, body
 
     def serialize(self) -> dict[str, Any]:
         """A plain dict of this object; the base class spells out everything nested in it."""

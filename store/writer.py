@@ -1,0 +1,206 @@
+"""Batch writers: what writes a store's batches in order, either right away or on a thread of its own."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Sized
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Generic, Optional, TypeVar, Union
+
+_T = TypeVar("_T")
+_BatchT = TypeVar("_BatchT", bound=Sized)
+
+
+class SkippedAfterFailure(Exception):
+    """What a batch's future holds when the batch was not written because an earlier batch of the same generation
+    failed (writing it would break the order of the log); the store hands it over again with the failed one."""
+
+
+class BatchWriter(Generic[_BatchT]):
+    """Writes the batches handed to `submit` in order, with one future each.
+
+    Order is kept across failures: once a batch fails, every later batch of the same `generation` is skipped
+    (its future fails with `SkippedAfterFailure`), so the store can take all of them back, in order, and hand
+    them over again under the next generation.
+
+    :param write_batches: writes the batches it is given atomically (all of them or none), or raises.
+    """
+
+    def __init__(self, write_batches: Callable[[list[_BatchT]], None]) -> None:
+        self._write_batches = write_batches
+        self._failed_generation: Optional[int] = None
+
+    def submit(self, batch: _BatchT, generation: int) -> Future[None]:
+        """Have `batch` written after every batch submitted before it."""
+        raise NotImplementedError
+
+    def call(self, function: Callable[[], _T]) -> Future[_T]:
+        """Run `function` where the batches are written, after the batches submitted before it."""
+        raise NotImplementedError
+
+    def stop(self) -> Future[None]:
+        """Finish what was submitted, then take no more work."""
+        raise NotImplementedError
+
+    def _write(self, batches: list[_BatchT], futures: list[Future[None]], generation: int) -> None:
+        """Write batches that were submitted one after another in one go, and settle their futures."""
+        if self._failed_generation == generation:
+            for future in futures:
+                future.set_exception(SkippedAfterFailure())
+            return
+        try:
+            self._write_batches(batches)
+        except BaseException as error:  # every failure reaches the store through the futures
+            self._failed_generation = generation
+            for future in futures:
+                future.set_exception(error)
+        else:
+            for future in futures:
+                future.set_result(None)
+
+
+class InlineBatchWriter(BatchWriter[_BatchT]):
+    """Writes each batch right away, in the caller's thread (for stores whose writes are cheap, in memory)."""
+
+    def submit(self, batch: _BatchT, generation: int) -> Future[None]:
+        future: Future[None] = Future()
+        self._write([batch], [future], generation)
+        return future
+
+    def call(self, function: Callable[[], _T]) -> Future[_T]:
+        future: Future[_T] = Future()
+        try:
+            future.set_result(function())
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
+    def stop(self) -> Future[None]:
+        future: Future[None] = Future()
+        future.set_result(None)
+        return future
+
+
+@dataclass
+class _BatchJob(Generic[_BatchT]):
+    batch: _BatchT
+    generation: int
+    future: Future[None]
+
+
+@dataclass
+class _CallJob:
+    function: Callable[[], Any]
+    future: Future[Any]
+
+
+class _StopJob:
+    pass
+
+
+_Job = Union[_BatchJob[_BatchT], _CallJob, _StopJob]
+
+
+class ThreadedBatchWriter(BatchWriter[_BatchT]):
+    """Writes batches on a thread of its own, so that a store gets written while the event loop is busy.
+
+    `submit` only queues the batch: it never waits for the event loop or for the disk. `on_stop` runs on the
+    thread when it stops (to close what the thread opened). The batches that queue up
+    while one transaction is written go into the next transaction together (up to `max_events` events), so the
+    thread keeps up with a producer that holds the interpreter most of the time: it needs the interpreter a few
+    times per transaction, however many batches that transaction holds.
+    """
+
+    def __init__(
+        self,
+        write_batches: Callable[[list[_BatchT]], None],
+        name: str,
+        max_events: int,
+        on_stop: Optional[Callable[[], None]] = None,
+    ) -> None:
+        super().__init__(write_batches)
+        self._max_events = max_events
+        self._on_stop = on_stop
+        self._jobs: queue.SimpleQueue[_Job[_BatchT]] = queue.SimpleQueue()
+        self._stopped: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: _BatchT, generation: int) -> Future[None]:
+        future: Future[None] = Future()
+        self._jobs.put(_BatchJob(batch, generation, future))
+        return future
+
+    def call(self, function: Callable[[], _T]) -> Future[_T]:
+        future: Future[_T] = Future()
+        self._jobs.put(_CallJob(function, future))
+        return future
+
+    def stop(self) -> Future[None]:
+        self._jobs.put(_StopJob())
+        return self._stopped
+
+    def _run(self) -> None:
+        try:
+            job: Optional[_Job[_BatchT]] = None
+            while True:
+                if job is None:
+                    job = self._jobs.get()
+                if isinstance(job, _StopJob):
+                    if self._on_stop is not None:
+                        try:
+                            self._on_stop()
+                        except ReferenceError:  # its object is gone, and with it what it would close
+                            pass
+                    return
+                if isinstance(job, _CallJob):
+                    _run_call(job)
+                    job = None
+                    continue
+                job = self._write_from(job)
+        finally:
+            self._stopped.set_result(None)
+
+    def _write_from(self, first: _BatchJob[_BatchT]) -> Optional[_Job[_BatchT]]:
+        """Write `first` with the batches of its generation queued right behind it; return the job that ended the
+        group (None if the queue ran empty)."""
+        batches, futures, count = [first.batch], [first.future], len(first.batch)
+        following: Optional[_Job[_BatchT]] = None
+        while count < self._max_events:
+            try:
+                following = self._jobs.get_nowait()
+            except queue.Empty:
+                following = None
+                break
+            if not isinstance(following, _BatchJob) or following.generation != first.generation:
+                break
+            batches.append(following.batch)
+            futures.append(following.future)
+            count += len(following.batch)
+            following = None
+        self._write(batches, futures, first.generation)
+        return following
+
+
+def _run_call(job: _CallJob) -> None:
+    try:
+        job.future.set_result(job.function())
+    except BaseException as error:
+        job.future.set_exception(error)
+
+
+def weak_method(method: Callable[..., _T]) -> Callable[..., _T]:
+    """A bound method that does not keep its object alive, for a thread to hold: the object can still be
+    garbage-collected (calling the method after that raises `ReferenceError`)."""
+    reference = weakref.WeakMethod(method)
+
+    def call(*args: Any, **kwargs: Any) -> _T:
+        bound = reference()
+        if bound is None:
+            raise ReferenceError("the object of this method was garbage-collected")
+        return bound(*args, **kwargs)
+
+    return call

@@ -783,6 +783,8 @@ class EventStore(abc.ABC):
         many were deleted."""
         await self.aflush()
         async with self._flush_lock, self._amaintenance():
+            # batches handed over from now on must not count on objects this may delete: they bring them again
+            self._recently_stored.clear()
             reachable: set[str] = set()
             async for reference_chunk in self._aiter_reference_chunks():
                 for _seq, key, data in reference_chunk:
@@ -811,7 +813,6 @@ class EventStore(abc.ABC):
             if garbage:
                 await self._adelete_objects(garbage)
         self._decoder.clear()
-        self._recently_stored.clear()
         return len(garbage)
 
     # ---------------------------------------------------------------------------------------------------- internals

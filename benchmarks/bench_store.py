@@ -64,7 +64,7 @@ async def aappend(store: SQLiteStore, events: list[Event], run_id: str) -> float
     for index, event in enumerate(events):
         store.append(event)
         if index % 1000 == 999:
-            await asyncio.sleep(0)  # what a running flow does between events: let the writer task in
+            await asyncio.sleep(0)  # what a running flow does between events
     await store.afinish_run(run_id)
     return len(events) / (time.perf_counter() - start)
 

@@ -1,4 +1,4 @@
-"""The abstract event store: buffering, the writer task, the `EventSink` methods, reading, decoding and checks."""
+"""The abstract event store: buffering and handing batches over, the `EventSink` methods, reading and checks."""
 
 from __future__ import annotations
 
@@ -513,7 +513,7 @@ class EventStore(abc.ABC):
             raise
 
     def append(self, event: Event) -> None:
-        """Buffer one event (synchronous and cheap); the writer task stores it."""
+        """Buffer one event (synchronous and cheap); every `batch_size` events go to the batch writer as a batch."""
         if not self._is_open:
             raise StoreClosedError(
                 f"{self!r} is closed, so the {event.kind.value} event of run {event.run_id!r} cannot be stored; "

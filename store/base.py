@@ -49,7 +49,7 @@ DEFAULT_FLUSH_INTERVAL = 0.1
 _MAX_RETRY_DELAY = 5.0
 _RECENTLY_STORED_LIMIT = 1_000_000
 _MAX_BATCH_SIZE = 20_000
-"""Batches handed over together are written in transactions of at most this many events."""
+"""The most events one handed-over batch holds (a flush of a larger buffer hands over several batches)."""
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 _StoreT = TypeVar("_StoreT", bound="EventStore")

@@ -30,6 +30,7 @@ from store.base import (
     RunStatus,
     decode_data,
 )
+from store.checkpointer import WalCheckpointer
 from store.errors import (
     ForeignDatabaseError,
     SchemaVersionError,
@@ -45,8 +46,15 @@ APPLICATION = "miniagents-store"
 """The `application` value in the `meta` table of every store."""
 APPLICATION_ID = 0x4D41_5354
 """Written into the SQLite header (`PRAGMA application_id`), so tools like `file` can tell a store apart."""
-PAGE_SIZE = 16_384
-"""SQLite page size of new stores."""
+PAGE_SIZE = 32_768
+"""SQLite page size of new stores: ~1 KB objects fill the pages with little slack, and each transaction rewrites
+fewer pages of the hash index (its inserts land on random pages) per event it writes."""
+CHECKPOINT_EVERY_BYTES = 16 * 2**20
+"""After about this much is written, the writer asks the `WalCheckpointer` to copy the write-ahead log into the
+database, which it does on a thread of its own while the writer goes on."""
+WAL_LIMIT_BYTES = 256 * 2**20
+"""How large the write-ahead log may grow before the writer checkpoints it itself (SQLite's `wal_autocheckpoint`),
+should the checkpointer fall behind; the log file is cut back to this size once it is empty again."""
 SCHEMA_VERSION = 1
 """Version of the table layout below; a newer store is refused, an older one is migrated."""
 
@@ -240,7 +248,6 @@ class SQLiteStore(EventStore):
             connections.append(db)
             await db.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
             if inspection.is_empty:
-                # 16 KiB pages: ~1 KB objects fill them with little slack, and large batches write faster
                 await db.execute_fetchall(f"PRAGMA page_size = {PAGE_SIZE}")
                 await self._aretry(lambda: db.execute_fetchall("PRAGMA journal_mode = WAL"))
             if not self._is_current(inspection):
@@ -250,6 +257,9 @@ class SQLiteStore(EventStore):
                 await self._aretry(lambda: db.execute_fetchall("PRAGMA journal_mode = WAL"))
             await db.execute(f"PRAGMA synchronous = {self._synchronous}")
             await db.execute("PRAGMA cache_size = -16000")
+            page_size = next(iter(await db.execute_fetchall("PRAGMA page_size")))[0]
+            await db.execute(f"PRAGMA wal_autocheckpoint = {WAL_LIMIT_BYTES // page_size}")
+            await db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
             reader = await aiosqlite.connect(self._uri + "?mode=ro", uri=True, isolation_level=None)
             connections.append(reader)
             await reader.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
@@ -548,16 +558,34 @@ class SQLiteStore(EventStore):
             connection.execute(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
             connection.execute(f"PRAGMA synchronous = {self._synchronous}")
             connection.execute("PRAGMA cache_size = -16000")
+            page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+            connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_LIMIT_BYTES // page_size}")
+            connection.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
         except BaseException:
             connection.close()
             raise
-        self._writer_thread_state.connection = connection
+        state = self._writer_thread_state
+        state.connection = connection
+        state.checkpointer = WalCheckpointer(str(self.path), name=f"miniagents store checkpointer {self.path}")
+        state.bytes_since_checkpoint = 0
 
     def _disconnect_writer(self) -> None:
-        connection: Optional[sqlite3.Connection] = getattr(self._writer_thread_state, "connection", None)
-        self._writer_thread_state.connection = None
+        state = self._writer_thread_state
+        connection: Optional[sqlite3.Connection] = getattr(state, "connection", None)
+        checkpointer: Optional[WalCheckpointer] = getattr(state, "checkpointer", None)
+        state.connection = state.checkpointer = None
+        if checkpointer is not None:
+            checkpointer.close()
         if connection is not None:
             connection.close()
+
+    def _written(self, byte_count: int) -> None:
+        """Count bytes the writer's thread committed; past `CHECKPOINT_EVERY_BYTES`, ask for a checkpoint."""
+        state = self._writer_thread_state
+        state.bytes_since_checkpoint += byte_count
+        if state.bytes_since_checkpoint >= CHECKPOINT_EVERY_BYTES:
+            state.bytes_since_checkpoint = 0
+            state.checkpointer.request()
 
     def _writer_thread_connection(self) -> sqlite3.Connection:
         """The connection of the batch writer's thread (call on that thread)."""
@@ -575,13 +603,14 @@ class SQLiteStore(EventStore):
         object_parameters = _object_parameters(batch.objects)
         kind_codes = self._kind_codes
 
-        def work() -> None:
+        def work() -> int:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 rowids = _resolve_runs(connection, batch.counts)
                 for object_group in object_parameters:
                     connection.execute(_INSERT_OBJECTS, object_group)
-                connection.execute(_INSERT_EVENTS, _event_parameters(batch, rowids, kind_codes))
+                event_parameters = _event_parameters(batch, rowids, kind_codes)
+                connection.execute(_INSERT_EVENTS, event_parameters)
                 for run_id, kind, update in batch.run_updates:
                     if kind is EventKind.RUN_STARTED:
                         connection.execute(
@@ -605,15 +634,17 @@ class SQLiteStore(EventStore):
                     except sqlite3.Error:
                         pass
                 raise
+            return len(event_parameters["data"]) + len(event_parameters["hashes"]) + len(event_parameters["rows"])
 
         try:
-            self._retry(work)
+            event_bytes = self._retry(work)
         except sqlite3.Error as error:
             raise self._write_error(
                 error,
                 f"write {len(batch)} events",
                 "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
             ) from error
+        self._written(event_bytes + sum(len(group["bodies"]) for group in object_parameters))
 
     async def _adelete_run_events(self, run_id: str) -> bool:
         async def work(db: aiosqlite.Connection) -> bool:

@@ -284,6 +284,42 @@ async def test_full_batches_are_written_while_the_event_loop_is_busy(tmp_path: P
         await store.afinish_run("run")
 
 
+async def test_the_log_is_checkpointed_off_the_writer_once_enough_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY_BYTES", 50_000)
+    path = tmp_path / "agents.db"
+    async with SQLiteStore(path, flush_interval=60) as store:
+        [(page_size,)] = await ain_writer_connection(store, "PRAGMA page_size")
+        assert page_size == sqlite_module.PAGE_SIZE
+        # the writer checkpoints by itself only if the log outgrows this (the checkpointer fell behind)
+        assert await ain_writer_connection(store, "PRAGMA wal_autocheckpoint") == [
+            (sqlite_module.WAL_LIMIT_BYTES // page_size,)
+        ]
+        assert store._batch_writer is not None
+        checkpointer = await asyncio.wrap_future(
+            store._batch_writer.call(lambda: store._writer_thread_state.checkpointer)
+        )
+        await store.astart_run("run")
+        await store.aflush()
+        assert checkpointer.completed == 0  # far less than 50 KB written so far
+        size_before = path.stat().st_size
+        for index in range(100):
+            store.append(message_event("run", Message(text=f"{index} " + "z" * 1000)))
+        await store.aflush()
+
+        def wait_for_a_checkpoint() -> None:
+            deadline = time.monotonic() + 10
+            while checkpointer.completed == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        await asyncio.to_thread(wait_for_a_checkpoint)
+        assert checkpointer.completed >= 1 and checkpointer.last_error is None
+        assert path.stat().st_size > size_before + 100 * 1000  # the objects were copied into the database file
+        await store.afinish_run("run")
+    assert not checkpointer._thread.is_alive()  # closing the store stopped it
+
+
 async def test_a_full_disk_keeps_events_buffered_and_loses_nothing(tmp_path: Path) -> None:
     path = tmp_path / "agents.db"
     await arecord_one_run(path)

@@ -264,17 +264,27 @@ class MiniAgents(PromisingContext):
             )
 
     def _persist(self, promise: Any, message: Message) -> None:
-        for sub_message in message.sub_messages():
-            if sub_message.__dict__.get(_EMITTED_BY) != self._serial:
-                self._persist_one(promise, sub_message)
-        if message.__dict__.get(_EMITTED_BY) != self._serial:
-            self._persist_one(promise, message)
+        if message.__dict__.get(_EMITTED_BY) == self._serial:
+            return  # emitted already, and so were its sub-messages
+        canonical_bytes: Optional[bytes] = None
+        if self._sinks:
+            _, canonical_bytes = message.hash_key_and_canonical_bytes()
+        # every nested message leaves a `__hash_key(s)` reference in the canonical form: without one there is
+        # nothing to walk (most messages)
+        if canonical_bytes is None or b"__hash_key" in canonical_bytes:
+            for sub_message in message.sub_messages():
+                if sub_message.__dict__.get(_EMITTED_BY) != self._serial:
+                    self._persist_one(promise, sub_message)
+        self._persist_one(promise, message, canonical_bytes)
 
-    def _persist_one(self, promise: Any, message: Message) -> None:
+    def _persist_one(self, promise: Any, message: Message, canonical_bytes: Optional[bytes] = None) -> None:
+        """Emit one message (sub-messages first is the caller's job); `canonical_bytes` if the caller encoded them
+        to hash the message."""
         message.__dict__[_EMITTED_BY] = self._serial
         if self._sinks:
             call = _CURRENT_CALL.get()
-            hash_key, canonical_bytes = message.hash_key_and_canonical_bytes()
+            hash_key, encoded = message.hash_key_and_canonical_bytes()
+            canonical_bytes = canonical_bytes or encoded
             self._emit(
                 EventKind.MESSAGE,
                 hash_key=hash_key,

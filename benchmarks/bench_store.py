@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import random
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +43,62 @@ async def aflow(store: Optional[EventSink], count: int) -> float:
     if len(replies) != count:
         raise AssertionError(f"the flow produced {len(replies)} messages instead of {count}")
     return count / elapsed
+
+
+class DiscardingSink:
+    """An `EventSink` that drops every event: what the core's recording costs before any store."""
+
+    async def astart_run(self, run_id: str) -> None:
+        pass
+
+    def append(self, event: Event) -> None:
+        pass
+
+    async def afinish_run(self, run_id: str) -> None:
+        pass
+
+
+async def abreakdown(args: argparse.Namespace, tmpdir: Path) -> str:
+    """Where the flow's time goes, per message: no store, the core's recording into a sink that drops every
+    event, and SQLiteStore, each with Python's garbage collector on (as always) and off, interleaved."""
+    sinks: dict[str, Callable[[int], Optional[EventSink]]] = {
+        "no store": lambda _: None,
+        "recording only (events dropped)": lambda _: DiscardingSink(),
+        "SQLiteStore": lambda index: SQLiteStore(tmpdir / f"breakdown-{index}.db"),
+    }
+    micros: dict[tuple[str, bool], list[float]] = {}
+    flow_numbers = itertools.count()  # one database file per flow
+    for round_index in range(args.rounds):
+        print(f"breakdown round {round_index + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        for name, make_sink in sinks.items():
+            for collector_on in (True, False):
+                if not collector_on:
+                    gc.disable()
+                try:
+                    rate = await aflow(make_sink(next(flow_numbers)), args.messages)
+                finally:
+                    gc.enable()
+                micros.setdefault((name, collector_on), []).append(1e6 / rate)
+    med = {key: common.median(values) or 0.0 for key, values in micros.items()}
+    base_on, base_off = med[("no store", True)], med[("no store", False)]
+    rows = [
+        [
+            name,
+            f"{med[(name, True)]:.2f}",
+            common.fmt_ratio(med[(name, True)] / base_on),
+            f"{med[(name, False)]:.2f}",
+            common.fmt_ratio(med[(name, False)] / base_off),
+            f"{med[(name, True)] - med[(name, False)]:.2f}",
+        ]
+        for name in sinks
+    ]
+    table = common.markdown_table(
+        ["flow", "µs/msg", "vs no store", "µs/msg, collector off", "vs no store", "collector's µs/msg"], rows
+    )
+    return (
+        f"## Store flow breakdown ({args.messages:,} messages, {args.rounds} rounds, median)\n\n{table}\n\n"
+        f"Command: `{common.shown_command()}`\n"
+    )
 
 
 def prebuilt_events(count: int, run_id: str) -> list[Event]:
@@ -234,6 +292,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tmpdir", default=None, help="where the database files go (default: a temporary dir)")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="instead: split the flow's time per message into the core's recording, the store and Python's "
+        "garbage collector",
+    )
     return parser.parse_args(argv)
 
 
@@ -247,9 +311,18 @@ async def amain(args: argparse.Namespace) -> dict[str, list[float]]:
     return results
 
 
+async def amain_breakdown(args: argparse.Namespace) -> str:
+    """`abreakdown` in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.tmpdir) as tmp:
+        return await abreakdown(args, Path(tmp))
+
+
 def main() -> None:
     """Measure, print the report and the raw figures (JSON, last line)."""
     args = parse_args()
+    if args.breakdown:
+        print(asyncio.run(amain_breakdown(args)))
+        return
     results = asyncio.run(amain(args))
     print(render(results, args))
     print(json.dumps({name: common.median(values) for name, values in results.items()}))

@@ -15,6 +15,17 @@ from miniagents.promising.sentinels import DEFAULT, Sentinel
 if TYPE_CHECKING:
     from miniagents.miniagents import AgentCall
 
+REFERENCE_SUFFIX = "__hash_key"
+"""Ends the name under which a canonical form holds a nested message's hash key (`<field>__hash_key`)."""
+REFERENCES_SUFFIX = "__hash_keys"
+"""Ends the name under which a canonical form holds the hash keys of a tuple of messages (`<field>__hash_keys`)."""
+_REFERENCE_MARKER = REFERENCE_SUFFIX.encode()
+
+
+def may_reference_messages(canonical_bytes: bytes) -> bool:
+    """Whether a canonical form may hold hash references to nested messages (if not, it holds none for sure)."""
+    return _REFERENCE_MARKER in canonical_bytes
+
 
 class Message(Frozen):
     """A message agents exchange: optional `text` (or `text_template`) plus any metadata fields.
@@ -89,13 +100,13 @@ def _dump_with_references(frozen: Frozen) -> dict[str, Any]:
 
 def _dump_nested_with_references(dump: dict[str, Any], field: str, value: Any) -> None:
     if isinstance(value, Message):
-        dump[f"{field}__hash_key"] = value.hash_key
+        dump[field + REFERENCE_SUFFIX] = value.hash_key
     elif isinstance(value, Frozen):
         dump[field] = _dump_with_references(value)
     elif type(value) is not tuple:
         dump[field] = value
     elif value and isinstance(value[0], Message):  # a tuple holds either only messages or none at all
-        dump[f"{field}__hash_keys"] = tuple(message.hash_key for message in value)
+        dump[field + REFERENCES_SUFFIX] = tuple(message.hash_key for message in value)
     else:
         dump[field] = _dump_sequence_with_references(value)
 

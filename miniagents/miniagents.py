@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from miniagents.errors import AgentDefinitionError, EventSinkError, FrozenValueError
 from miniagents.events import CallInterceptor, Event, EventKind, EventSink, InterceptedCall, describe_error
-from miniagents.messages import Message, MessagePromise, MessageSequencePromise
+from miniagents.messages import Message, MessagePromise, MessageSequencePromise, may_reference_messages
 from miniagents.miniagent_typing import AgentFunction, MessageType, PersistMessageEventHandler
 from miniagents.promising.ext.frozen import REDACTION, Frozen, freeze
 from miniagents.promising.promise_typing import PromiseResolvedEventHandler, PromiseStreamer
@@ -269,9 +269,7 @@ class MiniAgents(PromisingContext):
         canonical_bytes: Optional[bytes] = None
         if self._sinks:
             _, canonical_bytes = message.hash_key_and_canonical_bytes()
-        # every nested message leaves a `__hash_key(s)` reference in the canonical form: without one there is
-        # nothing to walk (most messages)
-        if canonical_bytes is None or b"__hash_key" in canonical_bytes:
+        if canonical_bytes is None or may_reference_messages(canonical_bytes):  # most messages nest none
             for sub_message in message.sub_messages():
                 if sub_message.__dict__.get(_EMITTED_BY) != self._serial:
                     self._persist_one(promise, sub_message)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from miniagents.messages import Message, MessagePromise
 from miniagents.promising.ext.frozen import Frozen
 from replay.errors import RecordedError
-from store.decoding import message_base_class, stand_in_class
+from store.decoding import stand_in_class
 
 _NOT_REBUILT = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
@@ -125,7 +125,7 @@ def _message_class_named(class_name: str) -> type[Message]:
     for candidate in _all_message_classes():
         if candidate.__name__ == class_name:
             return candidate
-    return stand_in_class(class_name, message_base_class())  # type: ignore[return-value]
+    return stand_in_class(class_name, Message)  # type: ignore[return-value]
 
 
 def _all_message_classes() -> list[type[Message]]:

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 import warnings
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Container, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -19,7 +19,7 @@ from typing import Any, Optional, TypeVar
 import orjson
 
 from miniagents.events import Event, EventKind
-from miniagents.messages import Message
+from miniagents.messages import Message, may_reference_messages
 from miniagents.promising.ext.frozen import REDACTION, Frozen
 from store.decoding import (
     LazyObjects,
@@ -953,36 +953,28 @@ class EventStore(abc.ABC):
         )
 
     def _prepare_batch(self, events: list[Event]) -> Batch:
-        """Encode what the backend writes for these events (on the writer's side, not in `append`)."""
-        batch = Batch([], [], [], {}, [], {})
-        self._extend_batch(batch, events)
-        return batch
-
-    def _extend_batch(self, batch: Batch, events: list[Event]) -> None:
-        batch.events.extend(events)
-        batch.hash_keys.extend(event.hash_key for event in events)
-        data = [None if event.data is None else encode_data(event.data) for event in events]
-        batch.data.extend(data)
-        objects = batch.objects
+        """Encode what the backend writes for these events (at hand-over, not in `append`)."""
+        batch = Batch(list(events), [], [], {}, [], {})
+        objects, counts = batch.objects, batch.counts
         for event in events:
+            hash_key, run_id, kind = event.hash_key, event.run_id, event.kind
+            batch.hash_keys.append(hash_key)
+            data = None if event.data is None else encode_data(event.data)
+            batch.data.append(data)
+            counts[run_id] = counts.get(run_id, 0) + 1
             obj = event.obj
-            if obj is not None:
-                hash_key = event.hash_key
-                if hash_key is not None and hash_key not in objects:
-                    body = event.canonical_bytes or obj.encode_canonical()
-                    objects[hash_key] = body
-                    if b"__hash_key" in body:
-                        known = _EitherContainer(objects, self._recently_stored)
-                        for nested_key, nested_body in _nested_messages(obj, known):
-                            objects.setdefault(nested_key, nested_body)
-        for event, encoded in zip(events, data, strict=True):
-            kind = event.kind
+            if obj is not None and hash_key is not None and hash_key not in objects:
+                body = event.canonical_bytes or obj.encode_canonical()
+                objects[hash_key] = body
+                if may_reference_messages(body):
+                    known = _EitherContainer(objects, self._recently_stored)
+                    for nested_key, nested_body in _nested_messages(obj, known):
+                        objects.setdefault(nested_key, nested_body)
             if kind is EventKind.RUN_STARTED or kind is EventKind.RUN_FINISHED:
-                update = run_update(kind, encoded, self._finished_at.get(event.run_id))
+                update = run_update(kind, data, self._finished_at.get(run_id))
                 if update is not None:
-                    batch.run_updates.append((event.run_id, kind, update))
-        for run_id, count in Counter(event.run_id for event in events).items():
-            batch.counts[run_id] = batch.counts.get(run_id, 0) + count
+                    batch.run_updates.append((run_id, kind, update))
+        return batch
 
     async def _arun_writer(self) -> None:
         """Hand over what is buffered at least every `flush_interval` seconds; after a failure, retry with

@@ -8,21 +8,26 @@ from typing import Optional
 
 
 class WalCheckpointer:
-    """Runs passive checkpoints of one SQLite database on a thread of its own, when asked.
+    """Runs passive checkpoints of one SQLite database on a thread of its own, when asked or after every
+    `every_bytes` the writer reports.
 
     A checkpoint copies the pages of the write-ahead log into the database file and syncs it; done by the
     connection that commits (SQLite's default), it stalls that connection's writes for the whole copy and sync.
-    Here the writer only calls `request()`, which never waits: requests that come while a checkpoint runs are
-    folded into one more checkpoint after it. A passive checkpoint never blocks a reader or a writer, and gives
-    way (copies less, or nothing) when another process is checkpointing; it is best effort, so the writer
-    keeps SQLite's own automatic checkpoint as a bound on the log for when this one falls behind or fails.
+    Here the writer only calls `note_written()` (or `request()`), which never waits: requests that come while a
+    checkpoint runs are folded into one more checkpoint after it. A passive checkpoint never blocks a reader or a
+    writer, and gives way (copies less, or nothing) when another process is checkpointing; it is best effort, so
+    the writer keeps SQLite's own automatic checkpoint as a bound on the log for when this one falls behind or
+    fails.
 
     :param path: the database file.
     :param name: the thread's name.
+    :param every_bytes: how much the writer writes between two checkpoints (None: only on `request()`).
     """
 
-    def __init__(self, path: str, name: str) -> None:
+    def __init__(self, path: str, name: str, every_bytes: Optional[int] = None) -> None:
         self._path = path
+        self._every_bytes = every_bytes
+        self._bytes_since_request = 0
         self._wanted = threading.Event()
         self._stopping = False
         self._last_error: Optional[sqlite3.Error] = None
@@ -38,7 +43,14 @@ class WalCheckpointer:
 
     def request(self) -> None:
         """Have a checkpoint run soon (one more, if one is running now)."""
+        self._bytes_since_request = 0
         self._wanted.set()
+
+    def note_written(self, byte_count: int) -> None:
+        """Count what the writer committed (call from the writer's thread); past `every_bytes`, `request()`."""
+        self._bytes_since_request += byte_count
+        if self._every_bytes is not None and self._bytes_since_request >= self._every_bytes:
+            self.request()
 
     def close(self) -> None:
         """Let a running checkpoint finish, then stop the thread and close its connection (blocks until then)."""

@@ -12,20 +12,14 @@ from typing import Any, Optional
 import orjson
 from blake3 import blake3
 
-from miniagents.messages import Message
-from miniagents.promising.ext.frozen import Frozen
+from miniagents.messages import REFERENCE_SUFFIX, REFERENCES_SUFFIX, Message, may_reference_messages
+from miniagents.promising.ext.frozen import PLAIN_VALUE_TYPES, Frozen
 from store.errors import StoreIntegrityError
 
 HASH_KEY_LENGTHS = (40, 64)
 """Hex lengths of hash keys: 40 by default, 64 with `longer_hash_keys=True`."""
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
-_REFERENCE_MARKER = b"__hash_key"
-_REFERENCE_NAME = "__hash_key"
-"""Part of the name of every field that holds hash references (`x__hash_key`, `x__hash_keys`)."""
-_ONE_SUFFIX = "__hash_key"
-_MANY_SUFFIX = "__hash_keys"
-_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
 def is_hash_key(value: object) -> bool:
@@ -45,9 +39,9 @@ def find_references(value: Any) -> Iterator[str]:
         current = stack.pop()
         if isinstance(current, dict):
             for key, item in current.items():
-                if key.endswith(_ONE_SUFFIX) and is_hash_key(item):
+                if key.endswith(REFERENCE_SUFFIX) and is_hash_key(item):
                     yield item
-                elif key.endswith(_MANY_SUFFIX) and _are_hash_keys(item):
+                elif key.endswith(REFERENCES_SUFFIX) and _are_hash_keys(item):
                     yield from item
                 elif isinstance(item, (dict, list)):
                     stack.append(item)
@@ -61,7 +55,7 @@ def _are_hash_keys(value: object) -> bool:
 
 def body_references(body: bytes) -> list[str]:
     """Hash keys referenced by one object's canonical bytes (parses only bytes that can hold references)."""
-    if _REFERENCE_MARKER not in body:
+    if not may_reference_messages(body):
         return []
     return list(find_references(orjson.loads(body)))
 
@@ -75,7 +69,7 @@ def _parse(hash_key: str, body: bytes) -> Any:
 
 def _parsed_references(hash_key: str, body: bytes, parsed: dict[str, Any]) -> list[str]:
     """`body_references(body)`, keeping the parsed body in `parsed` if it had to be parsed."""
-    if _REFERENCE_MARKER not in body:
+    if not may_reference_messages(body):
         return []
     data = parsed[hash_key] = _parse(hash_key, body)
     return list(find_references(data))
@@ -119,11 +113,6 @@ def stand_in_class(class_name: str, base: type[Frozen]) -> type[Frozen]:
         _STAND_INS[key] = cls
         _STAND_IN_CLASSES.add(cls)
     return cls
-
-
-def message_base_class() -> type[Frozen]:
-    """The base class of stand-ins for stored (top-level) objects: `Message`."""
-    return Message
 
 
 def _frozen_classes_by_name() -> dict[str, list[type[Frozen]]]:
@@ -296,14 +285,14 @@ class ObjectDecoder:
     def _fields(self, data: dict[str, Any], real_classes: bool, resolved: Mapping[str, Frozen]) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         for name, value in data.items():
-            if _REFERENCE_NAME in name:
-                if name.endswith(_ONE_SUFFIX) and is_hash_key(value):
-                    fields[name[: -len(_ONE_SUFFIX)]] = resolved[value]
+            if REFERENCE_SUFFIX in name:  # in both suffixes
+                if name.endswith(REFERENCE_SUFFIX) and is_hash_key(value):
+                    fields[name[: -len(REFERENCE_SUFFIX)]] = resolved[value]
                     continue
-                if name.endswith(_MANY_SUFFIX) and _are_hash_keys(value):
-                    fields[name[: -len(_MANY_SUFFIX)]] = tuple(resolved[ref] for ref in value)
+                if name.endswith(REFERENCES_SUFFIX) and _are_hash_keys(value):
+                    fields[name[: -len(REFERENCES_SUFFIX)]] = tuple(resolved[ref] for ref in value)
                     continue
-            fields[name] = value if type(value) in _PLAIN_TYPES else self._value(value, real_classes, resolved)
+            fields[name] = value if type(value) in PLAIN_VALUE_TYPES else self._value(value, real_classes, resolved)
         return fields
 
     def _value(self, value: Any, real_classes: bool, resolved: Mapping[str, Frozen]) -> Any:

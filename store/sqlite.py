@@ -221,8 +221,8 @@ class SQLiteStore(EventStore):
         self._kind_codes: dict[EventKind, int] = {}
         self._kinds_by_code: dict[int, EventKind] = {}
         self._writer_thread_state = threading.local()
-        """Holds `connection`, which batches are written through: opened, used and closed on the thread of the
-        batch writer (each opening of the store has its own thread)."""
+        """Holds `connection`, which batches are written through, and its `checkpointer`: opened, used and closed
+        on the thread of the batch writer (each opening of the store has its own thread)."""
 
     @property
     def location(self) -> str:
@@ -255,11 +255,9 @@ class SQLiteStore(EventStore):
             rows = await self._aretry(lambda: db.execute_fetchall("PRAGMA journal_mode"))
             if str(next(iter(rows))[0]).lower() != "wal":
                 await self._aretry(lambda: db.execute_fetchall("PRAGMA journal_mode = WAL"))
-            await db.execute(f"PRAGMA synchronous = {self._synchronous}")
-            await db.execute("PRAGMA cache_size = -16000")
             page_size = next(iter(await db.execute_fetchall("PRAGMA page_size")))[0]
-            await db.execute(f"PRAGMA wal_autocheckpoint = {WAL_LIMIT_BYTES // page_size}")
-            await db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
+            for pragma in self._writing_pragmas(page_size):
+                await db.execute(pragma)
             reader = await aiosqlite.connect(self._uri + "?mode=ro", uri=True, isolation_level=None)
             connections.append(reader)
             await reader.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
@@ -552,22 +550,29 @@ class SQLiteStore(EventStore):
             raise
         return writer
 
+    def _writing_pragmas(self, page_size: int) -> list[str]:
+        """The settings of a connection that writes to this store."""
+        return [
+            f"PRAGMA busy_timeout = {self._inner_busy_ms}",
+            f"PRAGMA synchronous = {self._synchronous}",
+            "PRAGMA cache_size = -16000",
+            f"PRAGMA wal_autocheckpoint = {WAL_LIMIT_BYTES // page_size}",
+            f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}",
+        ]
+
     def _connect_writer(self) -> None:
         connection = sqlite3.connect(self.path, isolation_level=None)
         try:
-            connection.execute(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
-            connection.execute(f"PRAGMA synchronous = {self._synchronous}")
-            connection.execute("PRAGMA cache_size = -16000")
-            page_size = connection.execute("PRAGMA page_size").fetchone()[0]
-            connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_LIMIT_BYTES // page_size}")
-            connection.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
+            for pragma in self._writing_pragmas(connection.execute("PRAGMA page_size").fetchone()[0]):
+                connection.execute(pragma)
         except BaseException:
             connection.close()
             raise
         state = self._writer_thread_state
         state.connection = connection
-        state.checkpointer = WalCheckpointer(str(self.path), name=f"miniagents store checkpointer {self.path}")
-        state.bytes_since_checkpoint = 0
+        state.checkpointer = WalCheckpointer(
+            str(self.path), name=f"miniagents store checkpointer {self.path}", every_bytes=CHECKPOINT_EVERY_BYTES
+        )
 
     def _disconnect_writer(self) -> None:
         state = self._writer_thread_state
@@ -578,14 +583,6 @@ class SQLiteStore(EventStore):
             checkpointer.close()
         if connection is not None:
             connection.close()
-
-    def _written(self, byte_count: int) -> None:
-        """Count bytes the writer's thread committed; past `CHECKPOINT_EVERY_BYTES`, ask for a checkpoint."""
-        state = self._writer_thread_state
-        state.bytes_since_checkpoint += byte_count
-        if state.bytes_since_checkpoint >= CHECKPOINT_EVERY_BYTES:
-            state.bytes_since_checkpoint = 0
-            state.checkpointer.request()
 
     def _writer_thread_connection(self) -> sqlite3.Connection:
         """The connection of the batch writer's thread (call on that thread)."""
@@ -644,7 +641,9 @@ class SQLiteStore(EventStore):
                 f"write {len(batch)} events",
                 "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
             ) from error
-        self._written(event_bytes + sum(len(group["bodies"]) for group in object_parameters))
+        self._writer_thread_state.checkpointer.note_written(
+            event_bytes + sum(len(group["bodies"]) for group in object_parameters)
+        )
 
     async def _adelete_run_events(self, run_id: str) -> bool:
         async def work(db: aiosqlite.Connection) -> bool:

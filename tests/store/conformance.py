@@ -7,6 +7,7 @@ import contextlib
 import gc
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -71,6 +72,14 @@ async def arun_flow(store: EventStore, count: int = 3, **context_options: Any) -
     """One run: a question to `replier`, `count` answers."""
     async with MiniAgents(store=store, **context_options):
         return await replier.inquire(Message(text="question"), count=count).aresolve_messages()
+
+
+async def arecord_events(store: EventStore, run_id: str, events: Iterable[Event]) -> None:
+    """One run of these events, appended in order, then finished (so flushed)."""
+    await store.astart_run(run_id)
+    for event in events:
+        store.append(event)
+    await store.afinish_run(run_id)
 
 
 def message_event(run_id: str, message: Frozen, t: float = 0.0) -> Event:
@@ -270,10 +279,7 @@ class StoreConformance:
             Event(EventKind.ERROR, "run", 1.0, call_id=4, data={"where": "message", "position": 2}),
         ]
         async with self.make_store() as store:
-            await store.astart_run("run")
-            for event in sent:
-                store.append(event)
-            await store.afinish_run("run")
+            await arecord_events(store, "run", sent)
             received = await store.aget_events("run")
         assert [(e.kind, e.run_id, e.t, e.hash_key, e.call_id, e.parent_call_id, e.data, e.obj) for e in received] == [
             (e.kind, e.run_id, e.t, e.hash_key, e.call_id, e.parent_call_id, e.data, None) for e in sent
@@ -354,10 +360,7 @@ class StoreConformance:
             Event(EventKind.ERROR, "run", 0.4, parent_call_id=3),
         ]
         async with self.make_store() as store:
-            await store.astart_run("run")
-            for event in sent:
-                store.append(event)
-            await store.afinish_run("run")
+            await arecord_events(store, "run", sent)
             received = await store.aget_events("run")
             rebuilt = await store.aget_many([long_key, short.hash_key, long_key])
         assert [(e.kind, e.t, e.hash_key, e.call_id, e.parent_call_id, e.data) for e in received] == [

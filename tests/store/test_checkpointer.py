@@ -110,3 +110,21 @@ def test_close_stops_the_thread_and_closes_its_connection(wal_db: tuple[Path, sq
     assert not checkpointer._thread.is_alive()
     connection.close()  # the last connection to close removes the log: the checkpointer's is closed already
     assert not Path(f"{path}-wal").exists()
+
+
+def test_written_bytes_ask_for_a_checkpoint_once_they_reach_every_bytes(
+    wal_db: tuple[Path, sqlite3.Connection],
+) -> None:
+    path, _ = wal_db
+    checkpointer = WalCheckpointer(str(path), name="test checkpointer", every_bytes=1000)
+    try:
+        checkpointer.note_written(600)
+        time.sleep(0.05)
+        assert checkpointer.completed == 0
+        checkpointer.note_written(600)
+        wait_for_checkpoints(checkpointer, 1)
+        checkpointer.note_written(600)  # counted afresh after each request
+        time.sleep(0.05)
+        assert checkpointer.completed == 1
+    finally:
+        checkpointer.close()

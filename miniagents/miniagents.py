@@ -34,6 +34,8 @@ _T = TypeVar("_T")
 
 _CURRENT_CALL: ContextVar[Optional[AgentCall]] = ContextVar("miniagents.current_agent_call", default=None)
 _EMITTED_BY = "_miniagents_emitted_by"
+"""Key, in a message's `__dict__`, of the serials of the runs that emitted it (the last few: contexts can nest)."""
+_EMITTED_BY_KEPT = 8
 _context_serials = itertools.count(1)
 
 
@@ -89,7 +91,8 @@ class MiniAgents(PromisingContext):
         self._serial = next(_context_serials)
         self._call_ids = itertools.count(1)
         self._occurrences: dict[str, int] = {}
-        self._open_top_level_calls: set[AgentCall] = set()
+        self._open_calls: set[AgentCall] = set()
+        """Calls whose input is open and that no running agent call will close: closed when the context exits."""
         self._persist_queue: deque[tuple[Any, Message]] = deque()
         self._persist_worker: Optional[asyncio.Task[None]] = None
 
@@ -137,6 +140,7 @@ class MiniAgents(PromisingContext):
 
     async def __aenter__(self) -> MiniAgents:
         self.activate()
+        self._reset_run_state()
         try:
             if self.replay is not None:
                 await self.replay.astart(self)
@@ -146,6 +150,14 @@ class MiniAgents(PromisingContext):
             self._deactivate()
             raise
         return self
+
+    def _reset_run_state(self) -> None:
+        """Forget what an earlier activation of this object saw: every run numbers its calls afresh."""
+        self.run_id = None
+        self._sink_errors = []
+        self._serial = next(_context_serials)
+        self._call_ids = itertools.count(1)
+        self._occurrences = {}
 
     async def _astart_run(self) -> None:
         from miniagents import __version__
@@ -174,7 +186,7 @@ class MiniAgents(PromisingContext):
         traceback: Optional[TracebackType],
     ) -> None:
         try:
-            for call in list(self._open_top_level_calls):
+            for call in list(self._open_calls):
                 call.finish()
             if exc_value is None:
                 await self.aflush_tasks()
@@ -264,21 +276,26 @@ class MiniAgents(PromisingContext):
             )
 
     def _persist(self, promise: Any, message: Message) -> None:
-        if message.__dict__.get(_EMITTED_BY) == self._serial:
+        emitted_by = message.__dict__.get(_EMITTED_BY)
+        if emitted_by is not None and self._serial in emitted_by:
             return  # emitted already, and so were its sub-messages
         canonical_bytes: Optional[bytes] = None
         if self._sinks:
             _, canonical_bytes = message.hash_key_and_canonical_bytes()
         if canonical_bytes is None or may_reference_messages(canonical_bytes):  # most messages nest none
             for sub_message in message.sub_messages():
-                if sub_message.__dict__.get(_EMITTED_BY) != self._serial:
+                emitted_by = sub_message.__dict__.get(_EMITTED_BY)
+                if emitted_by is None or self._serial not in emitted_by:
                     self._persist_one(promise, sub_message)
         self._persist_one(promise, message, canonical_bytes)
 
     def _persist_one(self, promise: Any, message: Message, canonical_bytes: Optional[bytes] = None) -> None:
         """Emit one message (sub-messages first is the caller's job); `canonical_bytes` if the caller encoded them
         to hash the message."""
-        message.__dict__[_EMITTED_BY] = self._serial
+        emitted_by = message.__dict__.get(_EMITTED_BY)
+        message.__dict__[_EMITTED_BY] = (
+            (self._serial,) if emitted_by is None else (*emitted_by[1 - _EMITTED_BY_KEPT :], self._serial)
+        )
         if self._sinks:
             call = _CURRENT_CALL.get()
             hash_key, encoded = message.hash_key_and_canonical_bytes()
@@ -504,10 +521,17 @@ class MiniAgent:
 
 
 def _is_async_function(func: Any) -> bool:
-    while isinstance(func, functools.partial):
-        func = func.func
-    if inspect.iscoroutinefunction(func):
-        return True
+    """Whether calling `func` gives a coroutine: an `async def`, maybe behind `functools.partial` or decorators
+    that keep `__wrapped__` (as `functools.wraps` does), or an object with an `async def __call__`."""
+    while True:
+        while isinstance(func, functools.partial):
+            func = func.func
+        if inspect.iscoroutinefunction(func):
+            return True
+        wrapped = getattr(func, "__wrapped__", None)
+        if wrapped is None:
+            break
+        func = wrapped
     return not inspect.isfunction(func) and inspect.iscoroutinefunction(type(func).__call__)
 
 
@@ -560,10 +584,14 @@ class AgentCall:
         self.parent: Optional[AgentCall] = parent
         self.parent_call_id: Optional[int] = parent.call_id if parent is not None else None
         self._open_child_calls: set[AgentCall] = set()
-        if parent is not None:
-            parent._open_child_calls.add(self)
+        self._function_done = False
+        # a call opened on behalf of a parent whose function has returned (by its reply streams, say) is closed
+        # when the context exits, like a top-level call
+        self._opened_under: Optional[AgentCall] = parent if parent is not None and not parent._function_done else None
+        if self._opened_under is not None:
+            self._opened_under._open_child_calls.add(self)
         else:
-            context._open_top_level_calls.add(self)
+            context._open_calls.add(self)
 
         self._input_appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
         self._input_appender.open()
@@ -577,7 +605,7 @@ class AgentCall:
         self.replayed = False
         start_now = context.start_everything_asap_by_default if start_asap is DEFAULT else bool(start_asap)
         self.reply_sequence_promise = MessageSequencePromise(
-            streamer=self._areply_stream, resolver=collect_tuple, start_asap=False
+            streamer=self._reply_stream, resolver=collect_tuple, start_asap=False
         )
         if start_now:
             self._start()
@@ -598,10 +626,10 @@ class AgentCall:
     def finish(self) -> AgentCall:
         """End the input (no more `send_message()`)."""
         self._input_appender.close()
-        if self.parent is not None:
-            self.parent._open_child_calls.discard(self)
+        if self._opened_under is not None:
+            self._opened_under._open_child_calls.discard(self)
         else:
-            self._context._open_top_level_calls.discard(self)
+            self._context._open_calls.discard(self)
         return self
 
     def _start(self) -> None:
@@ -609,10 +637,9 @@ class AgentCall:
             self._started = True
             self._context.spawn(self._arun())
 
-    async def _areply_stream(self, promise: Any) -> AsyncIterator[MessagePromise]:
-        self._start()
-        async for message_promise in _flattened(self._reply_appender)(promise):
-            yield message_promise
+    def _reply_stream(self, _: Any) -> AsyncIterator[MessagePromise]:
+        self._start()  # the first consumer of a call started lazily starts it
+        return _Flattener(self._reply_appender, self)
 
     async def _arun(self) -> None:
         context = self._context
@@ -625,15 +652,33 @@ class AgentCall:
                 parent_call_id=self.parent_call_id,
                 data={"agent_alias": self.agent.alias},
             )
+        outcome = context.spawn(self._arecord_outcome()) if context._is_observed else None
+        error_emitted: Optional[BaseException] = None
         try:
             with self._reply_appender:
                 try:
                     if not await self._aanswer_from_interceptor():
                         ctx = InteractionContext(self.agent, self.input_sequence_promise, self._reply_appender, self)
-                        await self.agent._func(ctx, **self.agent._partial_kwargs, **self._function_kwargs)
+                        bound = self.agent._partial_kwargs
+                        kwargs = {**bound, **self._function_kwargs} if bound else self._function_kwargs
+                        result = self.agent._func(ctx, **kwargs)  # a keyword given to the call wins
+                        if not inspect.isawaitable(result):
+                            raise AgentDefinitionError(
+                                f"The function of agent {self.agent.alias} returned a {type(result).__name__}, "
+                                "not an awaitable: it must be an `async def` function."
+                            )
+                        await result
                 except Exception as exc:
+                    logger.log(
+                        context.log_level_for_errors,
+                        "Agent %s (call %s) failed",
+                        self.agent.alias,
+                        self.call_id,
+                        exc_info=True,
+                    )
                     if recording:
                         self._emit_error(exc)
+                        error_emitted = exc
                     raise
         except Exception as exc:
             logger.error(
@@ -643,13 +688,14 @@ class AgentCall:
                 type(exc).__name__,
                 exc,
             )
-            if recording:
+            if recording and exc is not error_emitted:
                 self._emit_error(exc)
         finally:
+            self._function_done = True
             for child in list(self._open_child_calls):
                 child.finish()
-        if context._is_observed:
-            await self._arecord_outcome()
+        if outcome is not None:
+            await outcome
 
     def _emit_error(self, error: BaseException) -> None:
         self._context._emit(
@@ -664,7 +710,7 @@ class AgentCall:
         if interceptor is None or not interceptor.intercepts(self.agent):
             return False
         input_messages = await self.input_sequence_promise.aresolve_messages()
-        call_node = self._build_call_node(input_messages)
+        call_node = self._call_node_of(input_messages)
         answer = await interceptor.aanswer(
             InterceptedCall(
                 agent=self.agent,
@@ -681,6 +727,12 @@ class AgentCall:
         self._reply_appender.append(answer)
         return True
 
+    def _call_node_of(self, input_messages: tuple[Message, ...]) -> AgentCallNode:
+        """The call node, built (and numbered among identical calls) by whoever has the resolved input first."""
+        if self.call_node is None:
+            return self._build_call_node(input_messages)
+        return self.call_node
+
     def _build_call_node(self, input_messages: tuple[Message, ...]) -> AgentCallNode:
         call_node = AgentCallNode(
             **{
@@ -693,12 +745,17 @@ class AgentCall:
         )
         self.call_node = call_node
         self.occurrence = self._context._next_occurrence(call_node.hash_key)
-        Promise(prefill_result=call_node)
         return call_node
 
     async def _arecord_outcome(self) -> None:
-        """Wait for every reply, build the interaction nodes and record how the call went."""
+        """Build the call node once the input is resolved (identical calls are numbered in that order, as replay
+        numbers them), then wait for every reply, build the reply node and record how the call went."""
         context = self._context
+        call_node: Optional[AgentCallNode] = None
+        try:
+            call_node = self._call_node_of(await self.input_sequence_promise.aresolve_messages())
+        except Exception as exc:
+            logger.debug("The input of agent call %s failed; no call node is built", self.call_id, exc_info=exc)
         replies: list[dict[str, Any]] = []
         messages: list[Message] = []
         sequence_error: Optional[BaseException] = None
@@ -719,13 +776,9 @@ class AgentCall:
         except Exception as exc:
             sequence_error = exc
 
-        call_node = self.call_node
-        if call_node is None:
-            try:
-                call_node = self._build_call_node(await self.input_sequence_promise.aresolve_messages())
-            except Exception as exc:
-                logger.debug("The input of agent call %s failed; no call node is built", self.call_id, exc_info=exc)
         reply_node: Optional[AgentReplyNode] = None
+        if call_node is not None:
+            Promise(prefill_result=call_node)  # resolved once the call is over, so it is recorded after the replies
         if call_node is not None and sequence_error is None and len(messages) == len(replies):
             reply_node = AgentReplyNode(
                 **{
@@ -819,48 +872,96 @@ class MessageSequence(FlatSequence[MessageType, MessagePromise]):
 
 
 def _flattened(appender: StreamAppender[MessageType]) -> PromiseStreamer[MessagePromise]:
-    async def stream(_: Any) -> AsyncIterator[MessagePromise]:
-        async for item in appender:
-            async for message_promise in _flatten(item):
-                yield message_promise
+    def stream(_: Any) -> AsyncIterator[MessagePromise]:
+        return _Flattener(appender)
 
     return stream
 
 
-async def _flatten(item: Any) -> AsyncIterator[MessagePromise]:
+def _flatten(item: Any) -> AsyncIterator[MessagePromise]:
     """Every message promise in `item`, a `MessageType` nested to any depth, in order."""
-    if isinstance(item, MessagePromise):
-        yield item
-    elif isinstance(item, Message):
-        yield item.as_promise
-    elif isinstance(item, str):
-        yield Message(text=item).as_promise
-    elif isinstance(item, MessageSequencePromise):
-        async for message_promise in item:
-            yield message_promise
-    elif isinstance(item, dict):
-        yield Message(**item).as_promise
-    elif isinstance(item, BaseModel):
-        yield Message(**item.model_dump()).as_promise
-    elif isinstance(item, BaseException):
-        raise item
-    elif isinstance(item, (list, tuple)):
-        for sub_item in item:
-            if isinstance(sub_item, MessagePromise):
-                yield sub_item
-            else:
-                async for message_promise in _flatten(sub_item):
-                    yield message_promise
-    elif hasattr(item, "__aiter__"):
-        async for sub_item in item:
-            async for message_promise in _flatten(sub_item):
-                yield message_promise
-    elif hasattr(item, "__iter__"):
-        for sub_item in item:
-            async for message_promise in _flatten(sub_item):
-                yield message_promise
-    else:
-        raise TypeError(
-            f"A {type(item).__name__} cannot be sent as a message: send a str, dict, Message, MessagePromise, "
-            "pydantic model, exception, or a (async) iterable of those."
-        )
+    return _Flattener(iter((item,)))
+
+
+class _Flattener(AsyncIterator[MessagePromise]):
+    """Every message promise in what `source` yields (`MessageType`s nested to any depth), in order.
+
+    Not a generator, on purpose: a consumer cancelled while waiting for the next piece (a timeout, say) leaves
+    it able to go on, so the sequence it feeds stays intact for every other consumer. Only an async generator
+    of the user's that it was waiting on dies of the cancellation; the flattener then raises that cancellation
+    again, as the stream would have ended there. After any other exception it is exhausted.
+
+    :param call: the agent call that iterables and async iterables are pulled on behalf of (calls they make
+        are its children), whichever task pulls.
+    """
+
+    __slots__ = ("_broken", "_call", "_stack")
+
+    def __init__(self, source: Any, call: Optional[AgentCall] = None) -> None:
+        self._stack: list[Any] = [source]
+        self._call = call
+        self._broken: Optional[BaseException] = None
+
+    def __aiter__(self) -> _Flattener:
+        return self
+
+    async def __anext__(self) -> MessagePromise:
+        if self._broken is not None:
+            raise self._broken
+        stack = self._stack
+        while stack:
+            top = stack[-1]
+            # the source (an appender) needs no current call; what was appended to it might make calls
+            token = _CURRENT_CALL.set(self._call) if self._call is not None and len(stack) > 1 else None
+            try:
+                item = await top.__anext__() if hasattr(top, "__anext__") else next(top)
+            except (StopAsyncIteration, StopIteration):
+                stack.pop()
+                continue
+            except asyncio.CancelledError as exc:
+                if inspect.isasyncgen(top):
+                    self._broken = exc
+                raise
+            except BaseException:
+                stack.clear()
+                raise
+            finally:
+                if token is not None:
+                    _CURRENT_CALL.reset(token)
+            try:
+                message_promise = self._message_promise_of(item)
+            except BaseException:
+                stack.clear()
+                raise
+            if message_promise is not None:
+                return message_promise
+        raise StopAsyncIteration
+
+    def _message_promise_of(self, item: Any) -> Optional[MessagePromise]:
+        """`item` as a message promise, or None after pushing what iterates it onto the stack."""
+        if isinstance(item, MessagePromise):
+            return item
+        if isinstance(item, Message):
+            return item.as_promise
+        if isinstance(item, str):
+            return Message(text=item).as_promise
+        if isinstance(item, MessageSequencePromise):
+            self._stack.append(item.__aiter__())
+        elif isinstance(item, dict):
+            return Message(**item).as_promise
+        elif isinstance(item, BaseModel):
+            return Message(**item.model_dump()).as_promise
+        elif isinstance(item, BaseException):
+            raise item
+        elif isinstance(item, (list, tuple)):
+            self._stack.append(iter(item))
+        elif hasattr(item, "__aiter__"):
+            self._stack.append(item.__aiter__())
+        elif hasattr(item, "__iter__"):
+            self._stack.append(iter(item))
+        else:
+            raise TypeError(
+                f"A {type(item).__name__} cannot be sent as a message: send a str, dict, Message, MessagePromise, "
+                "pydantic model, exception, or a (async) iterable of those."
+            )
+        return None

@@ -238,8 +238,13 @@ class Promise(Generic[T]):
     async def _aresolve_in_background(self) -> None:
         try:
             await self.aresolve()
-        except Exception:  # kept in the promise; whoever awaits it gets it
-            pass
+        except Exception:  # kept in the promise for whoever awaits it, and logged in case nobody does
+            logger.log(
+                self._context.log_level_for_errors,
+                "A %s started in the background failed",
+                type(self).__name__,
+                exc_info=True,
+            )
 
     def _notify_resolved(self) -> None:
         context: Optional[PromisingContext] = self._context
@@ -413,7 +418,8 @@ class StreamAppender(AsyncIterator[PIECE], Generic[PIECE]):
     :param capture_errors: an exception raised inside the `with` block becomes the last piece of the stream
         instead of propagating (default: the context's `appenders_capture_errors_by_default`). Exceptions that
         are not `Exception`s (KeyboardInterrupt, cancellation) always become a piece AND propagate, so no
-        consumer is left waiting.
+        consumer is left waiting. An exception raised after the appender was closed (its stream has ended, so
+        no consumer would see it) always propagates.
     """
 
     def __init__(self, capture_errors: Union[bool, Sentinel] = DEFAULT) -> None:
@@ -438,10 +444,11 @@ class StreamAppender(AsyncIterator[PIECE], Generic[PIECE]):
         if exc_value is None or isinstance(exc_value, AppenderClosedError):
             self.close()
             return False
+        if self._append_closed:  # closed early: nobody would see the error in the stream, so it propagates
+            return False
         if not isinstance(exc_value, Exception) or self._capture_errors:
             logger.debug("An error was captured by a StreamAppender", exc_info=exc_value)
-            if not self._append_closed:
-                self._put(exc_value)
+            self._put(exc_value)
             self.close()
             return isinstance(exc_value, Exception)
         self.close()

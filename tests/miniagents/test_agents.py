@@ -274,7 +274,7 @@ async def test_events_of_a_run_in_order() -> None:
     assert call_node.messages == (Message(text="hi"),)
     assert call_node.style == "loud"  # type: ignore[attr-defined]
     assert hi.hash_key == Message(text="hi").hash_key
-    assert hi.call_id is None  # resolved while the caller (outside any agent) consumed the replies
+    assert hi.call_id == 1  # the str became a message when ECHO's call took in its input
     reply_node = reply_node_event.obj
     assert isinstance(reply_node, AgentReplyNode) and reply_node.agent_call is call_node
     assert finished.hash_key == call_node.hash_key

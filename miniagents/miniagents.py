@@ -310,7 +310,7 @@ class MiniAgents(PromisingContext):
         if self.on_persist_message_handlers:
             self._persist_queue.append((promise, message))
             if self._persist_worker is None:
-                self._persist_worker = self.spawn(self._arun_persist_handlers())
+                self._persist_worker = self._spawn_handler(self._arun_persist_handlers())
 
     async def _arun_persist_handlers(self) -> None:
         try:

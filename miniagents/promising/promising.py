@@ -58,6 +58,8 @@ class PromisingContext:
             [on_promise_resolved] if callable(on_promise_resolved) else [*on_promise_resolved]
         )
         self.child_tasks: set[asyncio.Task[Any]] = set()
+        self._handler_tasks: set[asyncio.Task[Any]] = set()
+        """Child tasks that run handlers: they finish even when the context's body failed."""
         self.start_everything_asap_by_default = start_everything_asap_by_default
         self.appenders_capture_errors_by_default = appenders_capture_errors_by_default
         self.longer_hash_keys = longer_hash_keys
@@ -130,11 +132,22 @@ class PromisingContext:
             await asyncio.gather(*self.child_tasks, return_exceptions=True)
 
     async def acancel_tasks(self) -> None:
-        """Cancel every task started in this context that is still running, and wait until they have ended."""
+        """Cancel every task started in this context that is still running, and wait until they have ended.
+
+        Tasks running resolution handlers are not cancelled: what already resolved still reaches them.
+        """
         while self.child_tasks:
             for task in self.child_tasks:
-                task.cancel()
+                if task not in self._handler_tasks:
+                    task.cancel()
             await asyncio.gather(*self.child_tasks, return_exceptions=True)
+
+    def _spawn_handler(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """`spawn` a task that runs handlers (see `acancel_tasks`)."""
+        task = self.spawn(coroutine)
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+        return task
 
     async def afinalize(self, error: Optional[BaseException] = None) -> None:
         """Wait for all tasks, then deactivate (what `async with` does on exit).
@@ -170,9 +183,13 @@ class PromisingContext:
     def _promise_resolved(self, promise: Promise[Any], result: Any) -> None:
         """Called synchronously once per resolved promise, for this context and each parent context."""
         for handler in self.on_promise_resolved_handlers:
-            self.start_asap(
-                handler(promise, result), suppress_errors=True, log_level_for_errors=self.log_level_for_errors
-            )
+            self._spawn_handler(self._arun_handler(handler, promise, result))
+
+    async def _arun_handler(self, handler: PromiseResolvedEventHandler, promise: Promise[Any], result: Any) -> None:
+        try:
+            await handler(promise, result)
+        except Exception:
+            logger.log(self.log_level_for_errors, "An on_promise_resolved handler failed", exc_info=True)
 
 
 class Promise(Generic[T]):

@@ -279,3 +279,22 @@ async def test_an_agent_function_that_returns_no_awaitable_fails_the_call_clearl
 
 async def _async_noop(ctx: InteractionContext) -> None:
     pass
+
+
+async def test_handlers_still_get_what_resolved_before_the_body_failed() -> None:
+    resolved: list[Any] = []
+    persisted: list[str] = []
+
+    async def on_resolved(_: Any, result: Any) -> None:
+        resolved.append(result)
+
+    async def on_persist(_: Any, message: Message) -> None:
+        persisted.append(str(message))
+
+    with pytest.raises(RuntimeError, match="body failed"):
+        async with MiniAgents(on_promise_resolved=on_resolved, on_persist_message=on_persist):
+            for index in range(3):
+                await Message(text=f"m{index}").as_promise
+            raise RuntimeError("body failed")
+    assert persisted == ["m0", "m1", "m2"]
+    assert [str(result) for result in resolved] == ["m0", "m1", "m2"]

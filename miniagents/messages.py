@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 from miniagents.miniagent_typing import MessageTokenStreamer
 from miniagents.promising.errors import PromisingError
-from miniagents.promising.ext.frozen import PLAIN_VALUE_TYPES, Frozen, declared_field_names
+from miniagents.promising.ext.frozen import (
+    PLAIN_VALUE_TYPES,
+    Frozen,
+    declared_field_names,
+    reserve_field_name_suffixes,
+)
 from miniagents.promising.promising import StreamedPromise
 from miniagents.promising.sentinels import DEFAULT, Sentinel
 
@@ -20,6 +25,10 @@ REFERENCE_SUFFIX = "__hash_key"
 REFERENCES_SUFFIX = "__hash_keys"
 """Ends the name under which a canonical form holds the hash keys of a tuple of messages (`<field>__hash_keys`)."""
 _REFERENCE_MARKER = REFERENCE_SUFFIX.encode()
+
+# a field named like a reference would make the canonical form ambiguous: `Message(x=inner)` and
+# `Message(x__hash_key=inner.hash_key)` would share one hash key, so such names are refused, at any depth
+reserve_field_name_suffixes(REFERENCE_SUFFIX, REFERENCES_SUFFIX)
 
 
 def may_reference_messages(canonical_bytes: bytes) -> bool:

@@ -230,3 +230,37 @@ async def test_a_failing_persist_handler_does_not_stop_the_others(caplog: pytest
         Promise(prefill_result=Message(text="b"))
     assert seen == ["a", "b"]
     assert "on_persist_message handler failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("build", "expected_path"),
+    [
+        (lambda: Message(text="t", ref__hash_key="0" * 40), r"^Message\.ref__hash_key: .*'__hash_key' are reserved"),
+        (lambda: Message(refs__hash_keys=["0" * 40]), r"^Message\.refs__hash_keys: .*'__hash_keys' are reserved"),
+        (lambda: Message(meta={"ref__hash_key": "x"}), r"^Frozen\.ref__hash_key: "),
+        (lambda: Message(items=[{"a": {"b__hash_keys": ()}}]), r"^Frozen\.b__hash_keys: "),
+        (lambda: Frozen(x__hash_key=None), r"^Frozen\.x__hash_key: "),
+        (lambda: Message.model_validate({"__hash_key": 1}), r"^Message\.__hash_key: "),
+    ],
+)
+def test_field_names_of_hash_references_are_refused_at_any_depth(build: Any, expected_path: str) -> None:
+    with pytest.raises(FrozenValueError, match=expected_path) as error:
+        build()
+    assert "same hash key" in str(error.value)
+
+
+def test_declared_fields_named_like_hash_references_are_refused_with_the_class() -> None:
+    with pytest.raises(FrozenValueError, match=r"^Forged\.ref__hash_key: field names ending in '__hash_key'"):
+
+        class Forged(Message):
+            ref__hash_key: str = ""
+
+
+def test_a_message_and_a_field_holding_its_hash_key_never_share_a_hash_key() -> None:
+    inner = Message(text="inner")
+    with pytest.raises(FrozenValueError):
+        Message(text="outer", ref__hash_key=inner.hash_key)
+    # names that only contain the suffixes, or end in a single underscore version of them, are ordinary fields
+    ordinary = Message(parent_hash_key="a", hash_keys=("b",), ref__hash_key_old="c", x__hash_keys_v2=1)
+    assert ordinary.parent_hash_key == "a"  # type: ignore[attr-defined]
+    assert list(ordinary.sub_messages()) == []

@@ -93,6 +93,7 @@ class SecretRedaction:
         if marker is not None:
             self.marker = marker
         self._verdicts = {}
+        _FIELD_NAME_KINDS.clear()
 
     def is_secret(self, field_name: str) -> bool:
         """Whether values under this field name are redacted."""
@@ -105,6 +106,49 @@ class SecretRedaction:
 
 
 REDACTION = SecretRedaction()
+
+_PLAIN_NAME, _SECRET_NAME, _CLASS_NAME, _RESERVED_NAME = range(4)
+_FIELD_NAME_KINDS: dict[str, int] = {}
+"""What each field name seen so far is (plain, secret, `class_`, reserved): one dict lookup per field per build."""
+_FIELD_NAME_KINDS_KEPT = 10_000
+_reserved_name_suffixes: tuple[str, ...] = ()
+
+
+def reserve_field_name_suffixes(*suffixes: str) -> None:
+    """Refuse field names ending in any of `suffixes`, at any depth, declared or extra (process-wide).
+
+    `miniagents.messages` reserves the names under which a canonical form holds hash references to nested
+    messages (`<field>__hash_key`, `<field>__hash_keys`): a field named like that would be indistinguishable from
+    a reference, so two different messages would share one hash key.
+    """
+    global _reserved_name_suffixes
+    _reserved_name_suffixes = tuple(dict.fromkeys((*_reserved_name_suffixes, *suffixes)))
+    _FIELD_NAME_KINDS.clear()
+
+
+def _field_name_kind(name: str) -> int:
+    """What the field name `name` is (`_PLAIN_NAME` ...); names seen before are looked up in `_FIELD_NAME_KINDS`."""
+    if name == "class_":
+        kind = _CLASS_NAME
+    elif name.endswith(_reserved_name_suffixes):
+        kind = _RESERVED_NAME
+    elif REDACTION.is_secret(name):
+        kind = _SECRET_NAME
+    else:
+        kind = _PLAIN_NAME
+    if len(_FIELD_NAME_KINDS) >= _FIELD_NAME_KINDS_KEPT:
+        _FIELD_NAME_KINDS.clear()
+    _FIELD_NAME_KINDS[name] = kind
+    return kind
+
+
+def _reserved_name_error(name: str, path: str) -> FrozenValueError:
+    suffix = next(suffix for suffix in _reserved_name_suffixes if name.endswith(suffix))
+    return FrozenValueError(
+        f"{path}: field names ending in {suffix!r} are reserved. The canonical form of a message refers to a "
+        f"message nested in a field {name[: -len(suffix)]!r} by this very name, so this field would give two "
+        "different messages the same hash key; rename it."
+    )
 
 
 def _hash_key_of(canonical_bytes: bytes) -> str:
@@ -120,8 +164,9 @@ class Frozen(BaseModel):
 
     Values are frozen recursively when the object is built: dicts become `Frozen`, lists become tuples, and
     anything without exactly one canonical JSON form (NaN, infinities, integers beyond 64 bits, non-string keys,
-    sets, arbitrary objects) is refused with a `FrozenValueError` naming the field. Fields whose names look like
-    secrets (see `SecretRedaction`) are replaced by a marker.
+    sets, arbitrary objects) is refused with a `FrozenValueError` naming the field, and so are field names with a
+    reserved ending (`reserve_field_name_suffixes`). Fields whose names look like secrets (see `SecretRedaction`)
+    are replaced by a marker.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow", ignored_types=(computed_once,))
@@ -227,19 +272,30 @@ class Frozen(BaseModel):
         if not isinstance(values, dict):
             return values
         values = cls._preprocess_values(values)
-        frozen: dict[str, Any] = {"class_": cls.__name__}
+        owner = cls.__name__
+        frozen: dict[str, Any] = {"class_": owner}
+        kinds = _FIELD_NAME_KINDS
         for key, value in values.items():
-            if not isinstance(key, str):
-                raise FrozenValueError(
-                    f"{cls.__name__} field names must be strings, got {key!r} ({type(key).__name__})."
-                )
-            if key == "class_":
-                continue
-            if REDACTION.is_secret(key):
+            kind = kinds.get(key)
+            if kind is None:
+                if not isinstance(key, str):
+                    raise FrozenValueError(f"{owner} field names must be strings, got {key!r} ({type(key).__name__}).")
+                kind = _field_name_kind(key)
+            if kind == _PLAIN_NAME:
+                frozen[key] = _freeze(value, key, owner)
+            elif kind == _SECRET_NAME:
                 frozen[key] = REDACTION.marker if value is not None else None
-            else:
-                frozen[key] = _freeze(value, key, cls.__name__)
+            elif kind == _RESERVED_NAME:
+                raise _reserved_name_error(key, f"{owner}.{key}")
         return frozen
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse declared fields with reserved names."""
+        super().__pydantic_init_subclass__(**kwargs)
+        for name in cls.model_fields:
+            if name.endswith(_reserved_name_suffixes):
+                raise _reserved_name_error(name, f"{cls.__name__}.{name}")
 
 
 def freeze(value: Any, name: str = "value") -> FrozenType:

@@ -223,3 +223,24 @@ def test_hash_key_and_canonical_bytes_encodes_once_and_agrees_with_the_propertie
     assert message.hash_key == hash_key
     assert message.hash_key_and_canonical_bytes() == (hash_key, None)  # the key is known now: nothing is encoded
     assert "canonical_bytes" not in message.__dict__  # and the bytes were not kept on the message
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected_message"),
+    [
+        ({"meta": {"score": float("nan")}}, r"^Frozen\.meta\.score holds nan"),
+        ({"items": [{"ok": 1}, {"x": {1, 2}}]}, r"^Frozen\.items\[1\]\.x holds a set"),
+        ({"usage": {"tokens": {"n": 2**70}}}, r"^Frozen\.usage\.tokens\.n holds the integer"),
+        ({"usage": {"tokens": {1: "a"}}}, r"^Frozen\.usage\.tokens is a dict with the key 1 \(int\)"),
+        ({"meta": {"class_": "Other"}}, r"^Frozen\.meta\.class_ is 'Other'; a dict becomes a Frozen"),
+    ],
+)
+def test_errors_inside_nested_dicts_name_the_whole_path(fields: dict[str, Any], expected_message: str) -> None:
+    with pytest.raises(FrozenValueError, match=expected_message):
+        Frozen(**fields)
+
+
+def test_nested_dicts_are_frozen_as_before() -> None:
+    model = Frozen(meta={"a": [1, {"b": 2}], "class_": "Frozen", "api_key": "secret"})
+    assert model.meta == Frozen(a=(1, Frozen(b=2)), api_key="[REDACTED]")  # type: ignore[attr-defined]
+    assert type(model.meta.a) is tuple  # type: ignore[attr-defined]

@@ -151,6 +151,10 @@ def _reserved_name_error(name: str, path: str) -> FrozenValueError:
     )
 
 
+class _FrozenFields(dict[str, Any]):
+    """Field values frozen already (a nested dict): building a `Frozen` from them skips freezing them again."""
+
+
 def _hash_key_of(canonical_bytes: bytes) -> str:
     digest: str = blake3(canonical_bytes).hexdigest()
     context = _current_context()
@@ -269,8 +273,9 @@ class Frozen(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _validate_and_freeze_values(cls, values: Any) -> Any:
-        if not isinstance(values, dict):
-            return values
+        if type(values) is not dict:
+            if type(values) is _FrozenFields or not isinstance(values, dict):
+                return values
         values = cls._preprocess_values(values)
         owner = cls.__name__
         frozen: dict[str, Any] = {"class_": owner}
@@ -338,13 +343,7 @@ def _freeze(value: Any, path: str, owner: str) -> FrozenType:
         _refuse_mixed_message_tuple(frozen_items, path, owner)
         return frozen_items
     if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, str):
-                raise FrozenValueError(
-                    f"{owner}.{path} is a dict with the key {key!r} ({type(key).__name__}); JSON objects only "
-                    "have string keys, so convert the keys to strings."
-                )
-        return Frozen(**value)
+        return _freeze_dict(value, path, owner)
     if isinstance(value, Enum):
         return _freeze(value.value, path, owner)
     if isinstance(value, str):
@@ -358,6 +357,33 @@ def _freeze(value: Any, path: str, owner: str) -> FrozenType:
         "float, bool, lists/tuples, dicts with string keys and Frozen objects (convert other pydantic models with "
         ".model_dump())."
     )
+
+
+def _freeze_dict(value: dict[Any, Any], path: str, owner: str) -> Frozen:
+    """A `Frozen` of the dict `value` found at `path` inside `owner`; errors name the whole path."""
+    fields: dict[str, Any] = {"class_": Frozen.__name__}
+    kinds = _FIELD_NAME_KINDS
+    for key, item in value.items():
+        kind = kinds.get(key)
+        if kind is None:
+            if not isinstance(key, str):
+                raise FrozenValueError(
+                    f"{owner}.{path} is a dict with the key {key!r} ({type(key).__name__}); JSON objects only "
+                    "have string keys, so convert the keys to strings."
+                )
+            kind = _field_name_kind(key)
+        if kind == _PLAIN_NAME:
+            fields[key] = _freeze(item, f"{path}.{key}", owner)
+        elif kind == _SECRET_NAME:
+            fields[key] = REDACTION.marker if item is not None else None
+        elif kind == _RESERVED_NAME:
+            raise _reserved_name_error(key, f"{owner}.{path}.{key}")
+        elif item is not None and item != Frozen.__name__:
+            raise FrozenValueError(
+                f"{owner}.{path}.class_ is {item!r}; a dict becomes a Frozen, so its `class_` can only be "
+                f"{Frozen.__name__!r} (or left out)."
+            )
+    return Frozen.model_validate(_FrozenFields(fields))
 
 
 def _refuse_mixed_message_tuple(items: tuple[Any, ...], path: str, owner: str) -> None:

@@ -12,7 +12,8 @@ order things happen; a sink must not block (a store buffers and flushes in the b
 | stream          | the message's hash  | call that produced it         | chunks (lengths), offsets (s since start)  |
 | call_started    | -                   | the call / its parent call    | agent_alias                                |
 | call_finished   | the AgentCallNode   | the call / its parent call    | agent_alias, call_node, reply_node,        |
-|                 | hash (the call key) |                               | occurrence, replies, error, replayed       |
+|                 | hash (the call key) |                               | occurrence, position, replies, error,      |
+|                 |                     |                               | replayed                                   |
 | error           | -                   | call that was current         | where, position, error, partial            |
 
 `call_finished.data["replies"]` lists the call's replies in order: `{"hash": h}` for a resolved message (plus
@@ -94,6 +95,9 @@ class InterceptedCall:
     call_node: AgentCallNode
     occurrence: int
     """How many identical calls (same `call_node.hash_key`) came before this one in this run."""
+    position: str
+    """Where the call is in the run's call tree: "2" is the third top-level call, "2.0" the first call made by
+    it. Unlike `occurrence`, it does not depend on how fast anything ran."""
     call_id: int
     parent_call_id: Optional[int]
     input_messages: tuple[Message, ...]

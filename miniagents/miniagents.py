@@ -90,6 +90,7 @@ class MiniAgents(PromisingContext):
         self._started_at = 0.0
         self._serial = next(_context_serials)
         self._call_ids = itertools.count(1)
+        self._top_level_call_count = 0
         self._occurrences: dict[str, int] = {}
         self._open_calls: set[AgentCall] = set()
         """Calls whose input is open and that no running agent call will close: closed when the context exits."""
@@ -157,6 +158,7 @@ class MiniAgents(PromisingContext):
         self._sink_errors = []
         self._serial = next(_context_serials)
         self._call_ids = itertools.count(1)
+        self._top_level_call_count = 0
         self._occurrences = {}
 
     async def _astart_run(self) -> None:
@@ -584,6 +586,13 @@ class AgentCall:
         self.parent: Optional[AgentCall] = parent
         self.parent_call_id: Optional[int] = parent.call_id if parent is not None else None
         self._open_child_calls: set[AgentCall] = set()
+        self._child_count = 0
+        if parent is None:
+            self.position = str(context._top_level_call_count)
+            context._top_level_call_count += 1
+        else:
+            self.position = f"{parent.position}.{parent._child_count}"
+            parent._child_count += 1
         self._function_done = False
         # a call opened on behalf of a parent whose function has returned (by its reply streams, say) is closed
         # when the context exits, like a top-level call
@@ -716,6 +725,7 @@ class AgentCall:
                 agent=self.agent,
                 call_node=call_node,
                 occurrence=self.occurrence or 0,
+                position=self.position,
                 call_id=self.call_id,
                 parent_call_id=self.parent_call_id,
                 input_messages=input_messages,
@@ -800,6 +810,7 @@ class AgentCall:
                     "call_node": call_node.hash_key if call_node is not None else None,
                     "reply_node": reply_node.hash_key if reply_node is not None else None,
                     "occurrence": self.occurrence,
+                    "position": self.position,
                     "replies": replies,
                     "error": describe_error(sequence_error) if sequence_error is not None else None,
                     "replayed": self.replayed,

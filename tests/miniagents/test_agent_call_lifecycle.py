@@ -298,3 +298,24 @@ async def test_handlers_still_get_what_resolved_before_the_body_failed() -> None
             raise RuntimeError("body failed")
     assert persisted == ["m0", "m1", "m2"]
     assert [str(result) for result in resolved] == ["m0", "m1", "m2"]
+
+
+async def test_each_call_is_recorded_with_its_position_in_the_call_tree() -> None:
+    @miniagent
+    async def leaf(ctx: InteractionContext, n: int) -> None:
+        await asyncio.sleep(0.01 * (3 - n))  # later calls finish first: positions do not depend on timing
+        ctx.reply(f"leaf {n}")
+
+    @miniagent
+    async def branch(ctx: InteractionContext) -> None:
+        ctx.reply([leaf.inquire(n=n) for n in range(3)])
+
+    sink = ListEventSink()
+    async with MiniAgents(store=sink):
+        await asyncio.gather(branch.inquire().aresolve_messages(), leaf.inquire(n=0).aresolve_messages())
+    positions = {
+        (event.data["agent_alias"], event.data["position"])
+        for event in sink.of_kind(EventKind.CALL_FINISHED)
+        if event.data is not None
+    }
+    assert positions == {("BRANCH", "0"), ("LEAF", "0.0"), ("LEAF", "0.1"), ("LEAF", "0.2"), ("LEAF", "1")}

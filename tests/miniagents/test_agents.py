@@ -283,6 +283,7 @@ async def test_events_of_a_run_in_order() -> None:
         "call_node": call_node.hash_key,
         "reply_node": reply_node.hash_key,
         "occurrence": 0,
+        "position": "0",
         "replies": [{"hash": Message(text="hi").hash_key}],
         "error": None,
         "replayed": False,

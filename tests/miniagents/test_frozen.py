@@ -6,7 +6,7 @@ from unittest.mock import patch
 
 import pytest
 from blake3 import blake3
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 
 from miniagents.errors import FrozenValueError
 from miniagents.promising.ext import frozen as frozen_module
@@ -223,6 +223,124 @@ def test_hash_key_and_canonical_bytes_encodes_once_and_agrees_with_the_propertie
     assert message.hash_key == hash_key
     assert message.hash_key_and_canonical_bytes() == (hash_key, None)  # the key is known now: nothing is encoded
     assert "canonical_bytes" not in message.__dict__  # and the bytes were not kept on the message
+
+
+class Scored(Frozen):
+    score: float = 0.0
+    count: int = 0
+
+
+class Tagged(Frozen):
+    tags: list[str] = []
+    ratios: tuple[float, ...] = ()
+
+
+class Labelled(Frozen):
+    labels: set[str] = set()
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected_message"),
+    [
+        ({"score": "nan"}, r"^Scored\.score holds nan, which has no JSON form"),
+        ({"score": "inf"}, r"^Scored\.score holds inf"),
+        ({"score": "-inf"}, r"^Scored\.score holds -inf"),
+        ({"score": "1e400"}, r"^Scored\.score holds inf"),
+        ({"count": "1" * 30}, r"^Scored\.count holds the integer 1{30}, which is outside 64 bits"),
+        ({"count": str(2**64)}, r"^Scored\.count holds the integer 18446744073709551616"),
+    ],
+)
+def test_declared_fields_are_checked_after_pydantic_coerced_them(
+    fields: dict[str, Any], expected_message: str
+) -> None:
+    with pytest.raises(FrozenValueError, match=expected_message):
+        Scored(**fields)
+
+
+def test_declared_fields_coerced_into_plain_values_are_kept() -> None:
+    scored = Scored(score="1.5", count="3")
+    assert (scored.score, scored.count) == (1.5, 3)
+    assert scored.canonical_bytes == b'{"class_":"Scored","count":3,"score":1.5}'
+
+
+def test_declared_list_fields_become_tuples_and_their_items_are_checked() -> None:
+    tagged = Tagged(tags=("a", "b"), ratios=["0.5"])
+    assert tagged.tags == ("a", "b") and type(tagged.tags) is tuple
+    assert tagged.ratios == (0.5,)
+    assert Tagged().tags == ()  # the default too
+    assert tagged.hash_key == Tagged(tags=["a", "b"], ratios=[0.5]).hash_key
+    with pytest.raises(FrozenValueError, match=r"^Tagged\.ratios\[1\] holds inf"):
+        Tagged(ratios=["0.5", "inf"])
+
+
+def test_declared_set_fields_are_refused_naming_the_field() -> None:
+    with pytest.raises(FrozenValueError, match=r"^Labelled\.labels holds a set, which has no canonical order"):
+        Labelled(labels=["x"])
+    with pytest.raises(FrozenValueError, match=r"^Labelled\.labels holds a set"):
+        Labelled()  # the default is a set as well
+
+
+def test_declared_defaults_without_one_json_form_are_refused_when_used() -> None:
+    class Unbounded(Frozen):
+        limit: float = float("inf")
+
+    assert Unbounded(limit=1).limit == 1
+    with pytest.raises(FrozenValueError, match=r"^Unbounded\.limit holds inf"):
+        Unbounded()
+
+
+def test_values_returned_by_field_validators_are_frozen() -> None:
+    class Normalized(Frozen):
+        words: Optional[str] = None
+
+        @field_validator("words", mode="after")
+        @classmethod
+        def _split(cls, value: Any) -> Any:
+            return value.split() if value is not None else value
+
+    assert Normalized(words="a b").words == ("a", "b")
+
+
+def test_a_declared_enum_field_keeps_its_member() -> None:
+    class Color(enum.Enum):
+        RED = "red"
+
+    class Painted(Frozen):
+        color: Color = Color.RED
+
+    assert Painted(color="red").color is Color.RED
+    assert Painted().canonical_bytes == b'{"class_":"Painted","color":"red"}'
+
+
+def test_model_post_init_of_a_subclass_still_runs_and_sees_frozen_values() -> None:
+    seen: list[Any] = []
+
+    class Watched(Frozen):
+        tags: list[str] = []
+
+        def model_post_init(self, context: Any, /) -> None:
+            seen.append(self.tags)
+
+    Watched(tags=["a"])
+    assert seen == [("a",)]
+
+
+def test_classes_with_only_plain_declared_fields_are_not_validated_twice() -> None:
+    # building these is on the hot path: they get no post-validation step, so they cost nothing more to build
+    from miniagents.ext.llm.llm_common import AssistantMessage, UserMessage
+    from miniagents.messages import Message
+    from miniagents.miniagents import AgentCallNode, AgentReplyNode
+
+    class Linked(Frozen):
+        name: str
+        flag: bool = False
+        anything: Any = None
+        next: Optional["Linked"] = None
+
+    for cls in (Frozen, Message, UserMessage, AssistantMessage, AgentCallNode, AgentReplyNode, Linked):
+        assert cls.__pydantic_post_init__ is None, cls
+    assert Scored.__pydantic_post_init__ is not None
+    assert SampleModel.__pydantic_post_init__ is not None  # an `int` field accepts strings of 30 digits
 
 
 @pytest.mark.parametrize(

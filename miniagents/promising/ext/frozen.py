@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from itertools import chain
-from typing import Any, ClassVar, Generic, Optional, TypeVar, Union, overload
+from typing import Any, ClassVar, Generic, Optional, TypeVar, Union, get_args, get_origin, overload
 
 import orjson
 from blake3 import blake3
 from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from miniagents.errors import FrozenValueError
 
@@ -166,11 +169,11 @@ def _hash_key_of(canonical_bytes: bytes) -> str:
 class Frozen(BaseModel):
     """An immutable model with arbitrary extra fields and a content hash key.
 
-    Values are frozen recursively when the object is built: dicts become `Frozen`, lists become tuples, and
-    anything without exactly one canonical JSON form (NaN, infinities, integers beyond 64 bits, non-string keys,
-    sets, arbitrary objects) is refused with a `FrozenValueError` naming the field, and so are field names with a
-    reserved ending (`reserve_field_name_suffixes`). Fields whose names look like secrets (see `SecretRedaction`)
-    are replaced by a marker.
+    Values are frozen recursively when the object is built, those of declared fields after pydantic coerced them:
+    dicts become `Frozen`, lists become tuples, and anything without exactly one canonical JSON form (NaN,
+    infinities, integers beyond 64 bits, non-string keys, sets, arbitrary objects) is refused with a
+    `FrozenValueError` naming the field. So are field names with a reserved ending (`reserve_field_name_suffixes`).
+    Fields whose names look like secrets (see `SecretRedaction`) are replaced by a marker.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow", ignored_types=(computed_once,))
@@ -296,11 +299,105 @@ class Frozen(BaseModel):
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        """Refuse declared fields with reserved names."""
+        """Refuse declared fields with reserved names; make classes whose declared fields pydantic may coerce into
+        values without one canonical form (`float`, `int`, `list`, `set`, ...) freeze those values after pydantic
+        did (classes whose declared fields hold only `str`, `bool`, None, `Any` or `Frozen` values are left alone,
+        so building them costs nothing more)."""
         super().__pydantic_init_subclass__(**kwargs)
         for name in cls.model_fields:
             if name.endswith(_reserved_name_suffixes):
                 raise _reserved_name_error(name, f"{cls.__name__}.{name}")
+        if _declared_fields_to_freeze(cls) and not getattr(cls.model_post_init, "_freezes_declared_fields", False):
+            _freeze_declared_fields_after_validation(cls)
+
+
+_DECLARED_FIELDS_TO_FREEZE: dict[type, tuple[str, ...]] = {}
+
+
+def _declared_fields_to_freeze(cls: type[Frozen]) -> tuple[str, ...]:
+    """Declared fields of `cls` whose values pydantic's validation may have turned into something unfrozen."""
+    names = _DECLARED_FIELDS_TO_FREEZE.get(cls)
+    if names is None:
+        validated_fields: set[str] = set()
+        for decorator in cls.__pydantic_decorators__.field_validators.values():
+            validated_fields.update(decorator.info.fields)
+        names = tuple(
+            name
+            for name, field in cls.model_fields.items()
+            if name != "class_" and (name in validated_fields or "*" in validated_fields or not _stays_frozen(field))
+        )
+        if cls.__pydantic_complete__:  # otherwise annotations may be unresolved yet: decide again later
+            _DECLARED_FIELDS_TO_FREEZE[cls] = names
+    return names
+
+
+def _stays_frozen(field: FieldInfo) -> bool:
+    """Whether every value of this declared field is frozen as long as the value given for it was."""
+    if field.metadata or field.default_factory is not None or not _annotation_stays_frozen(field.annotation):
+        return False
+    default = field.default
+    if default is PydanticUndefined or default is None or type(default) is bool or isinstance(default, Frozen):
+        return True
+    if type(default) not in (str, tuple):
+        return False
+    try:
+        return _freeze(default, "default", "default") == default
+    except FrozenValueError:
+        return False
+
+
+def _annotation_stays_frozen(annotation: Any) -> bool:
+    """Whether pydantic, validating a frozen value for this annotation, can only give back a frozen value: it
+    returns a `str`, `bool`, None or `Frozen` object as it is (an `Any` value too) and a tuple of `Frozen` objects
+    as a tuple of the same objects, where `int` and `float` accept strings (`"1e400"`, 30 digits) and `list`,
+    `set`, `dict` rebuild the value."""
+    if annotation in (str, bool, type(None), Any):
+        return True
+    if isinstance(annotation, type):
+        return issubclass(annotation, Frozen)
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        return all(_annotation_stays_frozen(arg) for arg in get_args(annotation))
+    if origin is tuple:
+        args = get_args(annotation)
+        return len(args) == 2 and args[1] is Ellipsis and isinstance(args[0], type) and issubclass(args[0], Frozen)
+    return False
+
+
+def _freeze_declared_fields_after_validation(cls: type[Frozen]) -> None:
+    """Make pydantic call `_freeze_declared_values` on each new `cls` object after validating it (before any
+    `model_post_init` of `cls`); the schema is rebuilt for it once."""
+    original = cls.model_post_init
+    calls_original = original is not BaseModel.model_post_init
+
+    def model_post_init(self: Frozen, context: Any, /) -> None:
+        _freeze_declared_values(self)
+        if calls_original:
+            original(self, context)
+
+    model_post_init._freezes_declared_fields = True  # type: ignore[attr-defined]
+    setattr(cls, "model_post_init", model_post_init)  # noqa: B010 (mypy refuses assigning to a method)
+    cls.__pydantic_post_init__ = "model_post_init"
+    if cls.__pydantic_complete__:
+        cls.model_rebuild(force=True)
+
+
+def _freeze_declared_values(frozen: Frozen) -> None:
+    """Freeze the values of the declared fields pydantic may have coerced (`"inf"` into inf for a `float`, a tuple
+    into a list for a `list[str]`) or filled in from a default, or refuse them naming the field."""
+    cls = type(frozen)
+    owner = cls.__name__
+    values = frozen.__dict__
+    for name in _declared_fields_to_freeze(cls):
+        value = values[name]
+        if value is None or type(value) is bool:
+            continue
+        if isinstance(value, Enum):  # a field declared as an enum keeps its member; orjson writes its value
+            _freeze(value.value, name, owner)
+            continue
+        frozen_value = _freeze(value, name, owner)
+        if frozen_value is not value:
+            values[name] = frozen_value
 
 
 def freeze(value: Any, name: str = "value") -> FrozenType:
@@ -352,6 +449,11 @@ def _freeze(value: Any, path: str, owner: str) -> FrozenType:
         return _freeze(int(value), path, owner)
     if isinstance(value, float):
         return _freeze(float(value), path, owner)
+    if isinstance(value, (set, frozenset)):
+        raise FrozenValueError(
+            f"{owner}.{path} holds a {value_type.__name__}, which has no canonical order (so no single JSON form); "
+            "use a list or a tuple instead (sorted, if the order does not matter)."
+        )
     raise FrozenValueError(
         f"{owner}.{path} holds a {value_type.__name__}, which a Frozen cannot hold; allowed are None, str, int, "
         "float, bool, lists/tuples, dicts with string keys and Frozen objects (convert other pydantic models with "

@@ -1,6 +1,8 @@
 """Frozen: immutability, canonical bytes, blake3 hash keys, refusal of values without one JSON form, redaction."""
 
+import copy
 import enum
+import pickle
 from typing import Any, Optional
 from unittest.mock import patch
 
@@ -362,3 +364,34 @@ def test_nested_dicts_are_frozen_as_before() -> None:
     model = Frozen(meta={"a": [1, {"b": 2}], "class_": "Frozen", "api_key": "secret"})
     assert model.meta == Frozen(a=(1, Frozen(b=2)), api_key="[REDACTED]")  # type: ignore[attr-defined]
     assert type(model.meta.a) is tuple  # type: ignore[attr-defined]
+
+
+def test_model_copy_builds_a_new_validated_object_with_its_own_hash_key() -> None:
+    original = SampleModel(some_req_field="original", extra=1)
+    original_key, original_text = original.hash_key, str(original)
+    derived = original.model_copy(update={"some_req_field": "changed", "extra": [2, 3]})
+    assert derived.some_req_field == "changed" and derived.extra == (2, 3)  # type: ignore[attr-defined]
+    assert derived.hash_key == SampleModel(some_req_field="changed", extra=(2, 3)).hash_key != original_key
+    assert str(derived) != original_text
+    assert "hash_key" not in original.model_copy().__dict__
+    assert original.model_copy() == original
+    with pytest.raises(FrozenValueError, match=r"^SampleModel\.extra holds nan"):
+        original.model_copy(update={"extra": float("nan")})
+    with pytest.raises(FrozenValueError, match=r"^Scored\.score holds inf"):
+        Scored().model_copy(update={"score": "inf"})
+
+
+@pytest.mark.parametrize(
+    "make_copy",
+    [copy.copy, copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))],
+    ids=["copy", "deep", "pickle"],
+)
+def test_copies_do_not_inherit_values_computed_once_or_marks(make_copy: Any) -> None:
+    original = SampleModel(some_req_field="x", nested={"a": 1})
+    _ = original.hash_key, original.canonical_bytes, original.as_string, original.nested.hash_key  # type: ignore[attr-defined]
+    original.__dict__["_some_mark"] = 1  # like the core's "emitted already" mark
+    copied = make_copy(original)
+    assert copied == original
+    assert set(copied.__dict__) == {"class_", "some_req_field", "some_opt_field", "sub_model"}
+    assert set(original.__dict__) > set(copied.__dict__)  # the original keeps what it computed
+    assert copied.hash_key == original.hash_key

@@ -1,15 +1,17 @@
 """Message: serialization with sub-message references, sub_messages(), promises, on_persist_message."""
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator
 from typing import Any, Union
 
 import pytest
 from blake3 import blake3
 
-from miniagents import MiniAgents
+from miniagents import EventKind, ListEventSink, MiniAgents
 from miniagents.errors import FrozenValueError
 from miniagents.messages import Message, MessagePromise
+from miniagents.miniagents import _EMITTED_BY
 from miniagents.promising.errors import PromisingError
 from miniagents.promising.ext.frozen import Frozen
 from miniagents.promising.promising import Promise, PromisingContext
@@ -264,3 +266,20 @@ def test_a_message_and_a_field_holding_its_hash_key_never_share_a_hash_key() -> 
     ordinary = Message(parent_hash_key="a", hash_keys=("b",), ref__hash_key_old="c", x__hash_keys_v2=1)
     assert ordinary.parent_hash_key == "a"  # type: ignore[attr-defined]
     assert list(ordinary.sub_messages()) == []
+
+
+async def test_a_message_derived_with_model_copy_is_recorded_as_a_message_of_its_own() -> None:
+    sink = ListEventSink()
+    async with MiniAgents(store=sink):
+        original = Message(text="original", score=1)
+        await original.as_promise
+        derived = original.model_copy(update={"text": "changed", "score": 2})
+        assert str(derived) == "changed"
+        assert derived.hash_key == Message(text="changed", score=2).hash_key != original.hash_key
+        await derived.as_promise
+        for copied in (copy.copy(original), copy.deepcopy(original)):
+            assert copied == original
+            assert _EMITTED_BY not in copied.__dict__
+        assert _EMITTED_BY in original.__dict__
+    recorded = [event.hash_key for event in sink.of_kind(EventKind.MESSAGE)]
+    assert recorded == [original.hash_key, derived.hash_key]

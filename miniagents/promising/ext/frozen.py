@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import Enum
 from itertools import chain
-from typing import Any, ClassVar, Generic, Optional, TypeVar, Union, get_args, get_origin, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Optional, TypeVar, Union, get_args, get_origin, overload
 
 import orjson
 from blake3 import blake3
@@ -16,6 +16,9 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from miniagents.errors import FrozenValueError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 FrozenType = Optional[Union[str, int, float, bool, tuple["FrozenType", ...], "Frozen"]]
 
@@ -174,6 +177,9 @@ class Frozen(BaseModel):
     infinities, integers beyond 64 bits, non-string keys, sets, arbitrary objects) is refused with a
     `FrozenValueError` naming the field. So are field names with a reserved ending (`reserve_field_name_suffixes`).
     Fields whose names look like secrets (see `SecretRedaction`) are replaced by a marker.
+
+    `model_copy(update=...)` builds a new object, validated like any other; copies (`copy`, `deepcopy`, pickle)
+    never inherit what the original computed once (`hash_key`, ...) or marks kept on it.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow", ignored_types=(computed_once,))
@@ -309,6 +315,36 @@ class Frozen(BaseModel):
                 raise _reserved_name_error(name, f"{cls.__name__}.{name}")
         if _declared_fields_to_freeze(cls) and not getattr(cls.model_post_init, "_freezes_declared_fields", False):
             _freeze_declared_fields_after_validation(cls)
+
+    def model_copy(self, *, update: Optional[Mapping[str, Any]] = None, deep: bool = False) -> Self:
+        """A new object of this class with the fields in `update` changed, validated and frozen like any new one
+        (so it has its own hash key). `deep` changes nothing: whatever a `Frozen` holds is immutable already."""
+        values = dict(self.field_items())
+        if update:
+            values.update(update)
+        return type(self).model_validate(values)
+
+    def __copy__(self) -> Self:
+        copied = super().__copy__()
+        object.__setattr__(copied, "__dict__", _field_values(self))
+        return copied
+
+    def __deepcopy__(self, memo: Optional[dict[int, Any]] = None) -> Self:
+        copied = super().__deepcopy__(memo)
+        object.__setattr__(copied, "__dict__", _field_values(copied))
+        return copied
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["__dict__"] = _field_values(self)
+        return state
+
+
+def _field_values(frozen: Frozen) -> dict[str, Any]:
+    """The declared fields of `frozen` from its `__dict__`, without what else is kept there: values computed once
+    (`hash_key`, `as_string`, ...) and marks (the core's "emitted already"), which a copy must not inherit."""
+    values = frozen.__dict__
+    return {name: values[name] for name in declared_field_names(type(frozen))}
 
 
 _DECLARED_FIELDS_TO_FREEZE: dict[type, tuple[str, ...]] = {}

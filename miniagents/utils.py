@@ -6,6 +6,8 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Optional, Union
 
+from pydantic._internal._model_construction import ModelMetaclass
+
 from miniagents.errors import UsageError
 from miniagents.messages import Message, MessagePromise, MessageSequencePromise
 from miniagents.miniagent_typing import MessageType
@@ -257,3 +259,17 @@ class SingletonMeta(type):
 
 class Singleton(metaclass=SingletonMeta):
     """Subclass this to have exactly one instance of your class."""
+
+
+class ModelSingletonMeta(ModelMetaclass, SingletonMeta):
+    """The metaclass of pydantic models with one instance each (`SingletonMeta` for pydantic's `BaseModel`, whose
+    own metaclass would otherwise conflict with it)."""
+
+
+class ModelSingleton(metaclass=ModelSingletonMeta):
+    """Subclass this together with a pydantic model to have exactly one instance of the model class:
+    `class Settings(ModelSingleton, BaseModel)`, or `class RepoSnapshot(ModelSingleton, Message)`.
+
+    The first call builds the instance from the arguments it gets; later calls return that instance whatever
+    their arguments. Each subclass has an instance of its own.
+    """

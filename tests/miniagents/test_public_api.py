@@ -98,6 +98,8 @@ SEED_NAMES = {
         "split_messages",
         "Singleton",
         "SingletonMeta",
+        "ModelSingleton",
+        "ModelSingletonMeta",
     ],
     "miniagents.chat_history": ["ChatHistory", "InMemoryChatHistory"],
 }

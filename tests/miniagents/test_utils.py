@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from miniagents import (
     AWAIT,
@@ -22,6 +23,7 @@ from miniagents import (
     split_messages,
 )
 from miniagents.messages import MessagePromise
+from miniagents.utils import ModelSingleton, ModelSingletonMeta, SingletonMeta
 
 
 def streamed(text: str, chunk_size: int) -> MessagePromise:
@@ -213,3 +215,25 @@ async def test_in_memory_chat_history_logs_and_replies_with_the_same_messages() 
             Message(text="hi", role="assistant"),
             Message(text="again"),
         )
+
+
+def test_model_singleton_gives_pydantic_models_one_instance_per_class() -> None:
+    class Settings(ModelSingleton, BaseModel):
+        level: int = 1
+
+    class OtherSettings(Settings):
+        pass
+
+    first = Settings(level=2)
+    assert Settings() is first and first.level == 2  # later arguments are ignored: the instance exists
+    assert OtherSettings() is not first and OtherSettings() is OtherSettings()
+    assert isinstance(Settings, ModelSingletonMeta) and issubclass(ModelSingletonMeta, SingletonMeta)
+
+
+def test_model_singleton_works_with_messages() -> None:
+    class RepoSnapshot(ModelSingleton, Message):
+        files: tuple[str, ...] = ()
+
+    snapshot = RepoSnapshot(text="the repo", files=["a.py"])
+    assert RepoSnapshot() is snapshot
+    assert snapshot.files == ("a.py",) and snapshot.hash_key == RepoSnapshot().hash_key

@@ -867,7 +867,16 @@ class MessageSequence(FlatSequence[MessageType, MessagePromise]):
 
     @classmethod
     def turn_into_sequence_promise(cls, messages: MessageType) -> MessageSequencePromise:
-        """Any `MessageType` as a flat `MessageSequencePromise` (errors in it are raised at their position)."""
+        """Any `MessageType` as a flat `MessageSequencePromise` (errors in it are raised at their position).
+
+        A subclass that overrides `_flattener()` has it applied to every item, nested ones included.
+        """
+        if cls._flattener is not MessageSequence._flattener:
+            sequence = cls(appender_capture_errors=True, start_asap=False)
+            assert sequence.message_appender is not None
+            with sequence.message_appender:
+                sequence.message_appender.append(messages)
+            return sequence.sequence_promise
         appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
         with appender:
             appender.append(messages)
@@ -879,7 +888,11 @@ class MessageSequence(FlatSequence[MessageType, MessagePromise]):
         return await cls.turn_into_sequence_promise(messages).aresolve_messages()
 
     def _flattener(self, zero_or_more_items: MessageType) -> AsyncIterator[MessagePromise]:
-        return _flatten(zero_or_more_items)
+        """Every message promise in one item; override it to accept more kinds of items (call `super()` for the
+        rest): the override also sees the items nested in lists and iterables."""
+        if type(self)._flattener is MessageSequence._flattener:
+            return _flatten(zero_or_more_items)
+        return _Flattener(iter((zero_or_more_items,)), nested=self._flattener)
 
 
 def _flattened(appender: StreamAppender[MessageType]) -> PromiseStreamer[MessagePromise]:
@@ -894,6 +907,19 @@ def _flatten(item: Any) -> AsyncIterator[MessagePromise]:
     return _Flattener(iter((item,)))
 
 
+async def _each_flattened(
+    items: Any, flattener: Callable[[Any], AsyncIterator[MessagePromise]]
+) -> AsyncIterator[MessagePromise]:
+    if hasattr(items, "__anext__"):
+        async for item in items:
+            async for message_promise in flattener(item):
+                yield message_promise
+    else:
+        for item in items:
+            async for message_promise in flattener(item):
+                yield message_promise
+
+
 class _Flattener(AsyncIterator[MessagePromise]):
     """Every message promise in what `source` yields (`MessageType`s nested to any depth), in order.
 
@@ -906,11 +932,19 @@ class _Flattener(AsyncIterator[MessagePromise]):
         are its children), whichever task pulls.
     """
 
-    __slots__ = ("_broken", "_call", "_stack")
+    __slots__ = ("_broken", "_call", "_nested", "_stack")
 
-    def __init__(self, source: Any, call: Optional[AgentCall] = None) -> None:
+    def __init__(
+        self,
+        source: Any,
+        call: Optional[AgentCall] = None,
+        nested: Optional[Callable[[Any], AsyncIterator[MessagePromise]]] = None,
+    ) -> None:
         self._stack: list[Any] = [source]
         self._call = call
+        self._nested = nested
+        """What flattens each item nested in an iterable instead of this flattener (a `MessageSequence`
+        subclass's `_flattener`)."""
         self._broken: Optional[BaseException] = None
 
     def __aiter__(self) -> _Flattener:
@@ -964,12 +998,9 @@ class _Flattener(AsyncIterator[MessagePromise]):
             return Message(**item.model_dump()).as_promise
         elif isinstance(item, BaseException):
             raise item
-        elif isinstance(item, (list, tuple)):
-            self._stack.append(iter(item))
-        elif hasattr(item, "__aiter__"):
-            self._stack.append(item.__aiter__())
-        elif hasattr(item, "__iter__"):
-            self._stack.append(iter(item))
+        elif isinstance(item, (list, tuple)) or hasattr(item, "__aiter__") or hasattr(item, "__iter__"):
+            items = item.__aiter__() if hasattr(item, "__aiter__") else iter(item)
+            self._stack.append(items if self._nested is None else _each_flattened(items, self._nested))
         else:
             raise TypeError(
                 f"A {type(item).__name__} cannot be sent as a message: send a str, dict, Message, MessagePromise, "

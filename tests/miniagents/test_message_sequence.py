@@ -6,8 +6,8 @@ from typing import Any, Union
 import pytest
 from pydantic import BaseModel
 
-from miniagents.messages import Message
-from miniagents.miniagents import MessageSequence
+from miniagents.messages import Message, MessagePromise
+from miniagents.miniagents import MessageSequence, MiniAgents
 from miniagents.promising.promising import PromisingContext, StreamAppender
 from miniagents.promising.sentinels import DEFAULT, Sentinel
 from miniagents.promising.sequence import FlatSequence
@@ -136,3 +136,23 @@ async def test_aresolve_messages_and_an_external_streamer() -> None:
         assert await sequence.sequence_promise.aresolve_messages() == (Message(text="x"),)
         joined = await sequence.sequence_promise.as_single_promise()
         assert joined == Message(text="x", original_messages=[Message(text="x")])
+
+
+class _IntsAsMessages(MessageSequence):
+    async def _flattener(self, zero_or_more_items: Any) -> AsyncIterator[MessagePromise]:  # type: ignore[override]
+        if isinstance(zero_or_more_items, int):
+            yield Message(text=f"int {zero_or_more_items}").as_promise
+        else:
+            async for message_promise in super()._flattener(zero_or_more_items):
+                yield message_promise
+
+
+async def test_a_subclass_flattener_sees_every_item_nested_ones_included() -> None:
+    async with MiniAgents():
+        assert [str(m) for m in await _IntsAsMessages.aresolve_messages(7)] == ["int 7"]
+        assert [str(m) for m in await _IntsAsMessages.aresolve_messages(["a", (7, [8])])] == ["a", "int 7", "int 8"]
+        sequence = _IntsAsMessages(appender_capture_errors=True)
+        assert sequence.message_appender is not None
+        with sequence.message_appender:
+            sequence.message_appender.append(["b", 9])
+        assert [str(m) for m in await sequence.sequence_promise.aresolve_messages()] == ["b", "int 9"]

@@ -142,13 +142,19 @@ class MiniAgents(PromisingContext):
     async def __aenter__(self) -> MiniAgents:
         self.activate()
         self._reset_run_state()
+        replay_started = False
         try:
             if self.replay is not None:
                 await self.replay.astart(self)
+                replay_started = True
             if self._sinks:
                 await self._astart_run()
-        except BaseException:
-            self._deactivate()
+        except BaseException as error:
+            try:
+                if replay_started and self.replay is not None:
+                    await self.replay.afinish(self, error)  # it closes what its astart opened
+            finally:
+                self._deactivate()
             raise
         return self
 

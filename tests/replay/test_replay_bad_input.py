@@ -71,6 +71,18 @@ async def test_a_database_of_another_application_is_refused_and_left_untouched(t
     assert file_bytes(path) == before
 
 
+async def test_when_the_context_fails_to_start_after_the_replay_did_the_replay_store_is_closed(tmp_path: Path) -> None:
+    path = tmp_path / "recording.db"
+    await record(path)
+    foreign = tmp_path / "notes.db"
+    foreign.write_text("not a database" * 20)
+    replay_store = SQLiteStore(path)
+    with pytest.raises(ForeignDatabaseError):
+        async with MiniAgents(store=SQLiteStore(foreign), replay=Replay(replay_store, mode="none")):
+            pass
+    assert not replay_store.is_open  # its threads would otherwise keep the process from exiting
+
+
 async def test_a_recorded_answer_whose_bytes_were_altered_fails_naming_its_hash(tmp_path: Path) -> None:
     path = tmp_path / "recording.db"
     answer_hash = await record(path)

@@ -437,16 +437,16 @@ class StoreConformance:
         assert rebuilt.hash_key == message.hash_key
         assert rebuilt.text == "strict"  # type: ignore[attr-defined]
 
-    async def test_fields_named_like_references_but_holding_other_values_stay_fields(self) -> None:
-        message = Message(text="odd", note__hash_key="not a hash", tags__hash_keys=(), more__hash_keys=("x",))
+    async def test_an_object_with_fields_named_like_references_is_refused_not_misread(self) -> None:
+        # such names are reserved (building the message is refused); this one was built around the validation,
+        # as a store written by an older version could hold it
+        message = Message.model_construct(class_="Message", text="odd", note__hash_key="not a hash")
         async with self.make_store() as store:
             await store.astart_run("run")
             store.append(message_event("run", message))
             await store.afinish_run("run")
-            rebuilt = await store.aget(message.hash_key)
-            report = await store.averify()
-        assert rebuilt == message and type(rebuilt) is Message
-        assert report.ok, report.problems
+            with pytest.raises(StoreIntegrityError, match=message.hash_key):
+                await store.aget(message.hash_key)
 
     async def test_a_plain_frozen_is_rebuilt_as_one(self) -> None:
         frozen = Frozen(a=1, b={"c": "d"})

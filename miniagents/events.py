@@ -146,6 +146,10 @@ class ListEventSink:
 
 
 def describe_error(error: BaseException) -> dict[str, str]:
-    """The stored description of an exception: its type, module and text."""
+    """The stored description of an exception: its type, module and text (for an exception that stands in for a
+    recorded one, such as replay's `RecordedError`, its `recorded_description`: the original's description)."""
+    recorded = getattr(error, "recorded_description", None)
+    if isinstance(recorded, dict):
+        return dict(recorded)
     error_type = type(error)
     return {"type": error_type.__qualname__, "module": error_type.__module__, "text": str(error)}

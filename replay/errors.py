@@ -23,11 +23,15 @@ class ReplayError(MiniAgentsError):
 class ReplayDivergenceError(ReplayError):
     """An agent call that the recording does not have, in a mode that does not record."""
 
-    def __init__(self, message: str, agent_alias: str, call_key: str, occurrence: int) -> None:
+    def __init__(
+        self, message: str, agent_alias: str, call_key: str, occurrence: int, position: Optional[str] = None
+    ) -> None:
         super().__init__(message)
         self.agent_alias = agent_alias
         self.call_key = call_key
         self.occurrence = occurrence
+        self.position = position
+        """Where the call was in the run's call tree ("2.0": the first call made by the third top-level call)."""
 
 
 class NoRecordingError(ReplayError):
@@ -42,3 +46,6 @@ class RecordedError(ReplayError):
         self.type_name = type_name
         self.module = module
         self.text = text
+        self.recorded_description = {"type": type_name, "module": module, "text": text}
+        """How the original exception was recorded; a run that records this error records it the same way, so
+        a faithful replay has the recording's fingerprint."""

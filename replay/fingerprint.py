@@ -15,8 +15,9 @@ from store.base import EventStore
 class RunFingerprint:
     """Accumulates what identifies a run's outcome: its message hashes and how each agent call ended.
 
-    Timing, call ids and event order (which varies with scheduling) are left out, so a replay that produces the
-    same messages from the same calls has the same fingerprint as the recording.
+    Timing, call ids, the occurrences of identical calls and event order (which vary with scheduling) are left
+    out, so a replay that produces the same messages from the same calls has the same fingerprint as the
+    recording.
     """
 
     def __init__(self) -> None:
@@ -45,7 +46,9 @@ def _call_outcome(call_key: Optional[str], data: dict[str, Any]) -> list[Any]:
         else:
             failed = reply.get("failed") or {}
             replies.append([failed.get("class_"), failed.get("chunks"), failed.get("error")])
-    return [call_key, data.get("occurrence"), data.get("reply_node"), replies, data.get("error")]
+    # neither the occurrence nor the position: identical calls are told apart by their answers, and which of
+    # them got which answer shows in the messages made from them
+    return [call_key, data.get("reply_node"), replies, data.get("error")]
 
 
 def run_fingerprint(events: Iterable[Event]) -> str:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from miniagents.events import Event, EventKind
 from miniagents.messages import Message, MessagePromise
 from replay.streams import rebuild_error, replayed_failure, replayed_message, replayed_sequence
-from store.base import EventStore
+from store.base import EventStore, RunInfo, RunStatus
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class RecordedCall:
     call_key: str
     """The hash key of the call's `AgentCallNode`."""
     occurrence: int
+    position: Optional[str]
+    """Where the call was in the run's call tree ("2.0"); None in recordings made before positions were kept."""
     replies: tuple[dict[str, Any], ...]
     error: Optional[dict[str, Any]]
     reply_node: Optional[str]
@@ -40,6 +42,7 @@ class RecordedCall:
             agent_alias=str(data.get("agent_alias", "")),
             call_key=event.hash_key or "",
             occurrence=int(data.get("occurrence") or 0),
+            position=data.get("position"),
             replies=tuple(data.get("replies") or ()),
             error=data.get("error"),
             reply_node=data.get("reply_node"),
@@ -47,26 +50,66 @@ class RecordedCall:
         )
 
 
+_STATUS_RANK = {RunStatus.OK: 0, RunStatus.FAILED: 1, RunStatus.RUNNING: 2}
+"""Which runs answer first: those that finished ok, then failed ones, then unfinished ones (killed mid-run)."""
+
+
 class Recording:
-    """The recorded calls in a store, looked up by call key (an index lookup per call, whatever the store's size)."""
+    """The recorded calls in a store, looked up by call key (an index lookup per call, whatever the store's size).
+
+    The recording is made of the runs the store held when `aload_runs()` was called (runs started later, such as
+    the one being recorded, never answer). A call is answered from the runs that finished ok if any of them has
+    it; only if none has it, from the runs that failed, and only then from runs that never finished.
+    """
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
+        self.runs: dict[str, RunInfo] = {}
+        """The runs of the recording, by id, oldest first."""
 
-    async def afind_call(self, call_key: str, occurrence: int) -> Optional[RecordedCall]:
-        """The newest recording of the `occurrence`-th call with this key, or None."""
-        newest: Optional[Event] = None
+    async def aload_runs(self) -> list[RunInfo]:
+        """Read which runs make up the recording (call before looking calls up)."""
+        runs = await self.store.alist_runs()
+        self.runs = {run.run_id: run for run in runs}
+        return runs
+
+    def _rank(self, run_id: str) -> Optional[int]:
+        run = self.runs.get(run_id)
+        if run is None:
+            return None
+        return _STATUS_RANK.get(run.status, len(_STATUS_RANK))
+
+    async def afind_call(
+        self, call_key: str, occurrence: int, position: Optional[str] = None
+    ) -> Optional[RecordedCall]:
+        """The recorded answer to a call: the newest recorded call with this key at this `position` in the call
+        tree, or, when no recorded call with this key has that position (recordings made before positions were
+        recorded have none), the newest one with this `occurrence`; from the best runs that have either (see the
+        class), or None."""
+        best: dict[tuple[int, bool], Event] = {}  # (run rank, matched by occurrence only) -> newest such event
         async for event in self.store.aiter_events(kinds=[EventKind.CALL_FINISHED], hash_keys=[call_key]):
-            if (event.data or {}).get("occurrence") == occurrence and (newest is None or event.seq > newest.seq):  # type: ignore[operator]
-                newest = event
-        return RecordedCall.from_event(newest) if newest is not None else None
+            rank = self._rank(event.run_id)
+            if rank is None:
+                continue
+            data = event.data or {}
+            if position is not None and data.get("position") == position:
+                match = (rank, False)
+            elif data.get("occurrence") == occurrence:
+                match = (rank, True)
+            else:
+                continue
+            if match not in best or event.seq > best[match].seq:  # type: ignore[operator]
+                best[match] = event
+        if not best:
+            return None
+        return RecordedCall.from_event(best[min(best)])  # better runs first; then a position over an occurrence
 
     async def acalls_of(self, agent_alias: str) -> list[RecordedCall]:
         """Every recorded call of an agent (a scan of the store: only for explaining a divergence)."""
         return [
             RecordedCall.from_event(event)
             async for event in self.store.aiter_events(kinds=[EventKind.CALL_FINISHED])
-            if (event.data or {}).get("agent_alias") == agent_alias and event.hash_key
+            if event.run_id in self.runs and (event.data or {}).get("agent_alias") == agent_alias and event.hash_key
         ]
 
     async def areply_promises(

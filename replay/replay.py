@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import logging
+import time
 from collections.abc import Iterable
 from typing import Any, Optional, Union
 
@@ -12,8 +14,10 @@ from miniagents.miniagents import AgentCallNode, MiniAgent, MiniAgents
 from replay.errors import NoRecordingError, ReplayDivergenceError
 from replay.fingerprint import FingerprintSink
 from replay.recording import RecordedCall, Recording, unique_calls
-from store.base import EventStore
+from store.base import EventStore, RunInfo, RunStatus
 from store.errors import UnknownHashError
+
+logger = logging.getLogger(__name__)
 
 _CLOSEST_SHOWN = 3
 _NOT_KWARGS = frozenset({"class_", "text", "text_template", "agent_alias", "messages"})
@@ -25,11 +29,13 @@ class RecordMode(str, enum.Enum):
     NONE = "none"
     """Replay only: a call the recording does not have raises `ReplayDivergenceError`; nothing is written."""
     ONCE = "once"
-    """Record if the store holds no recording yet; otherwise behave like `none`."""
+    """Record if the store holds no finished run yet (none at all, or only runs whose process died before they
+    finished); otherwise behave like `none`."""
     NEW_EPISODES = "new_episodes"
     """Replay what is recorded, run and record what is not."""
     ALL = "all"
-    """Run everything live and record it, replacing the earlier recording when the run succeeds."""
+    """Run everything live and record it: when the run succeeds it replaces the earlier recording; when it fails,
+    it is deleted and the store keeps the earlier recording as it was."""
 
     def __str__(self) -> str:
         return self.value
@@ -94,11 +100,21 @@ class Replay:
             await self.store.aopen()
             self._opened_store = True
         try:
-            has_recording = bool(await self.store.alist_runs())
-            if self.mode is RecordMode.NONE and not has_recording:
+            runs = await self._recording.aload_runs()
+            if self.mode is RecordMode.NONE and not runs:
                 raise self._no_recording_error()
-            self.replaying = self.mode is RecordMode.NEW_EPISODES or (
-                has_recording and self.mode in (RecordMode.NONE, RecordMode.ONCE)
+            # a run whose process died is no recording for `once` (which records it again), but `none` and
+            # `new_episodes` use the calls it has (a divergence then says that the recording is incomplete)
+            has_recording = any(run.is_finished for run in runs)
+            if self.mode is RecordMode.ONCE and runs and not has_recording:
+                logger.warning(
+                    "The recording in %s is incomplete (run %s never finished: its process was probably killed); "
+                    "record mode 'once' records it again.",
+                    self.store.location,
+                    ", ".join(run.run_id for run in runs),
+                )
+            self.replaying = self.mode in (RecordMode.NONE, RecordMode.NEW_EPISODES) or (
+                has_recording and self.mode is RecordMode.ONCE
             )
             self.recording = self.mode in (RecordMode.ALL, RecordMode.NEW_EPISODES) or (
                 self.mode is RecordMode.ONCE and not has_recording
@@ -129,7 +145,7 @@ class Replay:
         if not self.replaying:
             return None
         call_key = call.call_node.hash_key
-        recorded = await self._recording.afind_call(call_key, call.occurrence)
+        recorded = await self._recording.afind_call(call_key, call.occurrence, call.position)
         if recorded is None:
             if self.recording:
                 return None  # new_episodes: run it live, and it gets recorded
@@ -142,13 +158,29 @@ class Replay:
     async def afinish(self, mini_agents: MiniAgents, error: Optional[BaseException]) -> None:
         self.run_id = mini_agents.run_id
         try:
-            if self.mode is RecordMode.ALL and self.recording and error is None and mini_agents.run_id is not None:
-                for run in await self.store.alist_runs():
-                    if run.run_id != mini_agents.run_id:
-                        await self.store.adelete_run(run.run_id)
-                await self.store.agc()
+            if self.mode is RecordMode.ALL and self.recording and mini_agents.run_id is not None:
+                await self._areplace_recording(mini_agents.run_id, error)
         finally:
             await self._aclose_if_opened()
+
+    async def _areplace_recording(self, run_id: str, error: Optional[BaseException]) -> None:
+        """Mode `all`: a run that finished ok (and was stored whole) replaces every other run; any other is
+        deleted, so a failed re-recording leaves the earlier recording as it was."""
+        runs = await self.store.alist_runs()
+        new_run_ok = error is None and any(run.run_id == run_id and run.status == RunStatus.OK for run in runs)
+        if new_run_ok:
+            doomed = [run.run_id for run in runs if run.run_id != run_id]
+        else:
+            logger.warning(
+                "Record mode 'all': run %s %s, so it is deleted and %s keeps its earlier recording.",
+                run_id,
+                "failed" if error is not None else "was not stored whole",
+                self.store.location,
+            )
+            doomed = [run.run_id for run in runs if run.run_id == run_id]
+        for doomed_run_id in doomed:
+            await self.store.adelete_run(doomed_run_id)
+        await self.store.agc()
 
     async def _aclose_if_opened(self) -> None:
         if self._opened_store:
@@ -162,8 +194,8 @@ class Replay:
         same_key = [item for item in recorded if item.call_key == call_key]
         lines = [
             f"Agent {alias} was called, but the recording in {self.store.location} has no answer for it "
-            f"(call key {call_key}, occurrence {call.occurrence}); record mode '{self.mode}' does not record, so "
-            "the agent was not run."
+            f"(call key {call_key}, occurrence {call.occurrence}, position {call.position}); record mode "
+            f"'{self.mode}' does not record, so the agent was not run."
         ]
         if same_key:
             times = 1 + max(item.occurrence for item in same_key)
@@ -177,11 +209,26 @@ class Replay:
             lines.append("The closest recorded calls of this agent, and what differs:")
             for difference in await self._aclosest(call.call_node, unique_calls(recorded)):
                 lines.append(difference)
-        lines.append(
-            "If the change is intended, record again: Replay(store, mode='all') or 'new_episodes' (with pytest: "
-            "`pytest --record-mode=new_episodes`)."
-        )
-        return ReplayDivergenceError("\n".join(lines), alias, call_key, call.occurrence)
+        runs = list(self._recording.runs.values())
+        unfinished = [run for run in runs if not run.is_finished]
+        if unfinished and len(unfinished) == len(runs):
+            lines.append(
+                f"The recording is incomplete: {_describe_runs(unfinished)} never finished (its process was "
+                "probably killed), so it may well stop before this call. Record it again: Replay(store, "
+                "mode='once') records over a recording that never finished (with pytest: "
+                "`pytest --record-mode=once`), or mode='all'."
+            )
+        else:
+            if unfinished:
+                lines.append(
+                    f"The store also holds {_describe_runs(unfinished)} that never finished (killed mid-run?): "
+                    "its calls answer only what no finished run answers."
+                )
+            lines.append(
+                "If the change is intended, record again: Replay(store, mode='all') or 'new_episodes' (with "
+                "pytest: `pytest --record-mode=new_episodes`)."
+            )
+        return ReplayDivergenceError("\n".join(lines), alias, call_key, call.occurrence, call.position)
 
     async def _aclosest(self, call_node: AgentCallNode, recorded: list[RecordedCall]) -> list[str]:
         scored: list[tuple[int, str, list[str]]] = []
@@ -224,3 +271,13 @@ def describe_differences(current: AgentCallNode, recorded: AgentCallNode) -> lis
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _describe_runs(runs: list[RunInfo]) -> str:
+    described = [
+        f"{run.run_id} (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(run.started_at))})"
+        if run.started_at is not None
+        else run.run_id
+        for run in runs
+    ]
+    return ("run " if len(runs) == 1 else f"{len(runs)} runs: ") + ", ".join(described)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from miniagents import InteractionContext, Message, MiniAgent, MiniAgents, miniagent
-from miniagents.events import EventKind
-from miniagents.ext.llm.stand_in import stand_in_llm_agent
+from miniagents.events import Event, EventKind
+from miniagents.ext.llm.stand_in import ScriptedResponses, stand_in_llm_agent
 from replay import (
     NoRecordingError,
     RecordedError,
@@ -316,3 +316,151 @@ async def test_concurrent_identical_calls_get_distinct_recorded_answers() -> Non
     assert recorded == [f"answer {index} to same" for index in range(1, 6)]
     assert await run() == recorded
     assert len(counter.calls) == 5
+
+
+async def test_a_failed_re_recording_in_mode_all_leaves_the_earlier_recording_as_it_was() -> None:
+    store = MemoryStore()
+
+    async def run(mode: str, answer: str, fail: bool = False) -> str:
+        llm = stand_in_llm_agent.fork(responder=ScriptedResponses([answer]))  # recorded as its type only
+        async with MiniAgents(replay=Replay(store, mode=mode)):
+            [message] = await llm.inquire("hi").aresolve_messages()
+            if fail:
+                raise RuntimeError("the test failed after the LLM answered")
+        return str(message)
+
+    assert await run("all", "GOOD") == "GOOD"
+    with pytest.raises(RuntimeError):
+        await run("all", "BAD", fail=True)
+    async with store:
+        assert [run.status for run in await store.alist_runs()] == ["ok"]
+    assert await run("none", "unused") == "GOOD"
+
+
+async def test_answers_come_from_runs_that_finished_ok_before_failed_ones() -> None:
+    def llm(*answers: str) -> MiniAgent:
+        return stand_in_llm_agent.fork(responder=ScriptedResponses(list(answers)))  # recorded as its type only
+
+    store = MemoryStore()
+    async with MiniAgents(replay=Replay(store)):
+        await llm("GOOD").inquire("hi").aresolve_messages()
+    # a newer run of the same call that failed (recorded by a plain store sink), and one call only it has
+    with pytest.raises(RuntimeError):
+        async with MiniAgents(store=store):
+            bad = llm("BAD", "LATE")
+            await bad.inquire("hi").aresolve_messages()
+            await bad.inquire("only in the failed run").aresolve_messages()
+            await MiniAgents.get_current().aflush_tasks()  # the calls are recorded before the body fails
+            raise RuntimeError("failed")
+    async with MiniAgents(replay=Replay(store, mode="none")):
+        unused = llm()
+        [good] = await unused.inquire("hi").aresolve_messages()
+        [late] = await unused.inquire("only in the failed run").aresolve_messages()
+    assert (str(good), str(late)) == ("GOOD", "LATE")
+
+
+async def _acopy_runs(source: EventStore, *, unfinished: bool = False, without_positions: bool = False) -> MemoryStore:
+    """A copy of `source`'s runs, as a process killed before the end of each would have left them, or as a
+    version that did not record positions would have."""
+    async with source:
+        events = await source.aget_events()
+        objects = await source.aget_many(event.hash_key for event in events if event.kind is EventKind.MESSAGE)
+    copy = MemoryStore()
+    async with copy:
+        for run_id in dict.fromkeys(event.run_id for event in events):
+            await copy.astart_run(run_id)
+        for event in events:
+            if unfinished and event.kind is EventKind.RUN_FINISHED:
+                continue
+            data = event.data
+            if without_positions and data is not None and event.kind is EventKind.CALL_FINISHED:
+                data = {key: value for key, value in data.items() if key != "position"}
+            obj = objects.get(event.hash_key or "") if event.kind is EventKind.MESSAGE else None
+            copy.append(
+                Event(
+                    event.kind, event.run_id, event.t, event.hash_key, event.call_id, event.parent_call_id, data, obj
+                )
+            )
+        await copy.aflush()
+    return copy
+
+
+async def test_a_recording_whose_run_never_finished_is_said_to_be_incomplete(caplog: pytest.LogCaptureFixture) -> None:
+    complete = MemoryStore()
+    async with MiniAgents(replay=Replay(complete)):
+        await stand_in_llm_agent.inquire("question 1").aresolve_messages()
+    killed = await _acopy_runs(complete, unfinished=True)  # killed before it asked question 2
+
+    replay = Replay(killed, mode="none")
+    async with MiniAgents(replay=replay):
+        await stand_in_llm_agent.inquire("question 1").aresolve_messages()  # what it has is replayed
+        with pytest.raises(ReplayDivergenceError, match=r"The recording is incomplete: run \w+ \(started .*\) never"):
+            await stand_in_llm_agent.inquire("question 2").aresolve_messages()
+    assert "--record-mode=once" in str(replay.divergences[0])
+
+    replay = Replay(killed, mode="once")  # an incomplete recording is recorded again
+    async with MiniAgents(replay=replay):
+        await stand_in_llm_agent.inquire("question 1").aresolve_messages()
+        await stand_in_llm_agent.inquire("question 2").aresolve_messages()
+    assert (replay.replaying, replay.recording) == (False, True)
+    assert "is incomplete" in caplog.text and "records it again" in caplog.text
+    async with MiniAgents(replay=Replay(killed, mode="none")):
+        await stand_in_llm_agent.inquire("question 2").aresolve_messages()
+
+
+async def test_identical_calls_are_told_apart_by_their_place_in_the_call_tree_not_by_timing() -> None:
+    store = MemoryStore()
+
+    async def run(mode: str) -> tuple[list[str], str]:
+        judge = stand_in_llm_agent.fork(alias="JUDGE", responder=ScriptedResponses(["sample #1", "sample #2"]))
+
+        @miniagent
+        async def flow(ctx: InteractionContext) -> None:
+            slow = stand_in_llm_agent.inquire("Q", reply="same draft", token_delay=0.05, stream=True)
+            fast = stand_in_llm_agent.inquire("Q", reply="same draft", token_delay=0.001, stream=True)
+            ctx.reply([judge.inquire(slow), judge.inquire(fast)])  # identical calls, inputs ready at other times
+
+        replay = Replay(store, mode=mode)
+        async with MiniAgents(replay=replay):
+            replies = await flow.inquire().aresolve_messages()
+        return [str(reply) for reply in replies], replay.fingerprint
+
+    recorded = await run("once")
+    assert recorded[0] == ["sample #2", "sample #1"]  # the slow branch asked second
+    assert await run("none") == recorded  # replayed at once, the slow branch's input is ready first
+
+    older = await _acopy_runs(store, without_positions=True)  # made before positions were recorded
+    async with MiniAgents(replay=Replay(older, mode="none")):
+        replies = stand_in_llm_agent.inquire("Q", reply="same draft", token_delay=0.05, stream=True)
+        assert [str(reply) for reply in await replies.aresolve_messages()] == ["same draft"]
+
+
+async def test_a_replayed_error_of_any_type_is_recorded_as_the_original_was() -> None:
+    class RateLimitError(Exception):
+        pass
+
+    @miniagent(talks_to_outside_world=True)
+    async def limited_llm(ctx: InteractionContext) -> None:
+        ctx.reply("partial answer")
+        raise RateLimitError("slow down")
+
+    async def run(mode: str) -> tuple[str, str]:
+        replay = Replay(store, mode=mode)
+        async with MiniAgents(replay=replay):
+            with pytest.raises(Exception) as caught:
+                await limited_llm.inquire("hi").aresolve_messages()
+        return replay.fingerprint, str(caught.value)
+
+    store = MemoryStore()
+    recorded_fingerprint, _ = await run("once")
+    assert (await run("none"))[0] == recorded_fingerprint
+    for _ in range(2):  # re-recorded replays describe the error as the original run did
+        assert await run("new_episodes") == (
+            recorded_fingerprint,
+            f"{__name__}.{RateLimitError.__qualname__}: slow down",
+        )
+    async with store:
+        errors = [
+            event.data["error"] for event in await store.aget_events(kinds=[EventKind.CALL_FINISHED]) if event.data
+        ]
+    assert errors == [{"type": RateLimitError.__qualname__, "module": __name__, "text": "slow down"}] * 3

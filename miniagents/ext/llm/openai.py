@@ -93,6 +93,7 @@ async def openai_agent(
                 token = _merge_response(metadata_so_far, chunk.model_dump(exclude_none=True), "delta", alias)
                 if token:
                     yield token
+        _drop_stream_indexes(metadata_so_far)
 
     ctx.reply(
         OpenAIMessage.promise(
@@ -107,8 +108,10 @@ def _merge_response(metadata: dict[str, Any], response: dict[str, Any], part: st
     """Merge a completion (`part="message"`) or a chunk (`part="delta"`) into `metadata`; return its text.
 
     `choices[0]` loses `index`; the `content` and `role` of its `message` / `delta` are taken out (the role
-    becomes the message's `role`); what remains of the message / delta, or of the choice, is kept only if it is
-    not empty. Fields that are None are left out (`response` comes from `model_dump(exclude_none=True)`).
+    becomes the message's `role`); what remains of the message, or of the choice, is kept only if it is not
+    empty. What remains of the deltas is accumulated into `choices[0]["message"]` as the non-streamed answer has
+    it: strings (`refusal`, a tool call's `arguments`) are joined, tool calls are merged by their `index`. Fields
+    that are None are left out (`response` comes from `model_dump(exclude_none=True)`).
     """
     choices = response.pop("choices", [])
     if len(choices) > 1:
@@ -117,6 +120,7 @@ def _merge_response(metadata: dict[str, Any], response: dict[str, Any], part: st
             "`extra_body` (the agent replies with exactly one message)."
         )
     text: Optional[str] = None
+    accumulated: Optional[dict[str, Any]] = None
     if choices:
         choice = choices[0]
         choice.pop("index", None)
@@ -125,11 +129,18 @@ def _merge_response(metadata: dict[str, Any], response: dict[str, Any], part: st
         role = content.pop("role", None)
         if role:
             metadata["role"] = role
-        if content:
+        if content and part == "delta":
+            accumulated = _accumulated_delta(metadata, content)
+        elif content:
             choice[part] = content
         if choice:  # a chunk of nothing but text adds nothing to the choice
             response["choices"] = [choice]
     _merge_dicts(metadata, response)
+    if accumulated is not None:  # replaces what was collected before (merging would repeat list entries)
+        choices_so_far = metadata.setdefault("choices", [])
+        if not choices_so_far:
+            choices_so_far.append({})
+        choices_so_far[0]["message"] = accumulated
     return text
 
 
@@ -146,3 +157,56 @@ def _merge_dicts(destination: dict[str, Any], source: dict[str, Any]) -> None:
             existing.extend(value)
         else:
             destination[key] = value
+
+
+def _accumulated_delta(metadata: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """The message of `choices[0]` collected so far, with `delta` added to it."""
+    choices = metadata.get("choices")
+    message = choices[0].get("message") if isinstance(choices, list) and choices else None
+    return _accumulate(dict(message) if isinstance(message, dict) else {}, delta)
+
+
+def _accumulate(collected: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """`collected` with a delta of it added: strings joined, dicts merged, list entries that are dicts merged with
+    the entry of the same `index`, other list entries appended, anything else (and `index`, `type`) replaced."""
+    for key, value in delta.items():
+        existing = collected.get(key)
+        if existing is None or key in ("index", "type"):
+            collected[key] = value
+        elif isinstance(existing, str) and isinstance(value, str):
+            collected[key] = existing + value
+        elif isinstance(existing, dict) and isinstance(value, dict):
+            collected[key] = _accumulate(dict(existing), value)
+        elif isinstance(existing, list) and isinstance(value, list):
+            merged = list(existing)
+            for entry in value:
+                at = _entry_with_index(merged, entry)
+                if at is None:
+                    merged.append(entry)
+                else:
+                    merged[at] = _accumulate(dict(merged[at]), entry)
+            collected[key] = merged
+        else:
+            collected[key] = value
+    return collected
+
+
+def _entry_with_index(entries: list[Any], entry: Any) -> Optional[int]:
+    if not isinstance(entry, dict) or "index" not in entry:
+        return None
+    for at, existing in enumerate(entries):
+        if isinstance(existing, dict) and existing.get("index") == entry["index"]:
+            return at
+    return None
+
+
+def _drop_stream_indexes(metadata: dict[str, Any]) -> None:
+    """Once the stream is over: tool calls lose the `index` that only served to merge their deltas (the
+    non-streamed answer has none)."""
+    choices = metadata.get("choices")
+    message = choices[0].get("message") if isinstance(choices, list) and choices else None
+    if isinstance(message, dict) and isinstance(message.get("tool_calls"), list):
+        message["tool_calls"] = [
+            {key: value for key, value in call.items() if key != "index"} if isinstance(call, dict) else call
+            for call in message["tool_calls"]
+        ]

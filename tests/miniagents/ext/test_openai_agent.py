@@ -1,6 +1,7 @@
 """`openai_agent` against the fake LLM server through the real `openai.AsyncOpenAI`: requests, tokens, metadata."""
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -148,3 +149,119 @@ async def test_tokens_arrive_one_by_one(server: FakeLLMServer, openai_client: op
 
     assert [token for token, _ in arrivals] == ["slow", " and", " steady"]
     assert arrivals[2][1] - arrivals[0][1] >= 0.3  # the first token was there ~0.6 s before the last one
+
+
+def _chunk(delta: dict[str, Any], finish_reason: Any = None) -> Any:
+    from openai.types.chat import ChatCompletionChunk
+
+    return ChatCompletionChunk.model_validate(
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+    )
+
+
+class _CannedStream:
+    """What `client.chat.completions.create(stream=True)` returns, with canned chunks."""
+
+    def __init__(self, chunks: list[Any]) -> None:
+        self._chunks = chunks
+
+    async def __aenter__(self) -> "_CannedStream":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        return None
+
+    async def __aiter__(self) -> Any:
+        for chunk in self._chunks:
+            yield chunk
+
+
+def _canned_client(chunks: list[Any]) -> Any:
+    async def create(**_: Any) -> _CannedStream:
+        return _CannedStream(chunks)
+
+    return SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+
+
+def _without_class(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_class(item) for key, item in value.items() if key != "class_"}
+    if isinstance(value, (list, tuple)):
+        return [_without_class(item) for item in value]
+    return value
+
+
+REFUSAL_PARTS = ["I'm ", "sorry, ", "I can't ", "help with that."]
+ARGUMENT_PARTS = ['{"ci', 'ty": "Pa', 'ris"}']
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected_message"),
+    [
+        (
+            [_chunk({"role": "assistant", "refusal": ""})]
+            + [_chunk({"refusal": part}) for part in REFUSAL_PARTS]
+            + [_chunk({}, "stop")],
+            {"refusal": "I'm sorry, I can't help with that."},
+        ),
+        (
+            [
+                _chunk(
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "weather", "arguments": ""},
+                            }
+                        ],
+                    }
+                )
+            ]
+            + [_chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}) for part in ARGUMENT_PARTS]
+            + [
+                _chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 1,
+                                "id": "call_2",
+                                "type": "function",
+                                "function": {"name": "time", "arguments": "{}"},
+                            }
+                        ]
+                    }
+                ),
+                _chunk({}, "tool_calls"),
+            ],
+            {
+                "tool_calls": (
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                    },
+                    {"id": "call_2", "type": "function", "function": {"name": "time", "arguments": "{}"}},
+                )
+            },
+        ),
+    ],
+    ids=["refusal", "tool_calls"],
+)
+async def test_streamed_refusals_and_tool_calls_are_whole_as_without_streaming(
+    chunks: list[Any], expected_message: dict[str, Any]
+) -> None:
+    agent = openai_agent.fork(model="m", async_client=_canned_client(chunks))
+    async with MiniAgents():
+        [message] = await agent.inquire("hi", stream=True).aresolve_messages()
+    [choice] = message.choices
+    assert _without_class(choice.message.model_dump()) == _without_class(expected_message)
+    assert choice.finish_reason == ("stop" if "refusal" in expected_message else "tool_calls")

@@ -41,7 +41,9 @@ class ChatHistoryMD(ChatHistory):
     - a heading with another role (`# system`, `# notes`) does not start a message: it and its text stay in the
       message before it (and text before the first message is ignored);
     - a message with nothing under its heading loads as a message with empty text `""`;
-    - a missing file loads as an empty history (and is created when the first message is logged).
+    - a missing file loads as an empty history (and is created when the first message is logged);
+    - a message that ends inside a fenced code block or an HTML block (an answer cut off by `max_tokens`, a broken
+      stream) is logged with the line that closes it, so later headings stay headings.
 
     Sections load as `UserMessage` / `AssistantMessage` (with `model`, None when the heading has none).
 
@@ -60,11 +62,16 @@ class ChatHistoryMD(ChatHistory):
                 role = getattr(metadata, "role", None) or self.default_role
                 model = getattr(metadata, "model", None)
                 chat_md_file.write(f"\n{role}{'' if model is None else f' / {model}'}\n{HEADING_UNDERLINE}\n")
+                written: list[str] = []
                 try:
                     async for token in message_promise:
                         chat_md_file.write(token)
+                        written.append(token)
                 finally:
-                    chat_md_file.write("\n")  # a broken stream still leaves the file ready for the next message
+                    # a broken stream, or an answer cut off inside a code block, still leaves the file ready for
+                    # the next message: what the text left open is closed, or the next headings would be its text
+                    closing = closing_markup("".join(written))
+                    chat_md_file.write("\n" if closing is None else f"\n{closing}\n")
 
     async def aload_chat_history(self) -> tuple[Message, ...]:
         try:
@@ -79,11 +86,8 @@ _markdown_parser: Optional[MarkdownIt] = None
 
 def parse_chat_markdown(content: str) -> tuple[Message, ...]:
     """The messages of a chat history in markdown (see `ChatHistoryMD` for the format)."""
-    global _markdown_parser
-    if _markdown_parser is None:
-        _markdown_parser = MarkdownIt("commonmark")
     lines = content.split("\n")
-    tokens = _markdown_parser.parse(content)
+    tokens = _parser().parse(content)
 
     sections: list[tuple[str, Optional[str], int, int]] = []  # role, model, first line, end line
     for index, token in enumerate(tokens):
@@ -105,6 +109,43 @@ def parse_chat_markdown(content: str) -> tuple[Message, ...]:
         else:
             messages.append(AssistantMessage(text=text, model=model))
     return tuple(messages)
+
+
+_CLOSERS = ("-->", "?>", "]]>", ">", "</pre>", "</script>", "</style>", "</textarea>")
+"""What ends the markdown blocks that only end at a marker: HTML comments, processing instructions, CDATA,
+declarations, and `pre` / `script` / `style` / `textarea` HTML blocks."""
+
+
+def closing_markup(text: str) -> Optional[str]:
+    """What to write after `text` so that a message heading after it is a heading again (None if it already is):
+    the closing fence of a fenced code block it leaves open, or what ends an HTML block it leaves open."""
+    if _heading_follows(text):
+        return None
+    tokens = _parser().parse(text)
+    candidates = [tokens[-1].markup] if tokens and tokens[-1].type == "fence" and tokens[-1].markup else []
+    for closing in [*candidates, *_CLOSERS]:
+        if _heading_follows(f"{text}\n{closing}"):
+            return closing
+    return None
+
+
+def _heading_follows(text: str) -> bool:
+    probe = f"{text}\n\nuser\n{HEADING_UNDERLINE}\n"
+    tokens = _parser().parse(probe)
+    return any(
+        token.type == "heading_open"
+        and token.level == 0
+        and token.map is not None
+        and token.map[0] == probe.count("\n") - 2
+        for token in tokens
+    )
+
+
+def _parser() -> MarkdownIt:
+    global _markdown_parser
+    if _markdown_parser is None:
+        _markdown_parser = MarkdownIt("commonmark")
+    return _markdown_parser
 
 
 def _role_and_model(heading: str) -> Optional[tuple[str, Optional[str]]]:

@@ -90,6 +90,35 @@ async def test_a_broken_stream_still_ends_its_section(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("cut_off", "closed"),
+    [
+        ("Sure:\n```python\nfor i in range(10):\n    print(i)", "```"),
+        ("Sure:\n~~~~\n# user\n", "~~~~"),
+        ("Here it is:\n<!-- a comment that never", "-->"),
+        ("Fine, and `code` and\n```\nclosed\n```", None),
+    ],
+)
+async def test_a_message_cut_off_inside_a_code_block_does_not_swallow_the_next_ones(
+    tmp_path: Path, cut_off: str, closed: str
+) -> None:
+    history = ChatHistoryMD(tmp_path / "CHAT.md")
+    logged = [
+        UserMessage("Write a loop"),
+        AssistantMessage(text=cut_off, model="gpt-test"),  # an answer cut by max_tokens, say
+        UserMessage("You were cut off, please continue"),
+        AssistantMessage(text="Done.", model="gpt-test"),
+    ]
+    async with MiniAgents():
+        await history.logging_agent.inquire(logged).aresolve_messages()
+    loaded = await history.aload_chat_history()
+    expected = [message.text for message in logged]
+    if closed is not None:  # what the message left open is closed in the file
+        expected[1] = f"{cut_off}\n{closed}"
+    assert [message.text for message in loaded] == expected
+    assert [message.role for message in loaded] == ["user", "assistant", "user", "assistant"]
+
+
 def test_setext_and_atx_headings_with_and_without_model() -> None:
     markdown = (
         "User\n====\n\nFirst question.\n\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
 
 from miniagents.messages import Message
@@ -51,17 +51,48 @@ def message_to_llm_dict(message: Message) -> dict[str, Any]:
 
 
 class PerLoopClient(Generic[_ClientT]):
-    """A default SDK client, created on first use, one per event loop (an HTTP client cannot outlive its loop)."""
+    """A default SDK client, created on first use, one per event loop (an HTTP client cannot outlive its loop).
+
+    The client is closed when its event loop shuts down (`asyncio.run()` and pytest-asyncio shut their loops
+    down so), so its pooled connections do not outlive the loop; `aclose()` closes the running loop's client
+    sooner. A client the user passes to an agent is never touched.
+    """
 
     def __init__(self, create: Callable[[], _ClientT]) -> None:
         self._create = create
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ClientT] = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[_ClientT, AsyncGenerator[None, None]]
+        ] = weakref.WeakKeyDictionary()
 
     def get(self) -> _ClientT:
         """The client of the running event loop."""
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
+        entry = self._clients.get(loop)
+        if entry is None:
             client = self._create()
-            self._clients[loop] = client
-        return client
+            # an async generator started on the loop is closed by `loop.shutdown_asyncgens()`, which closes the
+            # client: the one hook every loop runner calls before closing the loop
+            closer = _aclose_at_loop_shutdown(client)
+            starting: Any = closer.__anext__()  # the loop learns of the generator here
+            try:
+                starting.send(None)  # runs it to its `yield` (nothing to await before it)
+            except StopIteration:
+                pass
+            entry = (client, closer)
+            self._clients[loop] = entry
+        return entry[0]
+
+    async def aclose(self) -> None:
+        """Close the running loop's client now, if one was created (the next `get()` creates another)."""
+        entry = self._clients.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[1].aclose()
+
+
+async def _aclose_at_loop_shutdown(client: Any) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        close = getattr(client, "close", None)  # `AsyncOpenAI.close()`, `AsyncAnthropic.close()`
+        if close is not None:
+            await close()

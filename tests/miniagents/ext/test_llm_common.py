@@ -1,6 +1,9 @@
 """LLM messages, their chat dicts, and default SDK clients kept per event loop."""
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from miniagents import Message, MiniAgents
 from miniagents.ext.llm.llm_common import (
@@ -76,3 +79,47 @@ def test_per_loop_client_is_created_once_per_event_loop() -> None:
     assert second_a is second_b
     assert first_a is not second_a
     assert created == [first_a, second_a]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_default_clients_are_closed_when_their_event_loop_shuts_down(
+    provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from miniagents.ext.llm import anthropic as anthropic_module
+    from miniagents.ext.llm import openai as openai_module
+    from miniagents.testing.fake_llm_server import FakeLLMServer
+
+    module: Any = openai_module if provider == "openai" else anthropic_module
+    agent = openai_module.openai_agent if provider == "openai" else anthropic_module.anthropic_agent
+    used: list[Any] = []
+
+    async def main() -> str:
+        async with FakeLLMServer() as server:
+            monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+            monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+            monkeypatch.setenv("ANTHROPIC_BASE_URL", server.anthropic_base_url)
+            monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
+            async with MiniAgents():
+                [reply] = await agent.inquire("hello", model="m", max_tokens=10).aresolve_messages()
+            used.append(module._default_client.get())
+            assert not used[0].is_closed()  # kept for the next calls on this loop
+        return str(reply)
+
+    assert asyncio.run(main()) == "hello"
+    assert used[0].is_closed()  # no connection outlives the loop (filterwarnings=error: no ResourceWarning)
+
+
+async def test_a_default_client_can_be_closed_sooner() -> None:
+    closed: list[str] = []
+
+    class Client:
+        async def close(self) -> None:
+            closed.append("closed")
+
+    clients = PerLoopClient(Client)
+    first = clients.get()
+    await clients.aclose()
+    assert closed == ["closed"]
+    assert clients.get() is not first
+    await clients.aclose()
+    assert closed == ["closed", "closed"]

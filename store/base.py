@@ -296,6 +296,8 @@ class EventStore(abc.ABC):
         self._generation = 0
         """Incremented whenever failed batches come back to the buffer (see `BatchWriter`)."""
         self._stopping = False
+        self._closing: Optional[asyncio.Task[None]] = None
+        """The task closing the store, while a close is in progress (others wait for it)."""
         self._failing = False
         self._flush_lock = asyncio.Lock()  # replaced on every open: a lock belongs to one event loop
         self._open_lock: Optional[tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = None
@@ -399,13 +401,23 @@ class EventStore(abc.ABC):
         return self
 
     async def _aopen(self) -> bool:
-        """Open the store unless it is open already (concurrent callers wait for one opening); True if opened."""
+        """Open the store unless it is open already (concurrent callers wait for one opening); True if opened.
+
+        A store that is being closed is not joined: this waits until the close is done, then opens it again.
+        """
+        closing = self._closing
+        if closing is not None and not closing.done():
+            # the close's outcome (events it lost) is reported to whoever closes; here it only has to be over
+            await asyncio.wait([closing])
         if self._is_open:
             return False
         loop = asyncio.get_running_loop()
         if self._open_lock is None or self._open_lock[0] is not loop:
             self._open_lock = (loop, asyncio.Lock())
         async with self._open_lock[1]:
+            closing = self._closing
+            if closing is not None and not closing.done():
+                await asyncio.wait([closing])
             if self._is_open:
                 return False
             await self._aopen_storage()
@@ -427,38 +439,68 @@ class EventStore(abc.ABC):
         """Write what is buffered, stop the writer and close the store.
 
         If the buffer cannot be written, the store is closed anyway and `StoreWriteError` says how many events
-        were lost.
+        were lost. The close runs to its end even if the caller is cancelled meanwhile (the store's threads are
+        always stopped); the cancellation is raised once it is done. Concurrent callers wait for one close.
         """
-        if not self._is_open:
-            return
-        self._stopping = True
-        self._wake_writer()
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            await asyncio.gather(writer, return_exceptions=True)
-        flush_error: Optional[StoreWriteError] = None
+        closing = self._closing
+        if closing is None or closing.done():
+            if not self._is_open:
+                return
+            self._stopping = True
+            closing = asyncio.get_running_loop().create_task(self._aclose_now(), name=f"closing {self!r}")
+            self._closing = closing
         try:
-            await self._aflush_buffer()
-        except StoreWriteError as error:
-            flush_error = error
-        lost = self.pending_count
-        self._buffer = []
-        self._in_flight.clear()
-        batch_writer, self._batch_writer = self._batch_writer, None
-        self._is_open = False
-        self._opened_by_run = False
-        self._active_runs.clear()
-        self._decoder.clear()
-        self._recently_stored.clear()
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            if closing.done():
+                raise
+            while not closing.done():  # the caller was cancelled: finish closing first
+                try:
+                    await asyncio.wait([closing])
+                except asyncio.CancelledError:
+                    pass
+            if not closing.cancelled() and closing.exception() is not None:
+                logger.error("Closing %r after a cancellation: %s", self, closing.exception())
+            raise
+
+    async def _aclose_now(self) -> None:
         try:
-            await self._aclose_storage()
+            self._wake_writer()
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await asyncio.gather(writer, return_exceptions=True)
+            flush_error: Optional[StoreError] = None
+            for _attempt in range(3):  # events appended while the final flush ran are written too
+                try:
+                    await self._aflush_buffer()
+                except StoreError as error:
+                    flush_error = error
+                    break
+                if not self._buffer:
+                    break
         finally:
-            if batch_writer is not None:
-                await asyncio.wrap_future(batch_writer.stop())
-        if flush_error is not None:
+            # whatever happened (a failed write, a cancellation), the store is closed and its threads stop
+            lost = self.pending_count
+            self._is_open = False  # from here on `append` refuses: nothing more can slip into the buffer
+            self._buffer = []
+            self._in_flight.clear()
+            batch_writer, self._batch_writer = self._batch_writer, None
+            self._opened_by_run = False
+            self._active_runs.clear()
+            self._decoder.clear()
+            self._recently_stored.clear()
+            try:
+                await self._aclose_storage()
+            finally:
+                self._closing = None
+                if batch_writer is not None:
+                    await asyncio.wrap_future(batch_writer.stop())
+        if lost:
+            reason = (
+                str(flush_error) if flush_error is not None else "they were appended while the store was being closed"
+            )
             raise StoreWriteError(
-                f"{self.location} was closed with {lost} events that could not be written, so they are lost: "
-                f"{flush_error}",
+                f"{self.location} was closed with {lost} events that could not be written, so they are lost: {reason}",
                 self.location,
                 pending=lost,
             ) from flush_error
@@ -553,12 +595,28 @@ class EventStore(abc.ABC):
     async def afinish_run(self, run_id: str) -> None:
         """Write every buffered event; close the store if `astart_run` opened it and no other run is active.
 
-        On a write failure the events stay buffered, the store stays open, and `StoreWriteError` is raised.
+        On a write failure: if the store stays open, the events stay buffered and `StoreWriteError` is raised; if
+        the run opened it, it is closed all the same and `StoreWriteError` says how many events were lost. A
+        cancelled flush still closes a store the run opened.
         """
         self._active_runs.discard(run_id)
-        await self.aflush()
-        if self._opened_by_run and not self._active_runs:
+        try:
+            await self.aflush()
+        except BaseException as error:
+            if not self._closes_after_run():
+                raise
+            # the run opened the store, so it is closed all the same (its threads must stop): `aclose` tries the
+            # write once more and says how many events were lost
             await self.aclose()
+            if not isinstance(error, StoreError):
+                raise
+            return
+        if self._closes_after_run():
+            await self.aclose()
+
+    def _closes_after_run(self) -> bool:
+        """Whether the run that just finished has to close the store (it opened it, and no other run is active)."""
+        return self._opened_by_run and not self._active_runs and self._is_open
 
     async def aflush(self) -> None:
         """Write every buffered event now; raise `StoreWriteError` (events stay buffered) if that fails."""
@@ -871,7 +929,13 @@ class EventStore(abc.ABC):
     async def _aflush_buffer(self) -> None:
         """Hand over everything buffered and wait until it, and everything handed over before, is written. On
         failure the unwritten events are back in the buffer, in order, and a `StoreError` rises."""
-        async with self._flush_lock:
+        lock = self._flush_lock
+        async with lock:
+            if not self._is_open or lock is not self._flush_lock:  # closed (maybe reopened) while this waited
+                raise StoreClosedError(
+                    f"{self!r} was closed while a flush waited; the close reported the events it could not write.",
+                    self.location,
+                )
             self._settle()
             self._failing = False  # a flush always tries again
             try:

@@ -293,9 +293,17 @@ class SQLiteStore(EventStore):
         self._db = self._reader = self._lookup = None
         if lookup is not None:
             lookup.close()
+        failure: Optional[BaseException] = None
         for connection in (reader, db):
-            if connection is not None:
+            if connection is None:
+                continue
+            try:
                 await connection.close()
+            except BaseException as error:  # e.g. cancelled: the connection's thread must end all the same
+                connection.stop()
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     @property
     def _inner_busy_ms(self) -> int:

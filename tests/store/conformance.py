@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import threading
 import time
 import warnings
 from collections.abc import Iterable
@@ -592,6 +593,7 @@ class StoreConformance:
             real_write(batches)
 
         monkeypatch.setattr(store, "_write_batches", flaky_write)
+        await store.aopen()  # opened by its user, not by the run: it stays open, the events stay buffered
         with pytest.raises(EventSinkError, match="simulated failure"):
             await arun_flow(store, count=2)
         assert store.is_open
@@ -656,6 +658,92 @@ class StoreConformance:
             await store.aclose()
         assert caught.value.pending == 3
         assert not store.is_open
+
+    async def test_a_store_the_run_opened_is_closed_even_if_the_final_write_fails(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = self.make_store(flush_interval=60)
+        threads_before = set(threading.enumerate())
+
+        def failing_write(batches: Any) -> None:
+            raise StoreWriteError("simulated full disk", store.location)
+
+        monkeypatch.setattr(store, "_write_batches", failing_write)
+        with pytest.raises(EventSinkError, match="simulated full disk") as caught:
+            await arun_flow(store, count=2)
+        assert not store.is_open
+        assert store.pending_count == 0
+        lost = caught.value.__cause__
+        assert isinstance(lost, StoreWriteError)
+        assert lost.pending > 0 and f"closed with {lost.pending} events" in str(lost)
+        await asyncio.sleep(0.05)
+        assert [thread.name for thread in set(threading.enumerate()) - threads_before if thread.is_alive()] == []
+
+    async def test_a_store_the_run_opened_is_closed_when_its_exit_is_cancelled(self) -> None:
+        store = self.make_store(flush_interval=60)
+        threads_before = set(threading.enumerate())
+        locked = asyncio.Event()
+
+        async def arun() -> None:
+            async with MiniAgents(store=store):
+                await replier.inquire(Message(text="q"), count=2).aresolve_messages()
+                await store._flush_lock.acquire()  # a flush elsewhere takes long: the exit's flush waits
+                locked.set()
+
+        task = asyncio.ensure_future(arun())
+        await locked.wait()
+        await asyncio.sleep(0.05)
+        task.cancel()  # e.g. a timeout while the exit waits for the final flush
+        await asyncio.sleep(0.05)
+        store._flush_lock.release()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not store.is_open
+        await asyncio.sleep(0.05)
+        assert [thread.name for thread in set(threading.enumerate()) - threads_before if thread.is_alive()] == []
+        async with self.reopened(store) as reader:
+            [run] = await reader.alist_runs()
+        assert run.status == RunStatus.OK and run.event_count > 2  # the close wrote what the exit had buffered
+
+    @pytest.mark.parametrize("close_explicitly", [False, True])
+    async def test_a_run_starting_while_the_store_closes_loses_nothing(self, close_explicitly: bool) -> None:
+        store = self.make_store()
+
+        async def arun_a() -> None:
+            if close_explicitly:
+                await store.aopen()
+                await arun_flow(store, count=2)
+                await store.aclose()
+            else:
+                await arun_flow(store, count=2)
+
+        async def arun_b() -> None:
+            for _ in range(10_000):  # until A's exit has begun closing the store
+                if store._stopping:
+                    break
+                await asyncio.sleep(0)
+            await arun_flow(store, count=2)
+
+        await asyncio.gather(arun_a(), arun_b())
+        assert not store.is_open
+        async with self.reopened(store) as reader:
+            runs = await reader.alist_runs()
+        assert [(run.status, run.event_count) for run in runs] == [(RunStatus.OK, runs[0].event_count)] * 2
+        assert runs[0].event_count > 2
+
+    async def test_a_flush_that_waited_for_a_close_says_the_store_closed(self) -> None:
+        store = await self.make_store(flush_interval=60).aopen()
+        await store.astart_run("run")
+        store.append(message_event("run", Message(text="x")))
+        async with store._flush_lock:  # a flush in progress elsewhere
+            closing = asyncio.ensure_future(store.aclose())
+            await asyncio.sleep(0.01)
+            waiting = asyncio.ensure_future(store.aflush())  # queued behind the close's final flush
+            await asyncio.sleep(0.01)
+        await closing
+        assert not store.is_open
+        with pytest.raises(StoreClosedError, match="closed while a flush waited"):
+            await waiting
 
     async def test_a_closed_store_refuses_use(self) -> None:
         store = self.make_store()

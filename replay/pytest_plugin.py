@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +28,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def recording_path(request: pytest.FixtureRequest) -> Path:
-    """`recordings/<test module>/<test name>.db` beside the test file."""
+    """`recordings/<test module>/<test name>.db` beside the test file.
+
+    The test name is the test's name within its module: `test_greeting`, `TestFrench.test_greeting` for a test in
+    a class, `test_llm[What is 2+2?]` for a parametrized one. Characters other than letters, digits, `_`, `.` and
+    `-` become `_`; when that changed the name, a short hash of the whole name follows
+    (`test_llm_What_is_2_2-d3ed725a`), so two tests never share a recording.
+    """
+    test_file = Path(str(request.node.path))
+    return test_file.parent / "recordings" / test_file.stem / f"{recording_name(request.node)}.db"
+
+
+def recording_name(node: pytest.Item) -> str:
+    """The file name (without `.db`) of a test's recording (see `recording_path`)."""
+    name = ".".join([*_class_names(node), node.name])
+    readable = _UNSAFE_CHARACTERS.sub("_", name).strip("_")
+    if readable == name:
+        return name
+    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def _class_names(node: pytest.Item) -> list[str]:
+    names: list[str] = []
+    parent = node.parent
+    while parent is not None and isinstance(parent, pytest.Class):
+        names.insert(0, parent.name)
+        parent = parent.parent
+    return names
+
+
+def _legacy_recording_path(request: pytest.FixtureRequest) -> Path:
+    """Where versions before class names and hashes kept this test's recording."""
     test_file = Path(str(request.node.path))
     test_name = _UNSAFE_CHARACTERS.sub("_", request.node.name).strip("_")
     return test_file.parent / "recordings" / test_file.stem / f"{test_name}.db"
@@ -42,9 +73,16 @@ def agent_replay(request: pytest.FixtureRequest) -> Replay:
     mode = str(request.config.getoption("--record-mode"))
     path = recording_path(request)
     if mode == "none" and not path.exists():
+        legacy = _legacy_recording_path(request)
+        hint = (
+            f" ({legacy.name}, beside it, may be its recording named as earlier versions did, which could be "
+            "shared with another test: rename it if it is this test's.)"
+            if legacy.exists()
+            else ""
+        )
         pytest.fail(
             f"No recording for {request.node.nodeid}: {path} does not exist, and --record-mode=none only replays. "
-            f"Record it once with: pytest --record-mode=once {request.node.nodeid}",
+            f"Record it once with: pytest --record-mode=once {request.node.nodeid}{hint}",
             pytrace=False,
         )
     if mode != "none":

@@ -1,5 +1,7 @@
 """The pytest plugin: --record-mode and the agent_replay fixture, driven through pytester."""
 
+import re
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -62,3 +64,42 @@ def test_the_option_is_listed_in_help(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*--record-mode*"])
+
+
+COLLIDING_TESTS = """
+import re
+
+import pytest
+
+from miniagents import MiniAgents
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
+
+
+@pytest.mark.parametrize("question", ["What is 2+2?", "What is 2*2?"])
+async def test_llm(agent_replay, question):
+    async with MiniAgents(replay=agent_replay):
+        await stand_in_llm_agent.inquire(question).aresolve_messages()
+
+
+class TestFrench:
+    async def test_greeting(self, agent_replay):
+        async with MiniAgents(replay=agent_replay):
+            await stand_in_llm_agent.inquire("Dis bonjour").aresolve_messages()
+
+
+class TestGerman:
+    async def test_greeting(self, agent_replay):
+        async with MiniAgents(replay=agent_replay):
+            await stand_in_llm_agent.inquire("Sag hallo").aresolve_messages()
+"""
+
+
+def test_tests_in_other_classes_or_with_other_parameters_have_their_own_recordings(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_prompts=COLLIDING_TESTS)
+    pytester.makeini(INI)
+    pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider").assert_outcomes(passed=4)
+    names = sorted(path.name for path in (pytester.path / "recordings" / "test_prompts").glob("*.db"))
+    assert len(names) == 4
+    assert names[:2] == ["TestFrench.test_greeting.db", "TestGerman.test_greeting.db"]
+    assert all(re.fullmatch(r"test_llm_What_is_2_2-[0-9a-f]{8}\.db", name) for name in names[2:])
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)  # each replays its own recording

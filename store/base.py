@@ -119,16 +119,24 @@ class VerifyReport:
 
 
 def encode_data(data: Optional[dict[str, Any]]) -> Optional[bytes]:
-    """Event data as stored: compact JSON, secret-looking fields redacted; None stays None."""
+    """Event data as stored: compact JSON, secret-looking fields redacted; None stays None.
+
+    Redaction works on the encoded form, parsed back (plain dicts and lists, whatever the data held: dataclasses,
+    `Frozen` values, tuples...), so every item of every list and every nested object is looked at. A value JSON
+    cannot hold (an integer beyond 64 bits) is replaced by its text; the rest of the data is kept.
+    """
     if data is None:
         return None
     try:
         encoded = orjson.dumps(data, default=_json_default, option=_JSON_OPTIONS)
-        if _may_hold_secrets(encoded):
-            encoded = orjson.dumps(_redacted(data), default=_json_default, option=_JSON_OPTIONS)
-        return encoded
     except TypeError as error:  # e.g. an integer beyond 64 bits: keep the event, describe what could not be kept
-        return orjson.dumps({"unencodable": repr(data)[:10_000], "reason": str(error)})
+        try:
+            encoded = orjson.dumps(_encodable(data), default=_json_default, option=_JSON_OPTIONS)
+        except TypeError:
+            return orjson.dumps({"unencodable": sorted(map(str, data)), "reason": str(error)})
+    if _may_hold_secrets(encoded):
+        encoded = orjson.dumps(_redacted(orjson.loads(encoded)), option=_JSON_OPTIONS)
+    return encoded
 
 
 def _may_hold_secrets(encoded: bytes) -> bool:
@@ -143,21 +151,37 @@ def decode_data(data: Optional[bytes]) -> Optional[dict[str, Any]]:
 
 
 def _redacted(value: Any) -> Any:
+    """Plain JSON data (dicts, lists, scalars) with the values of secret-looking keys replaced, at any depth."""
     if isinstance(value, dict):
-        changed = False
-        result: dict[Any, Any] = {}
-        for key, item in value.items():
-            if isinstance(key, str) and REDACTION.is_secret(key) and item is not None:
-                new_item: Any = REDACTION.marker
-            else:
-                new_item = _redacted(item)
-            changed = changed or new_item is not item
-            result[key] = new_item
-        return result if changed else value
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (dict, list, tuple)):
-        items = [_redacted(item) for item in value]
-        if any(new is not old for new, old in zip(items, value, strict=True)):
-            return items
+        return {
+            key: REDACTION.marker
+            if isinstance(key, str) and item is not None and REDACTION.is_secret(key)
+            else _redacted(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
+
+
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
+def _encodable(value: Any) -> Any:
+    """`value` with what JSON cannot hold (integers beyond 64 bits) replaced by its text (the slow path of
+    `encode_data`, taken only after encoding failed)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if _INT64_MIN <= value <= _UINT64_MAX else str(value)
+    if isinstance(value, dict):
+        return {key: _encodable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encodable(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return [_encodable(item) for item in sorted(value, key=repr)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {item.name: _encodable(getattr(value, item.name)) for item in dataclasses.fields(value)}
     return value
 
 
@@ -168,7 +192,10 @@ def _json_default(value: Any) -> Any:
         return sorted(value, key=repr)
     if isinstance(value, BaseException):
         return {"type": type(value).__qualname__, "module": type(value).__module__, "text": str(value)}
-    return repr(value)
+    text = repr(value)
+    if _may_hold_secrets(text.encode()):  # a repr cannot be redacted field by field: keep only the type
+        return f"<{type(value).__qualname__} object; its repr names a secret-looking field, so it is not stored>"
+    return text
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import threading
 import time
@@ -53,6 +54,19 @@ class Strict(Message):
             raise TypeError("Strict needs built_by_test")
         kwargs.pop("built_by_test")
         super().__init__(**kwargs)
+
+
+@dataclasses.dataclass
+class _Credentials:
+    api_key: str
+
+
+class _OpaqueCredentials:
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+
+    def __repr__(self) -> str:
+        return f"_OpaqueCredentials(api_key={self.api_key!r})"
 
 
 @miniagent
@@ -303,6 +317,41 @@ class StoreConformance:
             run = await store.aget_run("run")
         assert event.data == {"started_at": 1.0, "metadata": {"api_key": "[REDACTED]", "openai_api_key": "[REDACTED]"}}
         assert run.metadata == {"api_key": "[REDACTED]", "openai_api_key": "[REDACTED]"}
+
+    @pytest.mark.parametrize(
+        ("metadata", "expected"),
+        [
+            pytest.param(
+                {"api_key": "sk-LEAK", "big": 2**70},
+                {"api_key": "[REDACTED]", "big": str(2**70)},
+                id="unencodable-value",
+            ),
+            pytest.param(
+                {"creds": ["x", {"password": "sk-LEAK"}], "pairs": [("a", {"token": "sk-LEAK"})]},
+                {"creds": ["x", {"password": "[REDACTED]"}], "pairs": [["a", {"token": "[REDACTED]"}]]},
+                id="every-list-item",
+            ),
+            pytest.param({"cfg": _Credentials("sk-LEAK")}, {"cfg": {"api_key": "[REDACTED]"}}, id="dataclass"),
+            pytest.param(
+                {"opaque": _OpaqueCredentials("sk-LEAK")},
+                {"opaque": "<_OpaqueCredentials object; its repr names a secret-looking field, so it is not stored>"},
+                id="repr",
+            ),
+        ],
+    )
+    async def test_secrets_are_redacted_wherever_they_hide_in_run_metadata(
+        self, metadata: dict[str, Any], expected: dict[str, Any]
+    ) -> None:
+        store = self.make_store()
+        async with MiniAgents(store=store, run_metadata=metadata) as context:
+            pass
+        async with self.reopened(store) as reader:
+            run = await reader.aget_run(str(context.run_id))
+            [started] = await reader.aget_events(run.run_id, kinds=[EventKind.RUN_STARTED])
+        assert run.metadata == expected
+        assert started.data is not None and started.data["metadata"] == expected
+        assert isinstance(run.started_at, float)
+        assert "sk-LEAK" not in repr(run) + repr(started)
 
     async def test_events_can_be_filtered_by_run_kind_and_seq(self) -> None:
         async with self.make_store() as store:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Literal, NoReturn
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DefaultReply",
@@ -465,6 +468,9 @@ class FakeLLMServer:
         """
         self.default_reply: DefaultReply = default_reply
         self.requests: list[RecordedRequest] = []
+        self.script_errors: list[Exception] = []
+        """What the reply script (a ``default_reply`` function) raised; each such request got a 500 whose error
+        body names the exception, as a real API's server error would."""
         self._requested_port = port
         self._queue: deque[ScriptedReply] = deque()
         self._server: asyncio.Server | None = None
@@ -599,7 +605,13 @@ class FakeLLMServer:
             payload = {"error": {"message": "Request body must be a JSON object", "type": "invalid_request_error"}}
             await connection.send_json(400, payload, {}, keep_alive)
             return keep_alive
-        reply = self._next_reply(request)
+        try:
+            reply = self._next_reply(request)
+        except Exception as error:  # a bug in the test's reply script: answer as a real API's failure would
+            logger.error("The reply script of %r failed on %s %s", self, request.method, request.path, exc_info=True)
+            self.script_errors.append(error)
+            message = f"The fake LLM server's reply script failed: {type(error).__name__}: {error}"
+            reply = ScriptedReply(status=500, error_message=message)
         self._response_count += 1
         prefix = "chatcmpl-fake-" if request.api == "openai" else "msg_fake_"
         answer = _Answer(request, reply, f"{prefix}{self._response_count}")

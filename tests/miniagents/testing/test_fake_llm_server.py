@@ -605,3 +605,32 @@ async def test_addresses_and_restart() -> None:
         with pytest.raises(RuntimeError, match="already started"):
             await server.start()
     await server.stop()  # stopping twice is harmless
+
+
+async def test_a_reply_script_that_raises_is_answered_with_a_500_that_names_the_error(
+    server: FakeLLMServer,
+    openai_client: openai.AsyncOpenAI,
+    anthropic_client: anthropic.AsyncAnthropic,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def buggy_script(request: RecordedRequest) -> str:
+        return {"oops": 1}["missing"]
+
+    server.default_reply = buggy_script
+    expected = "The fake LLM server's reply script failed: KeyError: 'missing'"
+    with pytest.raises(openai.InternalServerError) as from_openai:
+        await openai_client.chat.completions.create(model="gpt-test", messages=USER_MESSAGES)
+    assert from_openai.value.body == {
+        "message": expected,
+        "type": "server_error",
+        "param": None,
+        "code": "server_error",
+    }
+    with pytest.raises(anthropic.InternalServerError) as from_anthropic:
+        await anthropic_client.messages.create(model="claude-test", max_tokens=64, messages=USER_MESSAGES)
+    assert from_anthropic.value.body == {"type": "error", "error": {"type": "api_error", "message": expected}}
+    assert [type(error) for error in server.script_errors] == [KeyError, KeyError]
+    assert "reply script" in caplog.text  # the traceback is logged too
+    server.default_reply = "fine again"  # the server keeps serving
+    completion = await openai_client.chat.completions.create(model="gpt-test", messages=USER_MESSAGES)
+    assert completion.choices[0].message.content == "fine again"

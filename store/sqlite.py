@@ -167,10 +167,14 @@ class _Inspection:
     meta: dict[str, str] = field(default_factory=dict)
     kinds: dict[int, str] = field(default_factory=dict)
     application_id: int = 0
+    user_version: int = 0
+    schema_entries: list[str] = field(default_factory=list)
+    """`type name` of every entry of `sqlite_master` (tables, views, indexes, triggers)."""
 
     @property
     def is_empty(self) -> bool:
-        return not self.tables and self.application_id == 0
+        """Whether nothing at all is in the file: no schema entry, and no version or id in its header."""
+        return not self.schema_entries and self.user_version == 0 and self.application_id == 0
 
 
 class SQLiteStore(EventStore):
@@ -333,9 +337,11 @@ class SQLiteStore(EventStore):
 
     async def _aread_layout(self, db: aiosqlite.Connection, exists: bool) -> _Inspection:
         inspection = _Inspection(exists=exists)
-        rows = await db.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
-        inspection.tables = {row[0] for row in rows if not str(row[0]).startswith("sqlite_")}
+        rows = await db.execute_fetchall("SELECT type, name FROM sqlite_master")
+        inspection.schema_entries = [f"{kind} {name}" for kind, name in rows]
+        inspection.tables = {name for kind, name in rows if kind == "table" and not str(name).startswith("sqlite_")}
         inspection.application_id = next(iter(await db.execute_fetchall("PRAGMA application_id")))[0]
+        inspection.user_version = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
         if "meta" in inspection.tables:
             try:
                 meta_rows = await db.execute_fetchall("SELECT key, value FROM meta")
@@ -353,9 +359,11 @@ class SQLiteStore(EventStore):
         if inspection.is_empty:
             return 0
         if inspection.meta.get("application") != APPLICATION or inspection.application_id not in (0, APPLICATION_ID):
-            tables = ", ".join(sorted(inspection.tables)) or "none"
+            entries = ", ".join(sorted(inspection.schema_entries)) or "none"
+            header = f"user_version {inspection.user_version}, application_id {inspection.application_id}"
             raise ForeignDatabaseError(
-                f"{path} is a SQLite database of another application (tables: {tables}), not a miniagents store; "
+                f"{path} is a SQLite database of another application (schema: {entries}; {header}), not a "
+                "miniagents store; "
                 "it was left untouched. Point SQLiteStore at a new file.",
                 path,
             )

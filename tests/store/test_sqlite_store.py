@@ -131,10 +131,35 @@ async def test_a_database_of_another_application_is_refused_and_left_untouched(t
     before = store_files(path)
     assert list(before) == ["app.db"]
     with pytest.raises(
-        ForeignDatabaseError, match=r"app\.db is a SQLite database of another application \(tables: users\)"
+        ForeignDatabaseError, match=r"app\.db is a SQLite database of another application \(schema: table users;"
     ):
         async with SQLiteStore(path):
             pass
+    assert store_files(path) == before
+
+
+@pytest.mark.parametrize(
+    ("statements", "named"),
+    [
+        (["CREATE VIEW answers AS SELECT 42 AS answer"], "view answers"),
+        (["PRAGMA user_version = 7", "CREATE VIEW answers AS SELECT 42 AS answer"], "user_version 7"),
+        (["PRAGMA user_version = 3"], "user_version 3"),
+        (["CREATE TABLE t (x)", "CREATE INDEX t_x ON t (x)", "DROP TABLE t", "PRAGMA user_version = 1"], "none"),
+    ],
+    ids=["only-a-view", "view-and-user-version", "only-user-version", "user-version-1-no-schema"],
+)
+async def test_a_foreign_database_without_tables_is_refused_and_left_untouched(
+    tmp_path: Path, statements: list[str], named: str
+) -> None:
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for statement in statements:
+            db.execute(statement)
+    before = store_files(path)
+    with pytest.raises(ForeignDatabaseError, match=r"app\.db is a SQLite database of another application") as caught:
+        await SQLiteStore(path).aopen()
+    assert named in str(caught.value)
+    assert caught.value.path == str(path)
     assert store_files(path) == before
 
 

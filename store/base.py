@@ -164,7 +164,7 @@ def _redacted(value: Any) -> Any:
     return value
 
 
-_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 
 def _encodable(value: Any) -> Any:
@@ -596,9 +596,24 @@ class EventStore(abc.ABC):
             if hash_key is None:
                 event = dataclasses.replace(event, hash_key=known)
             elif hash_key is not known and hash_key != known:
-                self._check_event_hash_key(event, hash_key)
+                self._check_event_hash_key(event, hash_key, obj)
         elif hash_key is not None:
             self._check_event_hash_key(event, hash_key)
+        t, call_id, parent_call_id = event.t, event.call_id, event.parent_call_id
+        try:  # checked here, so that one bad event cannot make a whole shared batch unwritable
+            valid = (
+                t - t == 0  # False for NaN and infinities
+                and (call_id is None or _INT64_MIN <= call_id <= _INT64_MAX)
+                and (parent_call_id is None or _INT64_MIN <= parent_call_id <= _INT64_MAX)
+            )
+        except TypeError:
+            valid = False
+        if not valid:
+            raise StoreUsageError(
+                f"The {event.kind.value} event of run {event.run_id!r} cannot be stored: its `t` ({t!r}) must be a "
+                f"finite number of seconds, its `call_id` ({call_id!r}) and `parent_call_id` ({parent_call_id!r}) "
+                "None or 64-bit integers."
+            )
         if event.kind is EventKind.RUN_FINISHED:
             self._finished_at[event.run_id] = time.time()
         self._buffer.append(event)
@@ -612,11 +627,17 @@ class EventStore(abc.ABC):
                     self._wake_writer()
 
     @staticmethod
-    def _check_event_hash_key(event: Event, hash_key: object) -> None:
+    def _check_event_hash_key(event: Event, hash_key: object, obj: Optional[Frozen] = None) -> None:
         if not is_hash_key(hash_key):
             raise StoreUsageError(
                 f"The {event.kind.value} event of run {event.run_id!r} has the hash key {hash_key!r}, which is not "
                 "40 or 64 lower-case hex characters; pass `message.hash_key`."
+            )
+        if obj is not None and not hash_matches(str(hash_key), event.canonical_bytes or obj.encode_canonical()):
+            raise StoreUsageError(
+                f"The {event.kind.value} event of run {event.run_id!r} has the hash key {hash_key}, but its object's "
+                f"key is {obj.hash_key}; storing the object under a key it does not hash to would corrupt the store. "
+                "Pass `obj.hash_key` (or no hash key)."
             )
 
     async def afinish_run(self, run_id: str) -> None:

@@ -794,6 +794,44 @@ class StoreConformance:
         with pytest.raises(StoreClosedError, match="closed while a flush waited"):
             await waiting
 
+    async def test_an_event_whose_hash_key_is_not_its_objects_is_refused(self) -> None:
+        first, second = Message(text="a"), Message(text="b")
+        async with self.make_store() as store:
+            await store.astart_run("run")
+            with pytest.raises(StoreUsageError) as caught:
+                store.append(Event(EventKind.MESSAGE, "run", 0.0, hash_key=second.hash_key, obj=first))
+            assert second.hash_key in str(caught.value) and first.hash_key in str(caught.value)
+            store.append(message_event("run", second))
+            await store.afinish_run("run")
+            assert (await store.aget(second.hash_key)).hash_key == second.hash_key
+            assert [event.hash_key for event in await store.aget_events("run")] == [second.hash_key]
+            assert (await store.averify()).ok
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"t": float("nan")},
+            {"t": float("inf")},
+            {"t": "soon"},
+            {"call_id": 2**64},
+            {"parent_call_id": -(2**63) - 1},
+        ],
+        ids=["t-nan", "t-inf", "t-not-a-number", "call-id-beyond-64-bits", "parent-call-id-beyond-64-bits"],
+    )
+    async def test_an_event_that_cannot_be_stored_is_refused_and_blocks_nothing(self, fields: dict[str, Any]) -> None:
+        async with self.make_store(flush_interval=60) as store:
+            await store.astart_run("good")
+            await store.astart_run("bad")
+            store.append(message_event("good", Message(text="before")))
+            bad = Event(EventKind.CALL_STARTED, "bad", **{"t": 0.0, "call_id": 1, **fields})
+            with pytest.raises(StoreUsageError, match="event of run 'bad' cannot be stored"):
+                store.append(bad)
+            store.append(message_event("good", Message(text="after")))
+            await store.afinish_run("good")
+            await store.afinish_run("bad")
+            assert len(await store.aget_events("good")) == 2
+            assert await store.aget_events("bad") == []
+
     async def test_a_closed_store_refuses_use(self) -> None:
         store = self.make_store()
         with pytest.raises(StoreClosedError, match="is closed"):

@@ -404,6 +404,11 @@ class EventStore(abc.ABC):
         """Problems of the storage itself (e.g. a damaged file), found by the backend."""
         return []
 
+    def _aread_snapshot(self) -> AbstractAsyncContextManager[None]:
+        """Wrap reads (of the task that enters it) that must all see the store at one moment (`averify`), while
+        others go on writing."""
+        return nullcontext()
+
     # --------------------------------------------------------------------------------------------------- lifecycle
 
     @property
@@ -822,40 +827,46 @@ class EventStore(abc.ABC):
         known: set[str] = set()
         references: list[tuple[str, str]] = []
         try:
-            report.problems.extend(await self._acheck_storage())
-            async for chunk in self._aiter_object_chunks():
-                for key, body in chunk:
-                    report.checked_objects += 1
-                    known.add(key)
-                    report.problems.extend(self._object_problems(key, body, references))
-            for owner, ref in references:
-                if ref not in known:
-                    report.problems.append(
-                        Problem(
-                            "dangling_reference",
-                            f"Object {owner} refers to object {ref}, which is not stored.",
-                            hash_key=ref,
-                        )
-                    )
-            async for reference_chunk in self._aiter_reference_chunks():
-                for seq, event_key, data in reference_chunk:
-                    report.checked_events += 1
-                    keys = [event_key] if event_key is not None else []
-                    if data is not None and (b"_node" in data or b'"hash"' in data):
-                        keys.extend(event_data_references(orjson.loads(data)))
-                    report.problems.extend(
-                        Problem(
-                            "missing_object",
-                            f"Event {seq} refers to object {ref}, which is not stored.",
-                            hash_key=ref,
-                            seq=seq,
-                        )
-                        for ref in keys
-                        if ref not in known
-                    )
+            async with self._aread_snapshot():  # events written meanwhile must not name objects the scan missed
+                await self._averify_snapshot(report, known, references)
         except StoreReadError as error:
             report.problems.append(Problem("storage", f"Reading the store failed, so checking stopped: {error}"))
         return report
+
+    async def _averify_snapshot(
+        self, report: VerifyReport, known: set[str], references: list[tuple[str, str]]
+    ) -> None:
+        report.problems.extend(await self._acheck_storage())
+        async for chunk in self._aiter_object_chunks():
+            for key, body in chunk:
+                report.checked_objects += 1
+                known.add(key)
+                report.problems.extend(self._object_problems(key, body, references))
+        for owner, ref in references:
+            if ref not in known:
+                report.problems.append(
+                    Problem(
+                        "dangling_reference",
+                        f"Object {owner} refers to object {ref}, which is not stored.",
+                        hash_key=ref,
+                    )
+                )
+        async for reference_chunk in self._aiter_reference_chunks():
+            for seq, event_key, data in reference_chunk:
+                report.checked_events += 1
+                keys = [event_key] if event_key is not None else []
+                if data is not None and (b"_node" in data or b'"hash"' in data):
+                    keys.extend(event_data_references(orjson.loads(data)))
+                report.problems.extend(
+                    Problem(
+                        "missing_object",
+                        f"Event {seq} refers to object {ref}, which is not stored.",
+                        hash_key=ref,
+                        seq=seq,
+                    )
+                    for ref in keys
+                    if ref not in known
+                )
 
     @staticmethod
     def _object_problems(key: str, body: bytes, references: list[tuple[str, str]]) -> list[Problem]:

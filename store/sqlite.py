@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import os
 import random
@@ -122,6 +123,11 @@ _BUSY_ERROR_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
 _FULL, _READONLY, _CORRUPT, _NOTADB, _CANTOPEN, _IOERR = 13, 8, 11, 26, 14, 10
 
 _T = TypeVar("_T")
+
+_SNAPSHOT: contextvars.ContextVar[Optional[tuple[SQLiteStore, aiosqlite.Connection]]] = contextvars.ContextVar(
+    "miniagents_store_snapshot", default=None
+)
+"""(store, connection) whose reads the current task makes in one read transaction (see `_aread_snapshot`)."""
 
 
 def _library_version() -> str:
@@ -700,9 +706,39 @@ class SQLiteStore(EventStore):
 
     # ------------------------------------------------------------------------------------------------------ reading
 
+    @asynccontextmanager
+    async def _aread_snapshot(self) -> AsyncIterator[None]:
+        # a connection of its own in one read transaction (a WAL snapshot), used only by the task that entered:
+        # the shared reader keeps seeing what is written meanwhile
+        self._check_open()
+        try:
+            snapshot = await aiosqlite.connect(self._uri + "?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StoreReadError(f"Could not read from {self.path} ({error}).", str(self.path)) from error
+        token = _SNAPSHOT.set((self, snapshot))
+        try:
+            try:
+                await snapshot.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
+                await snapshot.execute("BEGIN")
+                await self._aretry(lambda: snapshot.execute_fetchall("SELECT count(*) FROM sqlite_master"))
+            except sqlite3.Error as error:
+                raise StoreReadError(f"Could not read from {self.path} ({error}).", str(self.path)) from error
+            yield
+        finally:
+            _SNAPSHOT.reset(token)
+            try:
+                await snapshot.close()  # ends the read transaction
+            except BaseException:
+                snapshot.stop()
+                raise
+
     @property
     def _read_db(self) -> aiosqlite.Connection:
-        """The reader connection, or the writer inside a maintenance transaction (which must see its own view)."""
+        """The reader connection, or the writer inside a maintenance transaction (which must see its own view), or
+        the snapshot connection of the current task (see `_aread_snapshot`)."""
+        snapshot = _SNAPSHOT.get()
+        if snapshot is not None and snapshot[0] is self:
+            return snapshot[1]
         db = self._db if self._maintenance_open else self._reader
         if db is None:
             self._check_open()

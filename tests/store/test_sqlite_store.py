@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conformance import StoreConformance, arun_flow, message_event
+from conformance import StoreConformance, arecord_events, arun_flow, message_event
 
 import miniagents
 from miniagents import EventSinkError, InteractionContext, Message, MiniAgents, miniagent
@@ -565,3 +565,27 @@ async def test_events_appended_without_astart_run_create_their_run(tmp_path: Pat
         store.append(Event(EventKind.CALL_STARTED, "implicit", 0.0, call_id=1, data={"agent_alias": "A"}))
         [run] = await store.alist_runs()
     assert run.run_id == "implicit" and run.event_count == 1
+
+
+async def test_verify_checks_one_moment_of_the_store_while_others_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    async with SQLiteStore(path) as store, SQLiteStore(path) as other:
+        await arecord_events(store, "first", [message_event("first", Message(text="a"))])
+        scan_objects = store._aiter_object_chunks
+
+        async def objects_then_another_write() -> Any:
+            async for chunk in scan_objects():
+                yield chunk
+            # between the object scan and the event scan, another writer stores an object and an event naming it
+            await arecord_events(other, "second", [message_event("second", Message(text="b"))])
+
+        monkeypatch.setattr(store, "_aiter_object_chunks", objects_then_another_write)
+        report = await store.averify()
+        assert report.ok, report.problems
+        assert (report.checked_objects, report.checked_events) == (1, 1)
+        monkeypatch.undo()
+        report = await store.averify()
+        assert report.ok and (report.checked_objects, report.checked_events) == (2, 2)
+        assert len(await store.aget_events("second")) == 1  # reads outside verify see every write

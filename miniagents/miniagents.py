@@ -667,7 +667,8 @@ class AgentCall:
                 parent_call_id=self.parent_call_id,
                 data={"agent_alias": self.agent.alias},
             )
-        outcome = context.spawn(self._arecord_outcome()) if context._is_observed else None
+        # a handler task: when the context's body fails, it still records how the call ended (cancelled, say)
+        outcome = context._spawn_handler(self._arecord_outcome()) if context._is_observed else None
         error_emitted: Optional[BaseException] = None
         try:
             with self._reply_appender:
@@ -710,7 +711,7 @@ class AgentCall:
             for child in list(self._open_child_calls):
                 child.finish()
         if outcome is not None:
-            await outcome
+            await asyncio.shield(outcome)  # if this task is cancelled, the outcome is still recorded
 
     def _emit_error(self, error: BaseException) -> None:
         self._context._emit(
@@ -770,7 +771,8 @@ class AgentCall:
         call_node: Optional[AgentCallNode] = None
         try:
             call_node = self._call_node_of(await self.input_sequence_promise.aresolve_messages())
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            _reraise_own_cancellation(exc)
             logger.debug("The input of agent call %s failed; no call node is built", self.call_id, exc_info=exc)
         replies: list[dict[str, Any]] = []
         messages: list[Message] = []
@@ -779,7 +781,8 @@ class AgentCall:
             async for message_promise in self.reply_sequence_promise:
                 try:
                     message = await message_promise
-                except Exception as exc:
+                except (Exception, asyncio.CancelledError) as exc:
+                    _reraise_own_cancellation(exc)
                     replies.append({"failed": failed_reply(message_promise, exc)})
                 else:
                     messages.append(message)
@@ -789,7 +792,8 @@ class AgentCall:
                         reply["chunks"] = [len(chunk) for chunk in chunks]
                         reply["offsets"] = offsets
                     replies.append(reply)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            _reraise_own_cancellation(exc)
             sequence_error = exc
 
         reply_node: Optional[AgentReplyNode] = None
@@ -822,6 +826,15 @@ class AgentCall:
                     "replayed": self.replayed,
                 },
             )
+
+
+def _reraise_own_cancellation(error: BaseException) -> None:
+    """Raise `error` again if it is the current task being cancelled (not a cancellation something it awaited
+    carries, like the reply sequence of an agent that was cancelled)."""
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise error
 
 
 class AgentInteractionNode(Message):
@@ -1003,6 +1016,8 @@ class _Flattener(AsyncIterator[MessagePromise]):
         elif isinstance(item, BaseModel):
             return Message(**item.model_dump()).as_promise
         elif isinstance(item, BaseException):
+            if not isinstance(item, Exception):  # a cancellation (say) ends the sequence: every later pull says so
+                self._broken = item
             raise item
         elif isinstance(item, (list, tuple)) or hasattr(item, "__aiter__") or hasattr(item, "__iter__"):
             items = item.__aiter__() if hasattr(item, "__aiter__") else iter(item)

@@ -319,3 +319,27 @@ async def test_each_call_is_recorded_with_its_position_in_the_call_tree() -> Non
         if event.data is not None
     }
     assert positions == {("BRANCH", "0"), ("LEAF", "0.0"), ("LEAF", "0.1"), ("LEAF", "0.2"), ("LEAF", "1")}
+
+
+async def test_calls_are_recorded_when_the_body_fails_finished_or_cancelled() -> None:
+    @miniagent
+    async def quick(ctx: InteractionContext) -> None:
+        ctx.reply("done")
+
+    @miniagent
+    async def endless(ctx: InteractionContext) -> None:
+        ctx.reply("started")
+        await asyncio.sleep(3600)
+
+    sink = ListEventSink()
+    with pytest.raises(RuntimeError, match="body failed"):
+        async with MiniAgents(store=sink):
+            await quick.inquire().aresolve_messages()
+            endless_replies = endless.inquire()
+            await endless_replies.__aiter__().__anext__()
+            raise RuntimeError("body failed")
+    finished = {
+        event.data["agent_alias"]: event.data["error"] for event in sink.of_kind(EventKind.CALL_FINISHED) if event.data
+    }
+    assert finished["QUICK"] is None
+    assert finished["ENDLESS"] is not None and finished["ENDLESS"]["type"] == "CancelledError"

@@ -832,8 +832,8 @@ def _reraise_own_cancellation(error: BaseException) -> None:
     """Raise `error` again if it is the current task being cancelled (not a cancellation something it awaited
     carries, like the reply sequence of an agent that was cancelled)."""
     if isinstance(error, asyncio.CancelledError):
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+; 3.10 cannot tell
+        if cancelling is not None and cancelling():
             raise error
 
 

@@ -248,6 +248,12 @@ class Batch:
     """(run id, kind, update) of the batch's `run_started` / `run_finished` events, in order."""
     counts: dict[str, int]
     """Events per run."""
+    cache_generation: Optional[int] = None
+    """The gc generation the store object's memory of stored objects was valid for when this batch was prepared
+    (None: it remembered nothing); a writer that finds another generation in the store brings every nested object
+    again (see `EventStore.nested_objects_to_restore`)."""
+    written_generation: Optional[int] = None
+    """The gc generation of the store when the batch was written (set by the backend)."""
 
     def __len__(self) -> int:
         return len(self.events)
@@ -257,8 +263,10 @@ class Batch:
         """One batch with the events of `batches`, in order (what one transaction writes)."""
         if len(batches) == 1:
             return batches[0]
-        merged = cls([], [], [], {}, [], {})
+        merged = cls([], [], [], {}, [], {}, batches[0].cache_generation)
         for batch in batches:
+            if batch.cache_generation != merged.cache_generation:
+                merged.cache_generation = -1  # mixed: compared with the store's generation, never equal
             merged.events.extend(batch.events)
             merged.hash_keys.extend(batch.hash_keys)
             merged.data.extend(batch.data)
@@ -289,6 +297,22 @@ def _nested_messages(obj: Frozen, known: Container[str]) -> list[tuple[str, byte
     return list(found.items())
 
 
+def nested_objects_to_restore(batches: Sequence[Batch], generation: int) -> dict[str, bytes]:
+    """Every message nested in the objects of those `batches` that were prepared under another gc generation than
+    the store's `generation` (the backend calls this in its write transaction, and marks each batch written under
+    `generation`): `agc()` may have deleted objects the store object remembered as stored, so a batch prepared
+    before it must bring them all again (written with "insert if missing")."""
+    restored: dict[str, bytes] = {}
+    for batch in batches:
+        stale = batch.cache_generation is not None and batch.cache_generation != generation
+        batch.written_generation = generation
+        if stale:
+            for event in batch.events:
+                if event.obj is not None:
+                    restored.update(_nested_messages(event.obj, restored))
+    return restored
+
+
 class EventStore(abc.ABC):
     """A content-addressed, append-only event store; an `EventSink` for `MiniAgents(store=...)`.
 
@@ -311,6 +335,8 @@ class EventStore(abc.ABC):
         self._finished_at: dict[str, float] = {}
         self._recently_stored: set[str] = set()
         """Hash keys this store object wrote (bounded): messages nested in later objects need no second look."""
+        self._cache_generation: Optional[int] = None
+        """The gc generation of the store `_recently_stored` holds keys of (None while it is empty)."""
         self._max_batch_size = max(batch_size, _MAX_BATCH_SIZE)
         self._is_open = False
         self._opened_by_run = False
@@ -395,6 +421,10 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
         """Delete these objects."""
+
+    @abc.abstractmethod
+    async def _abump_gc_generation(self) -> None:
+        """Increment the store's gc generation (in `agc`'s maintenance transaction, after deleting objects)."""
 
     def _amaintenance(self) -> AbstractAsyncContextManager[None]:
         """Wrap a maintenance operation (gc) so that it sees and changes the store atomically."""
@@ -521,6 +551,7 @@ class EventStore(abc.ABC):
             self._active_runs.clear()
             self._decoder.clear()
             self._recently_stored.clear()
+            self._cache_generation = None
             try:
                 await self._aclose_storage()
             finally:
@@ -901,7 +932,9 @@ class EventStore(abc.ABC):
         await self.aflush()
         async with self._flush_lock, self._amaintenance():
             # batches handed over from now on must not count on objects this may delete: they bring them again
+            # (and those handed over before are completed by the writer: the gc generation changes)
             self._recently_stored.clear()
+            self._cache_generation = None
             reachable: set[str] = set()
             async for reference_chunk in self._aiter_reference_chunks():
                 for _seq, key, data in reference_chunk:
@@ -929,6 +962,7 @@ class EventStore(abc.ABC):
             garbage = [key for key in stored if key not in reachable]
             if garbage:
                 await self._adelete_objects(garbage)
+                await self._abump_gc_generation()
         self._decoder.clear()
         return len(garbage)
 
@@ -1053,9 +1087,17 @@ class EventStore(abc.ABC):
         return None
 
     def _note_written(self, batch: Batch) -> None:
+        generation = batch.written_generation
+        if generation != self._cache_generation:
+            if self._cache_generation is not None and (generation is None or generation < self._cache_generation):
+                generation = -1  # written before a gc this store object knows of: remember nothing of it
+            else:
+                self._recently_stored.clear()  # a gc ran since: what was remembered may be deleted
+                self._cache_generation = generation
         if len(self._recently_stored) > _RECENTLY_STORED_LIMIT:
             self._recently_stored.clear()
-        self._recently_stored.update(batch.objects)
+        if generation == self._cache_generation:
+            self._recently_stored.update(batch.objects)
         for event in batch.events:
             if event.kind is EventKind.RUN_FINISHED:
                 self._finished_at.pop(event.run_id, None)
@@ -1077,7 +1119,7 @@ class EventStore(abc.ABC):
 
     def _prepare_batch(self, events: list[Event]) -> Batch:
         """Encode what the backend writes for these events (at hand-over, not in `append`)."""
-        batch = Batch(list(events), [], [], {}, [], {})
+        batch = Batch(list(events), [], [], {}, [], {}, self._cache_generation if self._recently_stored else None)
         objects, counts = batch.objects, batch.counts
         for event in events:
             hash_key, run_id, kind = event.hash_key, event.run_id, event.kind

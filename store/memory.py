@@ -15,6 +15,7 @@ from store.base import (
     RunInfo,
     RunStatus,
     decode_data,
+    nested_objects_to_restore,
 )
 from store.errors import StoreUsageError
 
@@ -83,6 +84,7 @@ class MemoryStore(EventStore):
         self._seqs_by_hash: dict[str, list[int]] = {}
         self._runs: dict[str, _Run] = {}
         self._last_seq = 0
+        self._gc_generation = 0
 
     @property
     def location(self) -> str:
@@ -100,8 +102,14 @@ class MemoryStore(EventStore):
         self._runs[run_id] = _Run(run_id)
 
     def _write_batches(self, batches: list[Batch]) -> None:
+        restored = nested_objects_to_restore(batches, self._gc_generation)
+        for hash_key, body in restored.items():
+            self._objects.setdefault(hash_key, body)
         for batch in batches:
             self._write_batch(batch)
+
+    async def _abump_gc_generation(self) -> None:
+        self._gc_generation += 1
 
     def _write_batch(self, batch: Batch) -> None:
         for hash_key, body in batch.objects.items():

@@ -30,6 +30,7 @@ from store.base import (
     RunInfo,
     RunStatus,
     decode_data,
+    nested_objects_to_restore,
 )
 from store.checkpointer import WalCheckpointer
 from store.errors import (
@@ -625,8 +626,12 @@ class SQLiteStore(EventStore):
         def work() -> int:
             connection.execute("BEGIN IMMEDIATE")
             try:
+                row = connection.execute("SELECT value FROM meta WHERE key = 'gc_generation'").fetchone()
+                restored = nested_objects_to_restore(batches, int(row[0]) if row else 0)
                 rowids = _resolve_runs(connection, batch.counts)
                 for object_group in object_parameters:
+                    connection.execute(_INSERT_OBJECTS, object_group)
+                for object_group in _object_parameters(restored) if restored else ():
                     connection.execute(_INSERT_OBJECTS, object_group)
                 event_parameters = _event_parameters(batch, rowids, kind_codes)
                 connection.execute(_INSERT_EVENTS, event_parameters)
@@ -684,6 +689,15 @@ class SQLiteStore(EventStore):
             await self._writer_db.executemany("DELETE FROM objects WHERE hash = ?", rows)
         except sqlite3.Error as error:
             raise self._write_error(error, f"delete {len(rows)} unreferenced objects") from error
+
+    async def _abump_gc_generation(self) -> None:
+        try:
+            await self._writer_db.execute(
+                "INSERT INTO meta (key, value) VALUES ('gc_generation', '1') "
+                "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            )
+        except sqlite3.Error as error:
+            raise self._write_error(error, "record a garbage collection") from error
 
     @asynccontextmanager
     async def _amaintenance(self) -> AsyncIterator[None]:

@@ -926,6 +926,28 @@ class StoreConformance:
             assert await store.agc() == 0
             assert await store.aget(node.hash_key) == node
 
+    async def test_a_store_object_does_not_count_on_objects_another_ones_gc_deleted(self) -> None:
+        inner = Message(text="shared inner")
+        writer = await self.make_store().aopen()
+        admin = await self.make_store().aopen() if self.separate_instances_share_data else writer
+        try:
+            await arecord_events(writer, "old", [message_event("old", Message(text="old parent", ref=inner))])
+            await admin.adelete_run("old")
+            assert await admin.agc() == 2  # the old parent and `inner`, which `writer` remembers having stored
+            parent = Message(text="new parent", ref=inner)
+            await arecord_events(writer, "new", [message_event("new", parent)])
+            report = await admin.averify()
+            assert report.ok, report.problems
+            rebuilt = await admin.aget(parent.hash_key)
+            assert rebuilt.hash_key == parent.hash_key
+            # and once the writer knows of the gc, it remembers again what it stores
+            await arecord_events(writer, "newer", [message_event("newer", Message(text="newer", ref=inner))])
+            assert inner.hash_key in writer._recently_stored
+        finally:
+            await writer.aclose()
+            if admin is not writer:
+                await admin.aclose()
+
     async def test_a_running_run_cannot_be_deleted(self) -> None:
         async with self.make_store() as store:
             await store.astart_run("run")

@@ -805,21 +805,23 @@ class SQLiteStore(EventStore):
         kinds: Optional[frozenset[EventKind]],
         hash_keys: Optional[Sequence[str]] = None,
     ) -> AsyncIterator[list[Event]]:
-        if hash_keys is not None and len(hash_keys) > _IN_LIMIT:
-            for start in range(0, len(hash_keys), _IN_LIMIT):
-                async for chunk in self._aiter_event_chunks(
-                    run_id, after_seq, kinds, hash_keys[start : start + _IN_LIMIT]
-                ):
-                    yield chunk
-            return
         conditions = ""
         parameters: list[Any] = []
         indexed = False
         if hash_keys is not None:
             # stream and call_finished events are found through the events_by_hash index, other kinds by a scan
             indexed = kinds is not None and kinds <= {EventKind.STREAM, EventKind.CALL_FINISHED}
-            conditions += f" AND e.hash IN ({', '.join('?' * len(hash_keys))})"
-            parameters.extend(bytes.fromhex(key) for key in hash_keys)
+            if len(hash_keys) <= _IN_LIMIT:
+                conditions += f" AND e.hash IN ({', '.join('?' * len(hash_keys))})"
+                parameters.extend(bytes.fromhex(key) for key in hash_keys)
+            else:  # more keys than parameters: one query all the same (one `seq` order), the keys in one blob
+                blob = bytes.fromhex("".join(hash_keys))
+                slices, start = [], 1
+                for key in hash_keys:
+                    slices.append((start, len(key) // 2))
+                    start += len(key) // 2
+                conditions += " AND e.hash IN (SELECT substr(?, k.value ->> 0, k.value ->> 1) FROM json_each(?) AS k)"
+                parameters.extend((blob, orjson.dumps(slices).decode()))
             if indexed:
                 conditions += " AND e.kind IN (4, 6)"
         if run_id is not None:

@@ -397,6 +397,20 @@ class StoreConformance:
         assert in_run_b == [everything[4]]
         assert none == []
 
+    @pytest.mark.parametrize("kind", [EventKind.MESSAGE, EventKind.STREAM])
+    async def test_events_found_by_many_hash_keys_come_in_seq_order(self, kind: EventKind) -> None:
+        messages = [Message(text=f"m{index}") for index in range(1_200)]
+        async with self.make_store() as store:
+            await arecord_events(
+                store,
+                "run",
+                [Event(kind, "run", 0.0, hash_key=message.hash_key, obj=message) for message in messages],
+            )
+            wanted = [message.hash_key for message in messages[::2]]  # 600 keys, more than one query's parameters
+            events = await store.aget_events(hash_keys=reversed(wanted), kinds=[kind])
+        assert [event.hash_key for event in events] == wanted
+        assert [event.seq for event in events] == sorted(event.seq for event in events)  # type: ignore[type-var]
+
     async def test_events_with_hash_keys_of_both_lengths_share_a_batch(self) -> None:
         short = Message(text="short")
         async with MiniAgents(longer_hash_keys=True):

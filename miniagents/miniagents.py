@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Optional, TypeVar, Union, overload
@@ -84,14 +84,15 @@ class MiniAgents(PromisingContext):
         self.store = store
         self.replay = replay
         self.run_metadata = dict(run_metadata or {})
-        self.run_id: Optional[str] = None
         self._sinks: list[EventSink] = [store] if store is not None else []
-        self._sink_errors: list[BaseException] = []
         self._started_at = 0.0
-        self._serial = next(_context_serials)
-        self._call_ids = itertools.count(1)
-        self._top_level_call_count = 0
-        self._occurrences: dict[str, int] = {}
+        self.run_id: Optional[str]
+        self._sink_errors: list[BaseException]
+        self._serial: int
+        self._call_ids: Iterator[int]
+        self._top_level_call_count: int
+        self._occurrences: dict[str, int]
+        self._reset_run_state()
         self._open_calls: set[AgentCall] = set()
         """Calls whose input is open and that no running agent call will close: closed when the context exits."""
         self._persist_queue: deque[tuple[Any, Message]] = deque()
@@ -284,18 +285,20 @@ class MiniAgents(PromisingContext):
             )
 
     def _persist(self, promise: Any, message: Message) -> None:
-        emitted_by = message.__dict__.get(_EMITTED_BY)
-        if emitted_by is not None and self._serial in emitted_by:
+        if self._emitted_here(message):
             return  # emitted already, and so were its sub-messages
         canonical_bytes: Optional[bytes] = None
         if self._sinks:
             _, canonical_bytes = message.hash_key_and_canonical_bytes()
         if canonical_bytes is None or may_reference_messages(canonical_bytes):  # most messages nest none
             for sub_message in message.sub_messages():
-                emitted_by = sub_message.__dict__.get(_EMITTED_BY)
-                if emitted_by is None or self._serial not in emitted_by:
+                if not self._emitted_here(sub_message):
                     self._persist_one(promise, sub_message)
         self._persist_one(promise, message, canonical_bytes)
+
+    def _emitted_here(self, message: Message) -> bool:
+        emitted_by = message.__dict__.get(_EMITTED_BY)
+        return emitted_by is not None and self._serial in emitted_by
 
     def _persist_one(self, promise: Any, message: Message, canonical_bytes: Optional[bytes] = None) -> None:
         """Emit one message (sub-messages first is the caller's job); `canonical_bytes` if the caller encoded them
@@ -746,11 +749,8 @@ class AgentCall:
 
     def _call_node_of(self, input_messages: tuple[Message, ...]) -> AgentCallNode:
         """The call node, built (and numbered among identical calls) by whoever has the resolved input first."""
-        if self.call_node is None:
-            return self._build_call_node(input_messages)
-        return self.call_node
-
-    def _build_call_node(self, input_messages: tuple[Message, ...]) -> AgentCallNode:
+        if self.call_node is not None:
+            return self.call_node
         call_node = AgentCallNode(
             **{
                 **self.agent._interaction_metadata_dict,

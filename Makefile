@@ -2,17 +2,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+LATEST := .venv-latest
+TOOLS := .venv-tools
+UV_VERSION := 0.13.9
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test test-latest lint typecheck pytest bench lock lock-upgrade clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+# The development environment holds exactly the versions in $(LOCK) (hash-checked), the project installed
+# editable on top without resolving anything. A changed lock or pyproject.toml rebuilds it from scratch, so
+# nothing of an earlier install lingers.
+$(STAMP): pyproject.toml $(LOCK)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m miniagents.demo
+	$(BIN)/python examples/demo.py
 
 test: lint typecheck pytest
 
@@ -26,8 +35,33 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The whole test suite against the newest versions pyproject.toml allows, in a virtualenv of its own.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[all,dev]'
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iE '^(openai|anthropic|httpx2?|pydantic|pytest|pytest-asyncio|aiosqlite|orjson|blake3)=='
+	$(LATEST)/bin/python -m pytest -q
+
+$(TOOLS)/bin/uv:
+	rm -rf $(TOOLS)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# Writes $(LOCK): every dependency, extra and dev tool, for Python 3.10 and newer on every platform, with hashes.
+# `make lock` keeps the pinned versions that still fit pyproject.toml; `make lock-upgrade` moves all to the newest.
+LOCK_COMMAND = $(TOOLS)/bin/uv pip compile pyproject.toml requirements/build.in --all-extras --universal \
+	--python-version 3.10 --generate-hashes --custom-compile-command 'make lock' --quiet -o $(LOCK)
+
+lock: $(TOOLS)/bin/uv
+	$(LOCK_COMMAND)
+
+lock-upgrade: $(TOOLS)/bin/uv
+	$(LOCK_COMMAND) --upgrade
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .bench
+	rm -rf $(VENV) $(LATEST) $(TOOLS) .bench

@@ -80,7 +80,8 @@ async def amain(args: argparse.Namespace) -> None:
     async with llm_agent(args.provider, model, args.offline) as agent:
         async with MiniAgents(on_persist_message=persist_message):
             reply_sequence = agent.inquire("How are you today?", max_tokens=1000, system="Respond only in Yoda-speak.")
-            start, end = ("\033[92;1m", "\033[0m") if sys.stdout.isatty() else ("", "")
+            colored = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+            start, end = ("\033[92;1m", "\033[0m") if colored else ("", "")
             print()
             async for message_promise in reply_sequence:
                 async for token in message_promise:

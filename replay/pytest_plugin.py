@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +59,16 @@ def _class_names(node: pytest.Item) -> list[str]:
     return names
 
 
+def record_command(request: pytest.FixtureRequest) -> str:
+    """The shell command that records this test, to paste where pytest was started: the test's node id made
+    relative to that folder, quoted for a POSIX shell (parametrized ids hold spaces, brackets, `?`, quotes)."""
+    test_file = Path(str(request.node.path))
+    invocation_dir = Path(request.config.invocation_params.dir)
+    _, separator, rest = request.node.nodeid.partition("::")
+    test_id = f"{os.path.relpath(test_file, invocation_dir)}{separator}{rest}"
+    return f"pytest --record-mode=once {shlex.quote(test_id)}"
+
+
 def _legacy_recording_path(request: pytest.FixtureRequest) -> Path:
     """Where versions before class names and hashes kept this test's recording."""
     test_file = Path(str(request.node.path))
@@ -82,7 +94,7 @@ def agent_replay(request: pytest.FixtureRequest) -> Replay:
         )
         pytest.fail(
             f"No recording for {request.node.nodeid}: {path} does not exist, and --record-mode=none only replays. "
-            f"Record it once with: pytest --record-mode=once {request.node.nodeid}{hint}",
+            f"Record it once with: {record_command(request)}{hint}",
             pytrace=False,
         )
     if mode != "none":

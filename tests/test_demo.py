@@ -1,28 +1,39 @@
-"""`make demo` (miniagents/demo.py): records a panel of OpenAI agents from the local fake LLM server, replays it
+"""`make demo` (examples/demo.py): records a panel of OpenAI agents from the local fake LLM server, replays it
 offline without a single HTTP request, and picks the OpenAI API only when OPENAI_API_KEY is set."""
 
 import asyncio
+import importlib.util
+import io
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from miniagents import MiniAgents
-from miniagents.demo import (
-    EXPERTS,
-    FAKE_MODEL,
-    HTTPRequestCounter,
-    LLMSettings,
-    arecord_and_replay,
-    arun_panel,
-    choose_llm,
-    closed_port_url,
-    editor_summary,
-    main,
-    openai_client,
-)
 from replay import Replay, ReplayDivergenceError
 from store import SQLiteStore
+
+DEMO_PATH = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+_spec = importlib.util.spec_from_file_location("demo", DEMO_PATH)
+assert _spec is not None and _spec.loader is not None
+demo = importlib.util.module_from_spec(_spec)
+sys.modules["demo"] = demo  # dataclasses look their module up while the class is being made
+_spec.loader.exec_module(demo)
+
+EXPERTS = demo.EXPERTS
+FAKE_MODEL = demo.FAKE_MODEL
+HTTPRequestCounter = demo.HTTPRequestCounter
+LLMSettings = demo.LLMSettings
+arecord_and_replay = demo.arecord_and_replay
+arun_panel = demo.arun_panel
+choose_llm = demo.choose_llm
+closed_port_url = demo.closed_port_url
+editor_summary = demo.editor_summary
+main = demo.main
+openai_client = demo.openai_client
 
 QUESTION = "How is paper made, and can it be recycled?"
 FAKE_SERVER = LLMSettings(real_api=False, model=FAKE_MODEL)
@@ -130,3 +141,33 @@ def test_the_fake_editor_sums_up_the_notes_it_gets() -> None:
     assert editor_summary(notes) == (
         "Summary of the panel:\n- HISTORIAN: Paper came from China.\n- ENGINEER: Machines dry pulp."
     )
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colours_only_on_a_terminal_and_never_with_no_color() -> None:
+    assert demo.terminal_style(FakeTerminal(), {}) == demo.COLOURS
+    assert demo.terminal_style(FakeTerminal(), {"NO_COLOR": ""}) == demo.COLOURS  # empty means unset
+    assert demo.terminal_style(FakeTerminal(), {"NO_COLOR": "1"}) == demo.Style()
+    assert demo.terminal_style(io.StringIO(), {}) == demo.Style()
+
+
+def test_the_demo_script_writes_plain_text_into_a_pipe(tmp_path: Path) -> None:
+    environment = {key: value for key, value in os.environ.items() if not key.endswith("_API_KEY")}
+    environment.pop("NO_COLOR", None)
+    result = subprocess.run(
+        [sys.executable, str(DEMO_PATH), "--db", str(tmp_path / "agents.db"), "--token-delay", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "4. Fingerprints" in result.stdout and "(the same)" in result.stdout
+    assert "\x1b" not in result.stdout

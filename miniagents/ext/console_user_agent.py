@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import weakref
 from collections.abc import Callable
@@ -61,7 +62,7 @@ async def console_user_agent(
         prompt_session = default_prompt_session()
 
     # print the messages as the logging agent passes them on: once they are all printed, they are all logged too
-    colored = sys.stdout.isatty()
+    colored = sys.stdout.isatty() and not os.environ.get("NO_COLOR")  # as no-color.org asks
     async for message_promise in chat_history.logging_agent.inquire(ctx.messages):
         await _aprint_message(message_promise, colored)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import re
@@ -31,6 +32,7 @@ __all__ = [
     "RecordedRequest",
     "ScriptedReply",
     "TokenUsage",
+    "dropped_connection_errors",
     "echo_last_user_message",
     "tokenize",
 ]
@@ -148,6 +150,18 @@ class RecordedRequest:
 
 
 DefaultReply = ScriptedReply | str | Callable[[RecordedRequest], "ScriptedReply | str"]
+
+
+def dropped_connection_errors(sdk: Any) -> tuple[type[BaseException], ...]:
+    """What a connection dropped by ``drop_after`` surfaces as with this SDK module (``openai`` or ``anthropic``).
+
+    Either the SDK's ``APIConnectionError`` or its HTTP transport's ``TransportError``: SDK releases differ in
+    wrapping the transport's error, and in which transport (``httpx`` or its successor) they use. The transport is
+    found through the SDK's public ``DefaultAsyncHttpxClient``, a subclass of the transport's client.
+    """
+    client_base = sdk.DefaultAsyncHttpxClient.__mro__[1]
+    transport = importlib.import_module(client_base.__module__.partition(".")[0])
+    return (sdk.APIConnectionError, transport.TransportError)
 
 
 def _content_text(content: Any) -> str:

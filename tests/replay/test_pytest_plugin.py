@@ -1,6 +1,11 @@
 """The pytest plugin: --record-mode and the agent_replay fixture, driven through pytester."""
 
+import os
 import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +72,12 @@ def test_the_option_is_listed_in_help(pytester: pytest.Pytester) -> None:
 
 
 COLLIDING_TESTS = """
+import os
 import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +113,62 @@ def test_tests_in_other_classes_or_with_other_parameters_have_their_own_recordin
     assert names[:2] == ["TestFrench.test_greeting.db", "TestGerman.test_greeting.db"]
     assert all(re.fullmatch(r"test_llm_What_is_2_2-[0-9a-f]{8}\.db", name) for name in names[2:])
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)  # each replays its own recording
+
+
+PARAMETRIZED_TEST = """
+import pytest
+
+from miniagents import MiniAgents
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
+
+
+@pytest.mark.parametrize("question", ["Why paper?", "It's [odd] & $HOME"])
+async def test_ask(agent_replay, question):
+    async with MiniAgents(replay=agent_replay):
+        await stand_in_llm_agent.inquire(question).aresolve_messages()
+"""
+
+
+def record_commands(output: str) -> list[str]:
+    return re.findall(r"Record it once with: (pytest --record-mode=once .*?)(?: \(|$)", output, re.MULTILINE)
+
+
+@pytest.mark.parametrize("started_in", [".", "tests"])
+def test_the_record_command_of_a_missing_recording_runs_when_pasted_into_a_shell(
+    pytester: pytest.Pytester, started_in: str
+) -> None:
+    pytester.makeini(INI)
+    (pytester.path / "tests" / "flows").mkdir(parents=True)
+    (pytester.path / "tests" / "flows" / "test_questions.py").write_text(PARAMETRIZED_TEST)
+    invocation_dir = pytester.path / started_in
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rE"],
+        cwd=invocation_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout
+    commands = record_commands(result.stdout)
+    assert len(commands) == 2, result.stdout
+    test_path = os.path.relpath(pytester.path / "tests" / "flows" / "test_questions.py", invocation_dir)
+    assert [shlex.split(command) for command in commands] == [
+        ["pytest", "--record-mode=once", f"{test_path}::test_ask[Why paper?]"],
+        ["pytest", "--record-mode=once", f"{test_path}::test_ask[It's [odd] & $HOME]"],
+    ]
+
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for command in commands:  # pasted as printed, each records its one test
+        pasted = subprocess.run(
+            ["bash", "-c", f"{command} -p no:cacheprovider"],
+            cwd=invocation_dir,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert pasted.returncode == 0, pasted.stdout + pasted.stderr
+        assert "1 passed" in pasted.stdout
+    assert len(list((pytester.path / "tests" / "flows" / "recordings" / "test_questions").glob("*.db"))) == 2

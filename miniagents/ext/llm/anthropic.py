@@ -64,7 +64,8 @@ async def anthropic_agent(
         from the environment (`ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`), once per event loop.
     :param reply_metadata: extra fields for the reply message.
     :param kwargs: passed to `client.messages.create()` / `.stream()` as they are (`max_tokens` is required by
-        the API, `temperature`, ...).
+        the API); a keyword the installed SDK does not take is its `TypeError` (anthropic 2.x takes no
+        `temperature`), and `extra_body={...}` sends fields the SDK does not know.
     """
     alias = ctx.this_agent.alias
     if stream is None:

@@ -1,4 +1,5 @@
-"""`make demo`: a panel of OpenAI agents recorded into agents.db, then replayed offline with the same fingerprint.
+"""`make demo` (python examples/demo.py): a panel of OpenAI agents recorded into agents.db, then replayed offline
+with the same fingerprint.
 
 The agents talk through the real `openai` SDK to a local fake LLM server on 127.0.0.1 (scripted answers, streamed
 token by token), or to the OpenAI API when OPENAI_API_KEY is set. The replay starts no server and sends no request.
@@ -12,11 +13,12 @@ import contextlib
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, TextIO
 
 import openai
 
@@ -25,6 +27,8 @@ from miniagents.ext.llm.llm_common import UserMessage
 from miniagents.ext.llm.openai import openai_agent
 from miniagents.messages import MessageSequencePromise
 from miniagents.testing.fake_llm_server import FakeLLMServer, RecordedRequest, ScriptedReply
+from replay import Replay, aload_tree
+from store import SQLiteStore
 
 DEFAULT_MODEL = "gpt-4o-mini"
 FAKE_MODEL = "fake-llm"
@@ -55,7 +59,23 @@ EDITOR_PROMPT = "You are an editor. Sum up each expert's answer in one line: '- 
 NOTES_HEADER = "The panel's answers:"
 _NOTE_LINE = re.compile(r"^(?P<alias>[A-Z]+): (?P<answer>.+)$", re.MULTILINE)
 
-GREEN, BOLD, DIM, RESET = "\033[92m", "\033[1m", "\033[2m", "\033[0m"
+
+@dataclass(frozen=True)
+class Style:
+    """The escape codes the demo's output is styled with; all empty for plain text."""
+
+    green: str = ""
+    bold: str = ""
+    dim: str = ""
+    reset: str = ""
+
+
+COLOURS = Style(green="\033[92m", bold="\033[1m", dim="\033[2m", reset="\033[0m")
+
+
+def terminal_style(stream: TextIO, environ: Mapping[str, str]) -> Style:
+    """Colours only when `stream` is a terminal and NO_COLOR is unset or empty (as no-color.org asks)."""
+    return COLOURS if stream.isatty() and not environ.get("NO_COLOR") else Style()
 
 
 def expert_prompt(alias: str) -> str:
@@ -171,17 +191,19 @@ async def panel_agent(ctx: InteractionContext, model: str, async_client: openai.
     ctx.reply(editor.inquire([ctx.messages, await apanel_notes(answers)]))
 
 
-async def arun_panel(question: str, settings: LLMSettings, client: openai.AsyncOpenAI) -> float:
+async def arun_panel(
+    question: str, settings: LLMSettings, client: openai.AsyncOpenAI, style: Style = Style()
+) -> float:
     """Stream every reply of the panel to the console as it arrives (needs an active MiniAgents context); the
     seconds it took."""
-    print(f"{BOLD}USER:{RESET} {question}\n")
+    print(f"{style.bold}USER:{style.reset} {question}\n")
     started = time.perf_counter()
     panel = panel_agent.fork(model=settings.model, async_client=client)
     async for message_promise in panel.inquire(question):
         alias = getattr(message_promise.preliminary_metadata, "agent_alias", "?")
-        print(f"{GREEN}{BOLD}{alias}:{RESET} ", end="", flush=True)
+        print(f"{style.green}{style.bold}{alias}:{style.reset} ", end="", flush=True)
         async for token in message_promise:
-            print(f"{GREEN}{token}{RESET}", end="", flush=True)
+            print(f"{style.green}{token}{style.reset}", end="", flush=True)
         print("\n")
     return time.perf_counter() - started
 
@@ -201,12 +223,11 @@ class DemoOutcome:
     replay_http_requests: int
 
 
-async def arecord_and_replay(question: str, token_delay: float, path: Path, settings: LLMSettings) -> DemoOutcome:
+async def arecord_and_replay(
+    question: str, token_delay: float, path: Path, settings: LLMSettings, style: Style = Style()
+) -> DemoOutcome:
     """Record the panel into `path` (replacing an earlier recording) from the LLM `settings` choose, replay it
     offline (no server started, the client pointed at a closed port), print the tree and compare fingerprints."""
-    from replay import Replay, aload_tree
-    from store import SQLiteStore
-
     live_requests = HTTPRequestCounter()
     recording = Replay(SQLiteStore(path), mode="all")
     async with contextlib.AsyncExitStack() as stack:
@@ -215,29 +236,32 @@ async def arecord_and_replay(question: str, token_delay: float, path: Path, sett
             server = await stack.enter_async_context(FakeLLMServer(default_reply=fake_panel_llm(token_delay)))
         client = openai_client(live_requests, None if server is None else server.openai_base_url)
         await stack.enter_async_context(client)
-        print(f"{BOLD}1. Live run, answered by {settings.describe(server)}{RESET}")
-        print(f"{BOLD}   and recorded into {path}{RESET}\n")
+        print(f"{style.bold}1. Live run, answered by {settings.describe(server)}{style.reset}")
+        print(f"{style.bold}   and recorded into {path}{style.reset}\n")
         async with MiniAgents(replay=recording):
-            elapsed = await arun_panel(question, settings, client)
-    print(f"{DIM}{len(EXPERTS)} experts answered in parallel; the live run took {elapsed:.2f} s.{RESET}")
+            elapsed = await arun_panel(question, settings, client, style)
+    print(f"{style.dim}{len(EXPERTS)} experts answered in parallel; the live run took {elapsed:.2f} s.{style.reset}")
 
-    print(f"\n{BOLD}2. The same flow replayed offline from {path.name} (no server, no LLM call){RESET}\n")
+    print(f"\n{style.bold}2. The same flow replayed offline from {path.name} (no server, no LLM call){style.reset}\n")
     replay_requests = HTTPRequestCounter()
     replayed = Replay(SQLiteStore(path), mode="none")
     async with openai_client(replay_requests, closed_port_url()) as nowhere_client:
         async with MiniAgents(replay=replayed):
-            elapsed = await arun_panel(question, settings, nowhere_client)
-    print(f"{DIM}The replay took {elapsed:.2f} s.{RESET}")
+            elapsed = await arun_panel(question, settings, nowhere_client, style)
+    print(f"{style.dim}The replay took {elapsed:.2f} s.{style.reset}")
 
     async with SQLiteStore(path) as store:
         (run,) = await store.alist_runs()
         tree = await aload_tree(store, run.run_id)
         report = await store.averify()
-    print(f"\n{BOLD}3. The recorded interaction tree (run {run.run_id}, {run.event_count} events){RESET}\n")
+    print(
+        f"\n{style.bold}3. The recorded interaction tree (run {run.run_id}, {run.event_count} events){style.reset}\n"
+    )
     print(tree)
     same = "the same" if recording.fingerprint == replayed.fingerprint else "DIFFERENT"
     print(
-        f"\n{BOLD}4. Fingerprints{RESET}: recorded {recording.fingerprint}, replayed {replayed.fingerprint} ({same})."
+        f"\n{style.bold}4. Fingerprints{style.reset}: "
+        f"recorded {recording.fingerprint}, replayed {replayed.fingerprint} ({same})."
     )
     print(
         f"   HTTP requests: {live_requests.count} live, {replay_requests.count} during the replay, which answered "
@@ -266,8 +290,10 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
         help=f"the OpenAI model, when OPENAI_API_KEY is set (default {DEFAULT_MODEL})",
     )
     args = parser.parse_args(argv)
-    settings = choose_llm(os.environ if environ is None else environ, args.model)
-    asyncio.run(arecord_and_replay(args.question, args.token_delay, args.db.resolve(), settings))
+    environ = os.environ if environ is None else environ
+    settings = choose_llm(environ, args.model)
+    style = terminal_style(sys.stdout, environ)
+    asyncio.run(arecord_and_replay(args.question, args.token_delay, args.db.resolve(), settings, style))
 
 
 if __name__ == "__main__":

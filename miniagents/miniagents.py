@@ -688,19 +688,20 @@ class AgentCall:
                             )
                         await result
                 except Exception as exc:
-                    logger.log(
-                        context.log_level_for_errors,
-                        "Agent %s (call %s) failed",
-                        self.agent.alias,
-                        self.call_id,
-                        exc_info=True,
-                    )
+                    if context._first_report_of(exc):  # an error passed on by many agents is logged where it arose
+                        logger.log(
+                            context.log_level_for_errors,
+                            "Agent %s (call %s) failed",
+                            self.agent.alias,
+                            self.call_id,
+                            exc_info=True,
+                        )
                     if recording:
                         self._emit_error(exc)
                         error_emitted = exc
                     raise
         except Exception as exc:
-            logger.error(
+            logger.error(  # one line: the traceback was logged above, or by whoever raised it first
                 "Agent %s (call %s) failed after its reply sequence was closed: %s: %s",
                 self.agent.alias,
                 self.call_id,

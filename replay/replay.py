@@ -156,12 +156,31 @@ class Replay:
         return await self._recording.aanswer(recorded, self.speed)
 
     async def afinish(self, mini_agents: MiniAgents, error: Optional[BaseException]) -> None:
+        """Close what `astart` opened; then, when calls diverged and the context's body raised nothing, raise the
+        first divergence, so that one the agents swallowed (or that nobody awaited) still fails the run."""
         self.run_id = mini_agents.run_id
         try:
             if self.mode is RecordMode.ALL and self.recording and mini_agents.run_id is not None:
                 await self._areplace_recording(mini_agents.run_id, error)
         finally:
             await self._aclose_if_opened()
+        if self.divergences and error is None:
+            raise self._unhandled_divergence()
+
+    def _unhandled_divergence(self) -> ReplayDivergenceError:
+        """The first divergence of the run, saying how many more there were."""
+        first, *more = self.divergences
+        if not more:
+            return first
+        calls = "1 more call" if len(more) == 1 else f"{len(more)} more calls"
+        listed = ", ".join(f"{item.agent_alias} (call key {item.call_key})" for item in more)
+        return ReplayDivergenceError(
+            f"{first}\n{calls} diverged in this run: {listed}; see `Replay.divergences`.",
+            first.agent_alias,
+            first.call_key,
+            first.occurrence,
+            first.position,
+        )
 
     async def _areplace_recording(self, run_id: str, error: Optional[BaseException]) -> None:
         """Mode `all`: a run that finished ok (and was stored whole) replaces every other run; any other is

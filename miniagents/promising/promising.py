@@ -65,6 +65,8 @@ class PromisingContext:
         self.longer_hash_keys = longer_hash_keys
         self.log_level_for_errors = log_level_for_errors
         self._previous_ctx_token: Optional[Token[Optional[PromisingContext]]] = None
+        self._logged_errors: dict[int, BaseException] = {}
+        """The errors logged with their traceback while this context is active, by identity."""
 
     @classmethod
     def get_current(cls: type[_ContextT]) -> _ContextT:
@@ -103,13 +105,22 @@ class PromisingContext:
         async def run_and_log() -> Any:
             try:
                 return await awaitable
-            except Exception:
-                logger.log(log_level_for_errors, "An error occurred in a background task", exc_info=True)
+            except Exception as error:
+                if self._first_report_of(error):
+                    logger.log(log_level_for_errors, "An error occurred in a background task", exc_info=True)
                 if not suppress_errors:
                     raise
                 return None
 
         return self.spawn(run_and_log())
+
+    def _first_report_of(self, error: BaseException) -> bool:
+        """Whether `error` is reported (logged with its traceback) for the first time while this context is active:
+        an exception that travels through many promises and agents is logged once, where it arose."""
+        if id(error) in self._logged_errors:  # the dict holds the error, so its id is not reused meanwhile
+            return False
+        self._logged_errors[id(error)] = error
+        return True
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Create a task from `coroutine` and track it (no wrapping, no logging)."""
@@ -164,6 +175,7 @@ class PromisingContext:
             self._deactivate()
 
     def _deactivate(self) -> None:
+        self._logged_errors.clear()
         if self._previous_ctx_token is not None:
             self._current.reset(self._previous_ctx_token)
             self._previous_ctx_token = None
@@ -255,13 +267,14 @@ class Promise(Generic[T]):
     async def _aresolve_in_background(self) -> None:
         try:
             await self.aresolve()
-        except Exception:  # kept in the promise for whoever awaits it, and logged in case nobody does
-            logger.log(
-                self._context.log_level_for_errors,
-                "A %s started in the background failed",
-                type(self).__name__,
-                exc_info=True,
-            )
+        except Exception as error:  # kept in the promise for whoever awaits it, and logged in case nobody does
+            if self._context._first_report_of(error):
+                logger.log(
+                    self._context.log_level_for_errors,
+                    "A %s started in the background failed",
+                    type(self).__name__,
+                    exc_info=True,
+                )
 
     def _notify_resolved(self) -> None:
         context: Optional[PromisingContext] = self._context
@@ -383,7 +396,8 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
                 self._end_stream()
             raise
         except BaseException as exc:
-            logger.debug("The streamer of a StreamedPromise raised", exc_info=True)
+            # one line: the traceback is logged once, by whoever reports the failure (see `_first_report_of`)
+            logger.debug("The streamer of a StreamedPromise raised %s", type(exc).__name__)
             self._append_piece(exc)
             if not isinstance(exc, Exception):
                 self._end_stream()
@@ -464,7 +478,7 @@ class StreamAppender(AsyncIterator[PIECE], Generic[PIECE]):
         if self._append_closed:  # closed early: nobody would see the error in the stream, so it propagates
             return False
         if not isinstance(exc_value, Exception) or self._capture_errors:
-            logger.debug("An error was captured by a StreamAppender", exc_info=exc_value)
+            logger.debug("A StreamAppender captured %s", type(exc_value).__name__)  # logged once elsewhere
             self._put(exc_value)
             self.close()
             return isinstance(exc_value, Exception)

@@ -182,9 +182,11 @@ async def test_an_unrecorded_call_in_mode_none_raises_a_divergence_error_naming_
     ran: list[str] = []
     live = stand_in_llm_agent.fork(reply="live", model="gpt-x", responder=lambda _: ran.append("x") or "live")
     replay = Replay(store, mode="none")
-    async with MiniAgents(replay=replay):
-        with pytest.raises(ReplayDivergenceError) as caught:
-            await live.inquire(["system prompt", "What is 3+3?"], temperature=0).aresolve_messages()
+    with pytest.raises(ReplayDivergenceError) as at_exit:
+        async with MiniAgents(replay=replay):
+            with pytest.raises(ReplayDivergenceError) as caught:
+                await live.inquire(["system prompt", "What is 3+3?"], temperature=0).aresolve_messages()
+    assert at_exit.value is caught.value  # caught in the block, it still fails the context
     message = str(caught.value)
     assert caught.value.agent_alias == "STAND_IN_LLM_AGENT"
     assert caught.value.occurrence == 0
@@ -203,9 +205,9 @@ async def test_calling_more_often_than_recorded_names_the_occurrence() -> None:
     llm = stand_in_llm_agent.fork(reply="r")
     async with MiniAgents(replay=Replay(store)):
         await llm.inquire("same").aresolve_messages()
-    async with MiniAgents(replay=Replay(store, mode="none")):
-        await llm.inquire("same").aresolve_messages()
-        with pytest.raises(ReplayDivergenceError, match=r"recorded 1 time\(s\); this run makes it more often"):
+    with pytest.raises(ReplayDivergenceError, match=r"recorded 1 time\(s\); this run makes it more often"):
+        async with MiniAgents(replay=Replay(store, mode="none")):
+            await llm.inquire("same").aresolve_messages()
             await llm.inquire("same").aresolve_messages()
 
 
@@ -392,9 +394,9 @@ async def test_a_recording_whose_run_never_finished_is_said_to_be_incomplete(cap
     killed = await _acopy_runs(complete, unfinished=True)  # killed before it asked question 2
 
     replay = Replay(killed, mode="none")
-    async with MiniAgents(replay=replay):
-        await stand_in_llm_agent.inquire("question 1").aresolve_messages()  # what it has is replayed
-        with pytest.raises(ReplayDivergenceError, match=r"The recording is incomplete: run \w+ \(started .*\) never"):
+    with pytest.raises(ReplayDivergenceError, match=r"The recording is incomplete: run \w+ \(started .*\) never"):
+        async with MiniAgents(replay=replay):
+            await stand_in_llm_agent.inquire("question 1").aresolve_messages()  # what it has is replayed
             await stand_in_llm_agent.inquire("question 2").aresolve_messages()
     assert "--record-mode=once" in str(replay.divergences[0])
 

@@ -389,9 +389,9 @@ def _annotation_stays_frozen(annotation: Any) -> bool:
     `set`, `dict` rebuild the value."""
     if annotation in (str, bool, type(None), Any):
         return True
-    if isinstance(annotation, type):
-        return issubclass(annotation, Frozen)
     origin = get_origin(annotation)
+    if origin is None:  # (on Python 3.10, `isinstance(tuple[X, ...], type)` is true too)
+        return isinstance(annotation, type) and issubclass(annotation, Frozen)
     if origin is Union or origin is types.UnionType:
         return all(_annotation_stays_frozen(arg) for arg in get_args(annotation))
     if origin is tuple:

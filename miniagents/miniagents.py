@@ -524,11 +524,16 @@ class MiniAgent:
             recorded: dict[str, Any] = {}
             for name, value in self._partial_kwargs.items():
                 try:
-                    recorded[name] = REDACTION.marker if REDACTION.is_secret(name) else freeze(value, name)
+                    recorded[name] = _recorded_kwarg(name, value)
                 except FrozenValueError:
                     recorded[name] = f"<{type(value).__name__}>"
             self._frozen_partial_kwargs = recorded
         return self._frozen_partial_kwargs
+
+
+def _recorded_kwarg(name: str, value: Any) -> Any:
+    """A keyword argument's value as call nodes record it: frozen, or the redaction marker for a secret's name."""
+    return REDACTION.marker if REDACTION.is_secret(name) else freeze(value, name)
 
 
 def _is_async_function(func: Any) -> bool:
@@ -580,7 +585,7 @@ class AgentCall:
         self.agent = agent
         if function_kwargs:
             try:
-                self._frozen_kwargs = Frozen(**function_kwargs).frozen_fields_and_values()
+                self._frozen_kwargs = {name: _recorded_kwarg(name, value) for name, value in function_kwargs.items()}
             except FrozenValueError as exc:
                 raise FrozenValueError(
                     f"The call of agent {agent.alias} got a keyword argument that cannot be recorded: {exc} Bind "
@@ -752,11 +757,11 @@ class AgentCall:
         """The call node, built (and numbered among identical calls) by whoever has the resolved input first."""
         if self.call_node is not None:
             return self.call_node
+        kwargs = {**self.agent._recorded_partial_kwargs(), **self._frozen_kwargs}  # a call's own kwarg wins
         call_node = AgentCallNode(
             **{
                 **self.agent._interaction_metadata_dict,
-                **self.agent._recorded_partial_kwargs(),
-                **self._frozen_kwargs,
+                "kwargs": tuple(sorted(kwargs.items())),
                 "messages": input_messages,
                 "agent_alias": self.agent.alias,
             }
@@ -845,9 +850,32 @@ class AgentInteractionNode(Message):
 
 
 class AgentCallNode(AgentInteractionNode):
-    """A call: the agent alias, its interaction metadata, keyword arguments and input messages."""
+    """A call: the agent alias, its interaction metadata (as fields of its own), its keyword arguments and its
+    input messages.
+
+    The keyword arguments (bound with `fork()` and given to the call, the latter winning) are kept apart from the
+    node's fields, as `(name, value)` pairs sorted by name, so that no argument is confused with a field of the
+    node, whatever its name (`text`, `messages`, `class_`, ...); `call_kwargs` gives them as a dict.
+    """
 
     messages: tuple[Message, ...]
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def call_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the call, by name (secrets as the redaction marker)."""
+        return dict(self.kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        """A keyword argument read as an attribute (`node.model`), as with nodes that held them as fields; the
+        node's own fields come first (`node.text` is the node's text, `node.call_kwargs["text"]` the argument)."""
+        try:
+            return super().__getattr__(name)  # type: ignore[misc]
+        except AttributeError:
+            for kwarg_name, value in self.__dict__.get("kwargs", ()):
+                if kwarg_name == name:
+                    return value
+            raise
 
 
 class AgentReplyNode(AgentInteractionNode):

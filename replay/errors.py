@@ -5,13 +5,15 @@ MiniAgentsError
 └── ReplayError
     ├── ReplayDivergenceError    a call that the recording does not have (agent, call key, occurrence, closest calls)
     ├── NoRecordingError         replaying from a store that holds no recording
-    └── RecordedError            stands in for a recorded exception whose type is not a built-in one
+    └── RecordedError            a replayed recorded exception: also an instance of the original class when that
+                                 class can be imported (see `replay.rebuilt_errors`); alone, it stands in for one
+                                 whose class cannot
 ```
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from miniagents.errors import MiniAgentsError
 
@@ -39,7 +41,18 @@ class NoRecordingError(ReplayError):
 
 
 class RecordedError(ReplayError):
-    """A recorded exception replayed at its position; its original type was not a built-in one."""
+    """A recorded exception replayed at its position.
+
+    When the original class can be imported, the replayed error is an instance of it and of `RecordedError` (with
+    the original's name, module and text); a plain `RecordedError` stands in for one whose class cannot.
+    """
+
+    type_name: str
+    module: Optional[str]
+    text: str
+    recorded_description: dict[str, Any]
+    """How the original exception was recorded; a run that records this error records it the same way, so a
+    faithful replay has the recording's fingerprint."""
 
     def __init__(self, type_name: str, module: Optional[str], text: str) -> None:
         super().__init__(f"{module}.{type_name}: {text}" if module else f"{type_name}: {text}")
@@ -47,5 +60,3 @@ class RecordedError(ReplayError):
         self.module = module
         self.text = text
         self.recorded_description = {"type": type_name, "module": module, "text": text}
-        """How the original exception was recorded; a run that records this error records it the same way, so
-        a faithful replay has the recording's fingerprint."""

@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 from miniagents.events import Event, EventKind
 from miniagents.messages import Message, MessagePromise
+from miniagents.miniagents import AgentCallNode
+from replay.matching import CallMatcher
 from replay.streams import rebuild_error, replayed_failure, replayed_message, replayed_sequence
 from store.base import EventStore, RunInfo, RunStatus
 
@@ -62,10 +64,12 @@ class Recording:
     it; only if none has it, from the runs that failed, and only then from runs that never finished.
     """
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, matcher: Optional[CallMatcher] = None) -> None:
         self.store = store
+        self.matcher = matcher if matcher is not None else CallMatcher()
         self.runs: dict[str, RunInfo] = {}
         """The runs of the recording, by id, oldest first."""
+        self._by_match_key: Optional[dict[str, list[Event]]] = None
 
     async def aload_runs(self) -> list[RunInfo]:
         """Read which runs make up the recording (call before looking calls up)."""
@@ -80,14 +84,14 @@ class Recording:
         return _STATUS_RANK.get(run.status, len(_STATUS_RANK))
 
     async def afind_call(
-        self, call_key: str, occurrence: int, position: Optional[str] = None
+        self, match_key: str, occurrence: int, position: Optional[str] = None
     ) -> Optional[RecordedCall]:
-        """The recorded answer to a call: the newest recorded call with this key at this `position` in the call
-        tree, or, when no recorded call with this key has that position (recordings made before positions were
-        recorded have none), the newest one with this `occurrence`; from the best runs that have either (see the
-        class), or None."""
+        """The recorded answer to a call: the newest recorded call with this match key (see `CallMatcher`) at this
+        `position` in the call tree, or, when no recorded call with this key has that position (recordings made
+        before positions were recorded have none), the newest one with this `occurrence`; from the best runs that
+        have either (see the class), or None."""
         best: dict[tuple[int, bool], Event] = {}  # (run rank, matched by occurrence only) -> newest such event
-        async for event in self.store.aiter_events(kinds=[EventKind.CALL_FINISHED], hash_keys=[call_key]):
+        for event in await self._acalls_with_match_key(match_key):
             rank = self._rank(event.run_id)
             if rank is None:
                 continue
@@ -103,6 +107,27 @@ class Recording:
         if not best:
             return None
         return RecordedCall.from_event(best[min(best)])  # better runs first; then a position over an occurrence
+
+    async def _acalls_with_match_key(self, match_key: str) -> list[Event]:
+        """The `call_finished` events of the recorded calls with this match key: an index lookup in the store, or,
+        with a `normalize` function, in an index of every recorded call built on first use."""
+        if self.matcher.normalize is None:
+            kinds = [EventKind.CALL_FINISHED]
+            return [event async for event in self.store.aiter_events(kinds=kinds, hash_keys=[match_key])]
+        if self._by_match_key is None:
+            events = [
+                event
+                async for event in self.store.aiter_events(kinds=[EventKind.CALL_FINISHED])
+                if event.run_id in self.runs and event.hash_key
+            ]
+            nodes = await self.store.aget_many(sorted({str(event.hash_key) for event in events}))
+            index: dict[str, list[Event]] = {}
+            for event in events:
+                node = nodes[str(event.hash_key)]
+                if isinstance(node, AgentCallNode):
+                    index.setdefault(self.matcher.key(node), []).append(event)
+            self._by_match_key = index
+        return self._by_match_key.get(match_key, [])
 
     async def acalls_of(self, agent_alias: str) -> list[RecordedCall]:
         """Every recorded call of an agent (a scan of the store: only for explaining a divergence)."""

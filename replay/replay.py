@@ -9,10 +9,11 @@ from collections.abc import Iterable
 from typing import Any, Optional, Union
 
 from miniagents.events import InterceptedCall
-from miniagents.messages import Message
 from miniagents.miniagents import AgentCallNode, MiniAgent, MiniAgents
+from replay.divergence import call_differences, describe_differences, distance, normalization_notes
 from replay.errors import NoRecordingError, ReplayDivergenceError
 from replay.fingerprint import FingerprintSink
+from replay.matching import CallMatcher, CallToMatch, Normalizer
 from replay.recording import RecordedCall, Recording, unique_calls
 from store.base import EventStore, RunInfo, RunStatus
 from store.errors import UnknownHashError
@@ -20,7 +21,8 @@ from store.errors import UnknownHashError
 logger = logging.getLogger(__name__)
 
 _CLOSEST_SHOWN = 3
-_NOT_KWARGS = frozenset({"class_", "text", "text_template", "agent_alias", "messages"})
+
+__all__ = ["RecordMode", "Replay", "describe_differences"]
 
 
 class RecordMode(str, enum.Enum):
@@ -49,6 +51,10 @@ class Replay:
     :param agents: which agents are answered from the recording: agents or their aliases, or "all"; by default
         the agents marked `talks_to_outside_world` (LLMs, people), so your own orchestration runs live.
     :param speed: replay streams at `speed` times the recorded pace (1.0 = as recorded); None (default) = at once.
+    :param normalize: a function from a call (a `CallToMatch`: `agent_alias`, `kwargs`, `messages`, `metadata`,
+        `replace(**changes)`) to the call to match on, applied to recorded calls and to calls being replayed
+        alike, so volatile values (dates, temporary paths, request ids) can be masked; the recording keeps the
+        original values.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class Replay:
         mode: Union[RecordMode, str] = RecordMode.ONCE,
         agents: Union[str, Iterable[Union[MiniAgent, str]], None] = None,
         speed: Optional[float] = None,
+        normalize: Optional[Normalizer] = None,
     ) -> None:
         if not isinstance(store, EventStore):
             raise TypeError(f"Replay needs a store (SQLiteStore or MemoryStore), got {type(store).__name__}.")
@@ -67,6 +74,8 @@ class Replay:
             raise ValueError(f"Unknown record mode {mode!r}; use one of {choices}.") from None
         if speed is not None and speed <= 0:
             raise ValueError(f"`speed` must be positive (1.0 = the recorded pace), got {speed}.")
+        if normalize is not None and not callable(normalize):
+            raise TypeError(f"`normalize` must be a function from a CallToMatch to a CallToMatch, got {normalize!r}.")
         self.store = store
         self.speed = speed
         self._all_agents = agents == "all"
@@ -75,7 +84,8 @@ class Replay:
             if isinstance(agents, str):
                 agents = [agents]
             self._aliases = frozenset(agent.alias if isinstance(agent, MiniAgent) else str(agent) for agent in agents)
-        self._recording = Recording(store)
+        self._matcher = CallMatcher(normalize)
+        self._recording = Recording(store, self._matcher)
         self._opened_store = False
         self._fingerprint_sink = FingerprintSink()
         self.replaying = False
@@ -144,8 +154,8 @@ class Replay:
     async def aanswer(self, call: InterceptedCall) -> Any:
         if not self.replaying:
             return None
-        call_key = call.call_node.hash_key
-        recorded = await self._recording.afind_call(call_key, call.occurrence, call.position)
+        match_key = self._matcher.key(call.call_node)
+        recorded = await self._recording.afind_call(match_key, call.occurrence, call.position)
         if recorded is None:
             if self.recording:
                 return None  # new_episodes: run it live, and it gets recorded
@@ -250,46 +260,34 @@ class Replay:
         return ReplayDivergenceError("\n".join(lines), alias, call_key, call.occurrence, call.position)
 
     async def _aclosest(self, call_node: AgentCallNode, recorded: list[RecordedCall]) -> list[str]:
-        scored: list[tuple[int, str, list[str]]] = []
+        """The recorded calls closest to this one (fewest and smallest differences first), and what differs;
+        with `normalize`, between the normalized calls, each value also shown as given where it differs."""
+        current = self._matcher.normalized(call_node)
+        scored: list[tuple[float, str, list[str]]] = []
         for item in recorded:
             try:
                 recorded_node = await self.store.aget(item.call_key)
-            except UnknownHashError:
+            except UnknownHashError:  # collected meanwhile: nothing to compare with
                 continue
-            differences = describe_differences(call_node, recorded_node)  # type: ignore[arg-type]
-            scored.append((len(differences), item.call_key, differences))
+            if not isinstance(recorded_node, AgentCallNode):
+                continue
+            differences = call_differences(current, self._matcher.normalized(recorded_node))
+            described = [line for difference in differences for line in difference.lines]
+            if self._matcher.normalize is not None:
+                described += normalization_notes(CallToMatch.of(call_node), current, "now")
+                described += normalization_notes(
+                    CallToMatch.of(recorded_node), self._matcher.normalized(recorded_node), "recorded"
+                )
+            described = described or ["(identical; only the position differs)"]
+            scored.append((distance(differences), item.call_key, described))
         scored.sort(key=lambda entry: entry[0])
         lines: list[str] = []
-        for _, call_key, differences in scored[:_CLOSEST_SHOWN]:
+        for _, call_key, described in scored[:_CLOSEST_SHOWN]:
             lines.append(f"  - recorded call {call_key}:")
-            lines.extend(f"      {difference}" for difference in differences)
+            lines.extend(f"      {line}" for line in described)
+        if len(scored) > _CLOSEST_SHOWN:
+            lines.append(f"  ({len(scored) - _CLOSEST_SHOWN} more recorded calls of this agent differ more)")
         return lines
-
-
-def describe_differences(current: AgentCallNode, recorded: AgentCallNode) -> list[str]:
-    """What differs between two call nodes: kwargs and input messages, one line each."""
-    differences: list[str] = []
-    current_fields = {k: v for k, v in current.frozen_fields_and_values().items() if k not in _NOT_KWARGS}
-    recorded_fields = {k: v for k, v in recorded.frozen_fields_and_values().items() if k not in _NOT_KWARGS}
-    for name in sorted(current_fields.keys() | recorded_fields.keys()):
-        now, then = current_fields.get(name, "<not given>"), recorded_fields.get(name, "<not given>")
-        if now != then:
-            differences.append(f"kwarg {name}: now {_short(now)}, recorded {_short(then)}")
-    now_messages: tuple[Message, ...] = current.messages
-    then_messages: tuple[Message, ...] = getattr(recorded, "messages", ())
-    if len(now_messages) != len(then_messages):
-        differences.append(f"input messages: now {len(now_messages)}, recorded {len(then_messages)}")
-    for index, (now_message, then_message) in enumerate(zip(now_messages, then_messages, strict=False)):
-        if now_message.hash_key != then_message.hash_key:
-            differences.append(
-                f"input message {index}: now {_short(str(now_message))}, recorded {_short(str(then_message))}"
-            )
-    return differences or ["(identical content; only the occurrence differs)"]
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _describe_runs(runs: list[RunInfo]) -> str:

@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 from collections.abc import AsyncIterator, Mapping, Sequence
 from itertools import accumulate
 from typing import Any, Optional
 
 from miniagents.messages import Message, MessagePromise
 from miniagents.promising.ext.frozen import Frozen
-from replay.errors import RecordedError
+from replay.rebuilt_errors import rebuild_error
 from store.decoding import stand_in_class
-
-_NOT_REBUILT = (KeyboardInterrupt, SystemExit, GeneratorExit)
-
-
-def rebuild_error(description: Mapping[str, Any]) -> BaseException:
-    """The recorded exception: a built-in type as itself, any other as a `RecordedError` with its type and text."""
-    type_name = str(description.get("type", "Exception"))
-    module = description.get("module")
-    text = str(description.get("text", ""))
-    if module == "builtins":
-        error_class = getattr(builtins, type_name, None)
-        if isinstance(error_class, type) and issubclass(error_class, Exception):
-            try:
-                return error_class(text)
-            except Exception:  # a built-in exception that wants other arguments
-                pass
-        elif isinstance(error_class, type) and issubclass(error_class, BaseException):
-            if not issubclass(error_class, _NOT_REBUILT):
-                return error_class(text)
-    return RecordedError(type_name, str(module) if module is not None else None, text)
 
 
 def split_into_chunks(text: str, chunk_lengths: Sequence[int]) -> list[str]:

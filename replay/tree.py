@@ -14,7 +14,7 @@ from replay.recording import RecordedCall, Recording
 from replay.streams import replayed_sequence
 from store.base import EventStore
 
-_NOT_KWARGS = frozenset({"text", "text_template", "agent_alias", "messages"})
+_NOT_METADATA = frozenset({"class_", "text", "text_template", "agent_alias", "messages", "kwargs"})
 
 
 @dataclass
@@ -42,18 +42,26 @@ class CallTreeNode:
     _store: Optional[EventStore] = field(default=None, repr=False)
     _objects: Mapping[str, Frozen] = field(default_factory=dict, repr=False, compare=False)
     """The run's objects by hash key (read and checked; rebuilt on first lookup)."""
-    _inputs: Optional[tuple[dict[str, Any], tuple[Message, ...]]] = field(default=None, repr=False, compare=False)
+    _inputs: Optional[tuple[dict[str, Any], dict[str, Any], tuple[Message, ...]]] = field(
+        default=None, repr=False, compare=False
+    )
     _replies: Optional[tuple[Message, ...]] = field(default=None, repr=False, compare=False)
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of the call."""
+        """The keyword arguments of the call (bound with `fork()` and given to the call), whatever their names."""
         return self._decoded_inputs()[0]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The agent's interaction metadata recorded with the call (and, in recordings made before keyword
+        arguments were kept apart, those arguments)."""
+        return self._decoded_inputs()[1]
 
     @property
     def input_messages(self) -> tuple[Message, ...]:
         """The messages the call received."""
-        return self._decoded_inputs()[1]
+        return self._decoded_inputs()[2]
 
     @property
     def replies(self) -> tuple[Message, ...]:
@@ -67,15 +75,16 @@ class CallTreeNode:
             )
         return self._replies
 
-    def _decoded_inputs(self) -> tuple[dict[str, Any], tuple[Message, ...]]:
+    def _decoded_inputs(self) -> tuple[dict[str, Any], dict[str, Any], tuple[Message, ...]]:
         if self._inputs is None:
             call_node = self._objects.get(self.call_key) if self.call_key else None
             if call_node is None:
-                self._inputs = ({}, ())
+                self._inputs = ({}, {}, ())
             else:
                 values = call_node.frozen_fields_and_values()
-                kwargs = {name: value for name, value in values.items() if name not in _NOT_KWARGS}
-                self._inputs = (kwargs, tuple(values.get("messages") or ()))
+                kwargs = dict(values.get("kwargs") or ())
+                metadata = {name: value for name, value in values.items() if name not in _NOT_METADATA}
+                self._inputs = (kwargs, metadata, tuple(values.get("messages") or ()))
         return self._inputs
 
     @property

@@ -18,7 +18,7 @@ from typing import Any, Optional, TypeVar
 
 import orjson
 
-from miniagents.events import Event, EventKind
+from miniagents.events import Event, EventKind, describe_error
 from miniagents.messages import Message, may_reference_messages
 from miniagents.promising.ext.frozen import REDACTION, Frozen
 from store.decoding import (
@@ -190,8 +190,8 @@ def _json_default(value: Any) -> Any:
         return value.serialize()
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
-    if isinstance(value, BaseException):
-        return {"type": type(value).__qualname__, "module": type(value).__module__, "text": str(value)}
+    if isinstance(value, BaseException):  # described as the events describe errors: secrets redacted
+        return describe_error(value)
     text = repr(value)
     if _may_hold_secrets(text.encode()):  # a repr cannot be redacted field by field: keep only the type
         return f"<{type(value).__qualname__} object; its repr names a secret-looking field, so it is not stored>"

@@ -192,7 +192,7 @@ async def test_an_unrecorded_call_in_mode_none_raises_a_divergence_error_naming_
     assert caught.value.occurrence == 0
     assert f"call key {caught.value.call_key}, occurrence 0" in message
     assert "input message 1: now 'What is 3+3?', recorded 'What is 2+2?'" in message
-    assert "kwarg responder: now '<function>', recorded '<not given>'" in message
+    assert "kwarg responder: given now ('<function>'), not recorded" in message
     assert "mode='all'" in message
     assert ran == []  # the real agent never ran
     assert replay.divergences == [caught.value]

@@ -384,9 +384,9 @@ def _stays_frozen(field: FieldInfo) -> bool:
 
 def _annotation_stays_frozen(annotation: Any) -> bool:
     """Whether pydantic, validating a frozen value for this annotation, can only give back a frozen value: it
-    returns a `str`, `bool`, None or `Frozen` object as it is (an `Any` value too) and a tuple of `Frozen` objects
-    as a tuple of the same objects, where `int` and `float` accept strings (`"1e400"`, 30 digits) and `list`,
-    `set`, `dict` rebuild the value."""
+    returns a `str`, `bool`, None or `Frozen` object as it is (an `Any` value too) and a tuple of such items as a
+    tuple of the same objects, where `int` and `float` accept strings (`"1e400"`, 30 digits) and `list`, `set`,
+    `dict` rebuild the value."""
     if annotation in (str, bool, type(None), Any):
         return True
     origin = get_origin(annotation)
@@ -394,9 +394,10 @@ def _annotation_stays_frozen(annotation: Any) -> bool:
         return isinstance(annotation, type) and issubclass(annotation, Frozen)
     if origin is Union or origin is types.UnionType:
         return all(_annotation_stays_frozen(arg) for arg in get_args(annotation))
-    if origin is tuple:
+    if origin is tuple:  # `tuple[X, ...]` or `tuple[X, Y]`: pydantic rebuilds the tuple from the same items
         args = get_args(annotation)
-        return len(args) == 2 and args[1] is Ellipsis and isinstance(args[0], type) and issubclass(args[0], Frozen)
+        items = args[:1] if len(args) == 2 and args[1] is Ellipsis else args
+        return bool(items) and all(_annotation_stays_frozen(item) for item in items)
     return False
 
 

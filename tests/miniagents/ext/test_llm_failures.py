@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from miniagents import EventKind, ListEventSink, MessagePromise, MiniAgent, MiniAgents
+from miniagents.events import describe_error
 from miniagents.ext.llm.anthropic import anthropic_agent
 from miniagents.ext.llm.openai import openai_agent
 from miniagents.testing.fake_llm_server import FakeLLMServer, ScriptedReply, dropped_connection_errors
@@ -182,7 +183,7 @@ async def test_a_failed_reply_is_recorded_with_the_chunks_received(
         "class_": "OpenAIMessage" if provider == "openai" else "AnthropicMessage",
         "metadata": expected_metadata,
         "chunks": ["a", "b"],
-        "error": {"type": type(error).__qualname__, "module": type(error).__module__, "text": str(error)},
+        "error": describe_error(error),  # its type, module, text and the SDK attributes (redacted)
     }
     assert finished.data["error"] is None
     assert finished.data["reply_node"] is None  # a call whose reply broke has no reply node

@@ -10,7 +10,7 @@ from miniagents.events import Event, EventKind
 from miniagents.messages import Message, MessagePromise
 from miniagents.miniagents import AgentCallNode
 from replay.matching import CallMatcher
-from replay.streams import rebuild_error, replayed_failure, replayed_message, replayed_sequence
+from replay.streams import Pacing, rebuild_error, replayed_failure, replayed_message, replayed_sequence
 from store.base import EventStore, RunInfo, RunStatus
 
 
@@ -138,20 +138,23 @@ class Recording:
         ]
 
     async def areply_promises(
-        self, call: RecordedCall, speed: Optional[float]
+        self, call: RecordedCall, speed: Optional[float], pacing: Optional[Pacing] = None
     ) -> tuple[list[MessagePromise], Optional[BaseException]]:
-        """The call's replies as promises that stream as recorded, and the error its reply sequence raised."""
+        """The call's replies as promises that stream as recorded, and the error its reply sequence raised;
+        `pacing` holds back the last chunk of the last streamed reply until the call's turn to complete."""
         hashes = [str(reply["hash"]) for reply in call.replies if "hash" in reply]
         messages = await self.store.aget_many(hashes)
         promises: list[MessagePromise] = []
-        for reply in call.replies:
+        for index, reply in enumerate(call.replies):
+            last = pacing if index == len(call.replies) - 1 else None
             if "hash" in reply:
                 message = messages[str(reply["hash"])]
                 assert isinstance(message, Message)
                 # a streamed reply carries its own chunking; one that was complete from the start has none
-                promises.append(replayed_message(message, reply.get("chunks"), reply.get("offsets") or (), speed))
+                chunks, offsets = reply.get("chunks"), reply.get("offsets") or ()
+                promises.append(replayed_message(message, chunks, offsets, speed, last))
             else:
-                promises.append(replayed_failure(reply.get("failed") or {}, speed))
+                promises.append(replayed_failure(reply.get("failed") or {}, speed, last))
         return promises, rebuild_error(call.error) if call.error is not None else None
 
     async def aanswer(self, call: RecordedCall, speed: Optional[float]) -> Any:

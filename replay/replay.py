@@ -14,7 +14,9 @@ from replay.divergence import call_differences, describe_differences, distance, 
 from replay.errors import NoRecordingError, ReplayDivergenceError
 from replay.fingerprint import FingerprintSink
 from replay.matching import CallMatcher, CallToMatch, Normalizer
+from replay.ordering import CompletionClock
 from replay.recording import RecordedCall, Recording, unique_calls
+from replay.streams import replayed_sequence
 from store.base import EventStore, RunInfo, RunStatus
 from store.errors import UnknownHashError
 
@@ -64,6 +66,7 @@ class Replay:
         agents: Union[str, Iterable[Union[MiniAgent, str]], None] = None,
         speed: Optional[float] = None,
         normalize: Optional[Normalizer] = None,
+        order_timeout: float = 5.0,
     ) -> None:
         if not isinstance(store, EventStore):
             raise TypeError(f"Replay needs a store (SQLiteStore or MemoryStore), got {type(store).__name__}.")
@@ -74,10 +77,13 @@ class Replay:
             raise ValueError(f"Unknown record mode {mode!r}; use one of {choices}.") from None
         if speed is not None and speed <= 0:
             raise ValueError(f"`speed` must be positive (1.0 = the recorded pace), got {speed}.")
+        if not order_timeout > 0:
+            raise ValueError(f"`order_timeout` must be a positive number of seconds, got {order_timeout}.")
         if normalize is not None and not callable(normalize):
             raise TypeError(f"`normalize` must be a function from a CallToMatch to a CallToMatch, got {normalize!r}.")
         self.store = store
         self.speed = speed
+        self.order_timeout = order_timeout
         self._all_agents = agents == "all"
         self._aliases: Optional[frozenset[str]] = None
         if agents is not None and not self._all_agents:
@@ -93,7 +99,9 @@ class Replay:
         self.recording = False
         """Whether the current run is being recorded into the store."""
         self.divergences: list[ReplayDivergenceError] = []
-        """The calls of the current run that the recording did not have (in modes that do not record)."""
+        """The calls of the current run that the recording did not have (in modes that do not record), and those
+        the flow waited on out of the recorded order (`ReplayOrderError`)."""
+        self._clock = CompletionClock(store, order_timeout, self.divergences.append)
         self.replayed_calls = 0
         self.run_id: Optional[str] = None
         """The id of the current (or last) run."""
@@ -130,6 +138,7 @@ class Replay:
                 self.mode is RecordMode.ONCE and not has_recording
             )
             self.divergences = []
+            self._clock = CompletionClock(self.store, self.order_timeout, self.divergences.append)
             self.replayed_calls = 0
             mini_agents.add_event_sink(self._fingerprint_sink)
             if self.recording:
@@ -157,13 +166,16 @@ class Replay:
         match_key = self._matcher.key(call.call_node)
         recorded = await self._recording.afind_call(match_key, call.occurrence, call.position)
         if recorded is None:
+            self._clock.note_position(call.position)  # no recorded call at this position will be asked
             if self.recording:
                 return None  # new_episodes: run it live, and it gets recorded
             divergence = await self._adivergence(call)
             self.divergences.append(divergence)
             raise divergence
         self.replayed_calls += 1
-        return await self._recording.aanswer(recorded, self.speed)
+        pacing = await self._clock.aasked(recorded, call.position)
+        promises, error = await self._recording.areply_promises(recorded, self.speed, pacing)
+        return replayed_sequence(promises, error, pacing)
 
     async def afinish(self, mini_agents: MiniAgents, error: Optional[BaseException]) -> None:
         """Close what `astart` opened; then, when calls diverged and the context's body raised nothing, raise the

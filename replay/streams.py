@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from itertools import accumulate
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from miniagents.messages import Message, MessagePromise
 from miniagents.promising.ext.frozen import Frozen
@@ -21,27 +21,42 @@ def split_into_chunks(text: str, chunk_lengths: Sequence[int]) -> list[str]:
     return [text[end - length : end] for length, end in zip(chunk_lengths, ends, strict=True)]
 
 
-def _token_streamer(chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float]) -> Any:
-    """The token streamer of a replayed message: the chunks at once, or at `speed` times the recorded pace."""
-    if speed:
+class Pacing(Protocol):
+    """Who decides when a replayed message may complete (see `replay.ordering.CompletionClock`)."""
 
-        async def paced(_: dict[str, Any]) -> AsyncIterator[str]:
-            previous = 0.0
-            for index, chunk in enumerate(chunks):
-                if index < len(offsets):
-                    delay = (offsets[index] - previous) / speed
-                    previous = offsets[index]
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                yield chunk
+    def progress(self) -> None:
+        """A chunk was replayed."""
 
-        return paced
+    async def await_turn(self) -> None:
+        """Return when the message may complete (its last chunk may be replayed)."""
 
-    async def at_once(_: dict[str, Any]) -> AsyncIterator[str]:
-        for chunk in chunks:
+    def completed(self) -> None:
+        """The call's whole answer was replayed."""
+
+
+def _token_streamer(
+    chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float], pacing: Optional[Pacing] = None
+) -> Any:
+    """The token streamer of a replayed message: the chunks at once, or at `speed` times the recorded pace; with
+    `pacing`, the last chunk waits for the message's turn to complete."""
+
+    async def streamer(_: dict[str, Any]) -> AsyncIterator[str]:
+        previous = 0.0
+        for index, chunk in enumerate(chunks):
+            if speed and index < len(offsets):
+                delay = (offsets[index] - previous) / speed
+                previous = offsets[index]
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if pacing is not None:
+                if index == len(chunks) - 1:
+                    await pacing.await_turn()
+                pacing.progress()
             yield chunk
+        if pacing is not None and not chunks:
+            await pacing.await_turn()
 
-    return at_once
+    return streamer
 
 
 class ReplayedMessagePromise(MessagePromise):
@@ -49,14 +64,18 @@ class ReplayedMessagePromise(MessagePromise):
     (read from the store and checked against its hash key), rather than to a copy rebuilt from the chunks."""
 
     def __init__(
-        self, message: Message, chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float]
+        self,
+        message: Message,
+        chunks: Sequence[str],
+        offsets: Sequence[float],
+        speed: Optional[float],
+        pacing: Optional[Pacing] = None,
     ) -> None:
         self.recorded_message = message
         metadata = message.frozen_fields_and_values()
         metadata.pop("text", None)
-        super().__init__(
-            message_token_streamer=_token_streamer(chunks, offsets, speed), message_class=type(message), **metadata
-        )
+        streamer = _token_streamer(chunks, offsets, speed, pacing)
+        super().__init__(message_token_streamer=streamer, message_class=type(message), **metadata)
 
     async def _resolver(self) -> Message:
         async for _ in self:  # the whole stream first, as every message promise resolves
@@ -69,14 +88,21 @@ def replayed_message(
     chunk_lengths: Optional[Sequence[int]],
     offsets: Sequence[float],
     speed: Optional[float],
+    pacing: Optional[Pacing] = None,
 ) -> MessagePromise:
-    """A promise that streams `message` in its recorded chunks (at `speed` times the recorded pace, or at once)."""
+    """A promise that streams `message` in its recorded chunks (at `speed` times the recorded pace, or at once).
+
+    A message that was complete from the start (no chunks recorded) is complete from the start again: its turn
+    to complete (`pacing`) is then kept by the reply sequence, which holds it back (see `replayed_sequence`)."""
     if chunk_lengths is None:
         return MessagePromise(prefill_message=message)
-    return ReplayedMessagePromise(message, split_into_chunks(message.text or "", chunk_lengths), offsets, speed)
+    chunks = split_into_chunks(message.text or "", chunk_lengths)
+    return ReplayedMessagePromise(message, chunks, offsets, speed, pacing)
 
 
-def replayed_failure(partial: Mapping[str, Any], speed: Optional[float]) -> MessagePromise:
+def replayed_failure(
+    partial: Mapping[str, Any], speed: Optional[float], pacing: Optional[Pacing] = None
+) -> MessagePromise:
     """A promise that streams the chunks received before a recorded failure, then raises it."""
     chunks = [str(chunk) for chunk in partial.get("chunks", ())]
     offsets = [float(offset) for offset in partial.get("offsets", ())]
@@ -90,7 +116,7 @@ def replayed_failure(partial: Mapping[str, Any], speed: Optional[float]) -> Mess
     except Exception:  # metadata that cannot be rebuilt is left out rather than failing the replay
         metadata = {}
 
-    chunk_streamer = _token_streamer(chunks, offsets, speed)
+    chunk_streamer = _token_streamer(chunks, offsets, speed, pacing)
 
     async def token_streamer(metadata_so_far: dict[str, Any]) -> AsyncIterator[str]:
         async for chunk in chunk_streamer(metadata_so_far):
@@ -117,14 +143,28 @@ def _all_message_classes() -> list[type[Message]]:
     return found
 
 
-def replayed_sequence(promises: list[MessagePromise], error: Optional[BaseException]) -> Any:
-    """The reply of a replayed call: the promises, then the recorded sequence error (if any) at its place."""
-    if error is None:
+def replayed_sequence(
+    promises: list[MessagePromise], error: Optional[BaseException], pacing: Optional[Pacing] = None
+) -> Any:
+    """The reply of a replayed call: the promises, then the recorded sequence error (if any) at its place. With
+    `pacing`, a last message that was complete from the start is held back until the call's turn to complete, and
+    so is the end of the sequence."""
+    if error is None and pacing is None:
         return promises
 
     async def sequence() -> AsyncIterator[MessagePromise]:
-        for promise in promises:
-            yield promise
-        raise error
+        try:
+            for index, promise in enumerate(promises):
+                if pacing is not None and index == len(promises) - 1 and not promise.is_streamed:
+                    await pacing.await_turn()
+                yield promise
+            if pacing is not None:
+                await pacing.await_turn()
+                await asyncio.gather(*promises, return_exceptions=True)  # every message complete, failed ones too
+        finally:
+            if pacing is not None:
+                pacing.completed()
+        if error is not None:
+            raise error
 
     return sequence()

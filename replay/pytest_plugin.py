@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 RECORD_MODES = ("none", "once", "new_episodes", "all")
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9_.-]+")
+_MAX_NAME_LENGTH = 120
+"""Longer test names are cut (a hash of the whole name follows): file systems refuse names over 255 bytes."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,8 +36,8 @@ def recording_path(request: pytest.FixtureRequest) -> Path:
 
     The test name is the test's name within its module: `test_greeting`, `TestFrench.test_greeting` for a test in
     a class, `test_llm[What is 2+2?]` for a parametrized one. Characters other than letters, digits, `_`, `.` and
-    `-` become `_`; when that changed the name, a short hash of the whole name follows
-    (`test_llm_What_is_2_2-d3ed725a`), so two tests never share a recording.
+    `-` become `_`, and a name is cut after 120 characters; when that changed the name, a short hash of the whole
+    name follows (`test_llm_What_is_2_2-d3ed725a`), so two tests never share a recording.
     """
     test_file = Path(str(request.node.path))
     return test_file.parent / "recordings" / test_file.stem / f"{recording_name(request.node)}.db"
@@ -45,9 +47,9 @@ def recording_name(node: pytest.Item) -> str:
     """The file name (without `.db`) of a test's recording (see `recording_path`)."""
     name = ".".join([*_class_names(node), node.name])
     readable = _UNSAFE_CHARACTERS.sub("_", name).strip("_")
-    if readable == name:
+    if readable == name and len(name) <= _MAX_NAME_LENGTH:
         return name
-    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return f"{readable[:_MAX_NAME_LENGTH]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _class_names(node: pytest.Item) -> list[str]:

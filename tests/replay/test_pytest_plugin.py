@@ -172,3 +172,27 @@ def test_the_record_command_of_a_missing_recording_runs_when_pasted_into_a_shell
         assert pasted.returncode == 0, pasted.stdout + pasted.stderr
         assert "1 passed" in pasted.stdout
     assert len(list((pytester.path / "tests" / "flows" / "recordings" / "test_questions").glob("*.db"))) == 2
+
+
+LONG_ID_TEST = """
+import pytest
+
+from miniagents import MiniAgents
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
+
+
+@pytest.mark.parametrize("question", ["Why? " * 60, "Why? " * 60 + "And how?"])
+async def test_ask(agent_replay, question):
+    async with MiniAgents(replay=agent_replay):
+        await stand_in_llm_agent.inquire(question).aresolve_messages()
+"""
+
+
+def test_a_test_id_too_long_for_a_file_name_gets_a_capped_name_of_its_own(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_long=LONG_ID_TEST)
+    pytester.makeini(INI)
+    pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider").assert_outcomes(passed=2)
+    names = sorted(path.name for path in (pytester.path / "recordings" / "test_long").glob("*.db"))
+    assert len(names) == 2  # ids that differ only after the cut still get recordings of their own
+    assert all(len(name.encode()) <= 140 for name in names)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)

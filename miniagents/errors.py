@@ -11,6 +11,7 @@ MiniAgentsError
 ├── AgentDefinitionError                a misused @miniagent or MiniAgent (also a TypeError)
 ├── UsageError                          a utility called with arguments that cannot work (also a ValueError)
 ├── EventSinkError                      an event sink failed; raised when the MiniAgents context exits
+├── EventDataError                      event data that is not its kind's payload (also a ValueError)
 ├── StoreError                          store.errors
 └── ReplayError                         replay.errors
 ```
@@ -35,3 +36,7 @@ class UsageError(MiniAgentsError, ValueError):
 
 class EventSinkError(MiniAgentsError):
     """An event sink (a store) failed while a `MiniAgents` context was recording into it."""
+
+
+class EventDataError(MiniAgentsError, ValueError):
+    """An event's data does not have the shape of its kind's payload (see `miniagents.events`)."""

@@ -3,27 +3,34 @@
 A `MiniAgents` context with a sink is one *run*. The core pushes `Event`s into every sink synchronously, in the
 order things happen; a sink must not block (a store buffers and flushes in the background).
 
-| kind            | hash_key            | call_id / parent_call_id      | data                                       |
-|-----------------|---------------------|-------------------------------|--------------------------------------------|
-| run_started     | -                   | -                             | started_at (epoch s), library_version,     |
-|                 |                     |                               | metadata                                   |
-| run_finished    | -                   | -                             | status ("ok" / "failed"), error            |
-| message         | the object's hash   | call that was current         | - (the object is in `Event.obj`)           |
-| stream          | the message's hash  | call that produced it         | chunks (lengths), offsets (s since start)  |
-| call_started    | -                   | the call / its parent call    | agent_alias                                |
-| call_finished   | the AgentCallNode   | the call / its parent call    | agent_alias, call_node, reply_node,        |
-|                 | hash (the call key) |                               | occurrence, position, replies, error,      |
-|                 |                     |                               | replayed                                   |
-| error           | -                   | call that was current         | where, position, error, partial            |
+| kind            | hash_key            | call_id / parent_call_id      | payload (`Event.payload`)       |
+|-----------------|---------------------|-------------------------------|---------------------------------|
+| run_started     | -                   | -                             | `RunStartedPayload`             |
+| run_finished    | -                   | -                             | `RunFinishedPayload`            |
+| message         | the object's hash   | call that was current         | - (the object is in `Event.obj`)|
+| stream          | the message's hash  | call that produced it         | `StreamPayload`                 |
+| call_started    | -                   | the call / its parent call    | `CallStartedPayload`            |
+| call_finished   | the AgentCallNode   | the call / its parent call    | `CallFinishedPayload`           |
+|                 | hash (the call key) |                               |                                 |
+| error           | -                   | call that was current         | `ErrorPayload`                  |
 
-`call_finished.data["replies"]` lists the call's replies in order: `{"hash": h}` for a resolved message (plus
-`"chunks"` (lengths) and `"offsets"` when it was streamed, so replay needs no other lookup), or
-`{"failed": PARTIAL}` for a reply whose stream broke, where PARTIAL is `{"class_", "metadata", "chunks" (the texts
-received), "offsets", "error"}`; `data["error"]` is an error the reply sequence itself raised after those replies.
-An error is described as `{"type", "module", "text"}` (the class's `__qualname__`, its `__module__`, `str(error)`),
-plus `"attributes"` when the exception has some of `RECORDED_ERROR_ATTRIBUTES` holding plain JSON (`status_code`,
-`message`, `body`... of the OpenAI and Anthropic SDK errors; never `request` / `response`); secrets are redacted
-from the text and the attributes. Descriptions without `"attributes"` (older recordings) are as valid.
+Each payload is a frozen dataclass defined once here, with `to_data()` (its stored form) and `from_data()`; the
+replies inside `call_finished` are `WholeReply` (`{"hash", "chunks", "offsets"}`) and `PartialReply` (stored as
+`{"failed": {...}}`), and every exception is an `ErrorDescription` (`{"type", "module", "text", "attributes"}`).
+
+`Event.data` stays the plain-JSON dict that sinks store and give back, so a store needs to know nothing about
+kinds, and an event written by an older or newer version of the library is kept as it is. The typed payload is
+the one definition of that dict: the core builds the payload and makes the event from it (`Event.of`), so `data`
+is always `payload.to_data()` and the event keeps the payload (an in-process sink reads it without parsing);
+an event read back from a store parses its `data` into its payload once, on first use of `Event.payload`.
+Fields missing from older recordings take their defaults; a field of the wrong type raises `EventDataError`
+(`store.EventStore.averify()` reports such events), never a misread.
+
+A call keeps its record whatever its outcome. When its input failed before it was whole there is no call node,
+so no call key (replay matches only whole calls): `CallFinishedPayload.partial_call_node` then names an
+`AgentCallNode` of what the call received (its keyword arguments, interaction metadata and the input messages that
+resolved, in order), stored as an object like any other (checked, kept by gc), and `input_error` says how the
+input failed.
 """
 
 from __future__ import annotations
@@ -31,9 +38,13 @@ from __future__ import annotations
 import enum
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol, Union, runtime_checkable
 
+import orjson
+
+from miniagents.errors import EventDataError
 from miniagents.promising.ext.frozen import REDACTION
 
 if TYPE_CHECKING:
@@ -58,6 +69,504 @@ class EventKind(str, enum.Enum):
         return self.value
 
 
+# ------------------------------------------------------------------------------------------------ reading data
+
+
+def _fail(where: str, name: str, value: Any, expected: str) -> EventDataError:
+    return EventDataError(
+        f"The {where} data has {name}={value!r} ({type(value).__name__}), not {expected}; it was not written by "
+        "this library (or the store was edited), so it is not read as anything else."
+    )
+
+
+def _mapping(data: Any, where: str) -> Mapping[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise _fail(where, "data", data, "a JSON object")
+    return data
+
+
+def _text(data: Mapping[str, Any], name: str, where: str, default: Optional[str] = None) -> Optional[str]:
+    value = data.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise _fail(where, name, value, "a string")
+    return value
+
+
+def _integer(data: Mapping[str, Any], name: str, where: str) -> Optional[int]:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail(where, name, value, "an integer")
+    return value
+
+
+def _number(value: Any, name: str, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise _fail(where, name, value, "a number")
+    return float(value)
+
+
+def _flag(data: Mapping[str, Any], name: str, where: str) -> bool:
+    value = data.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _fail(where, name, value, "true or false")
+    return value
+
+
+def _items(data: Mapping[str, Any], name: str, where: str) -> Optional[list[Any]]:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise _fail(where, name, value, "a list")
+    return list(value)
+
+
+def _object(data: Mapping[str, Any], name: str, where: str) -> Optional[Mapping[str, Any]]:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _fail(where, name, value, "a JSON object")
+    return value
+
+
+def _lengths(data: Mapping[str, Any], name: str, where: str) -> Optional[tuple[int, ...]]:
+    items = _items(data, name, where)
+    if items is None:
+        return None
+    if not all(isinstance(item, int) and not isinstance(item, bool) for item in items):
+        raise _fail(where, name, items, "a list of integers")
+    return tuple(items)
+
+
+def _offsets(data: Mapping[str, Any], name: str, where: str) -> tuple[float, ...]:
+    return tuple(_number(item, name, where) for item in _items(data, name, where) or ())
+
+
+def _plain(value: Any) -> Any:
+    """`value` in its stored JSON form (tuples as lists, `Frozen` values serialized), as `from_data` reads it."""
+    try:
+        return orjson.loads(orjson.dumps(value, default=_serialized))
+    except TypeError:  # not plain JSON: the store encodes it as best it can
+        return value
+
+
+def _serialized(value: Any) -> Any:
+    if hasattr(value, "serialize"):
+        return value.serialize()
+    raise TypeError(f"{type(value).__qualname__} is not plain JSON")
+
+
+# ------------------------------------------------------------------------------------------------ the payloads
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDescription:
+    """An exception as recorded (stored as `{"type", "module", "text", "attributes"}`): the class's qualname, its
+    module, `str(error)`, and the `RECORDED_ERROR_ATTRIBUTES` it has that hold plain JSON (None when it has none,
+    as in recordings made before attributes were kept); secrets redacted from the text and the attributes."""
+
+    type_name: str
+    module: Optional[str] = None
+    text: str = ""
+    attributes: Optional[Mapping[str, Any]] = None
+
+    @classmethod
+    def of(cls, error: BaseException) -> ErrorDescription:
+        """The description of `error` (of an exception that stands in for a recorded one, such as a replayed
+        error, its `recorded_description`: the original's)."""
+        recorded = getattr(error, "recorded_description", None)
+        if isinstance(recorded, dict):
+            try:
+                return cls.from_data(recorded)
+            except EventDataError:
+                pass  # not a description after all: describe the exception itself
+        error_type = type(error)
+        try:
+            text = str(error)
+        except Exception:  # a broken __str__ must not break the recording
+            text = f"<{error_type.__qualname__}: str() failed>"
+        attributes: dict[str, Any] = {}
+        for name in RECORDED_ERROR_ATTRIBUTES:
+            try:
+                value = _plain_json(getattr(error, name), 0)
+            except Exception:  # absent, a property that failed, or not plain JSON (an object, NaN, a huge integer)
+                continue
+            secret = value is not None and REDACTION.is_secret(name)
+            attributes[name] = REDACTION.marker if secret else _redacted_value(value)
+        return cls(error_type.__qualname__, error_type.__module__, _redacted_text(text), attributes or None)
+
+    @classmethod
+    def from_data(cls, data: Any) -> ErrorDescription:
+        where = "error description"
+        data = _mapping(data, where)
+        attributes = _object(data, "attributes", where)
+        return cls(
+            type_name=_text(data, "type", where) or "Exception",
+            module=_text(data, "module", where),
+            text=_text(data, "text", where) or "",
+            attributes=dict(attributes) if attributes is not None else None,
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.type_name, "module": self.module, "text": self.text}
+        if self.attributes is not None:
+            data["attributes"] = dict(self.attributes)
+        return data
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.text}" if self.text else self.type_name
+
+
+def _error(data: Mapping[str, Any], name: str, where: str) -> Optional[ErrorDescription]:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _fail(where, name, value, "an error description")
+    return ErrorDescription.from_data(value)
+
+
+@dataclass(frozen=True, slots=True)
+class WholeReply:
+    """A reply received whole (stored as `{"hash", "chunks", "offsets"}`): the message's hash key, and when it was
+    streamed, its chunk lengths and each chunk's arrival (seconds since streaming started), so replay needs no
+    other lookup."""
+
+    hash_key: str
+    chunks: Optional[tuple[int, ...]] = None
+    """The chunk lengths; None for a message that was complete from the start."""
+    offsets: tuple[float, ...] = ()
+
+    @classmethod
+    def from_data(cls, data: Any) -> WholeReply:
+        where = "reply"
+        data = _mapping(data, where)
+        hash_key = _text(data, "hash", where)
+        if hash_key is None:
+            raise _fail(where, "hash", None, "a hash key")
+        return cls(hash_key, _lengths(data, "chunks", where), _offsets(data, "offsets", where))
+
+    def to_data(self) -> dict[str, Any]:
+        if self.chunks is None:
+            return {"hash": self.hash_key}
+        return {"hash": self.hash_key, "chunks": list(self.chunks), "offsets": list(self.offsets)}
+
+
+@dataclass(frozen=True, slots=True)
+class PartialReply:
+    """A reply whose stream broke (stored as `{"failed": {"class_", "metadata", "chunks", "offsets", "error"}}`
+    among the replies, and flattened into the `error` event of the broken stream): the message class's name, the
+    metadata known when it broke (as stored: plain JSON with `class_`), the text chunks received, each one's
+    arrival, and the error."""
+
+    message_class: str
+    metadata: Mapping[str, Any]
+    chunks: tuple[str, ...]
+    offsets: tuple[float, ...]
+    error: ErrorDescription
+
+    @property
+    def text(self) -> str:
+        """The text received before the stream broke."""
+        return "".join(self.chunks)
+
+    @classmethod
+    def from_data(cls, data: Any) -> PartialReply:
+        where = "failed reply"
+        data = _mapping(data, where)
+        chunks = _items(data, "chunks", where) or []
+        if not all(isinstance(chunk, str) for chunk in chunks):
+            raise _fail(where, "chunks", chunks, "a list of strings")
+        return cls(
+            message_class=_text(data, "class_", where) or "Message",
+            metadata=dict(_object(data, "metadata", where) or {}),
+            chunks=tuple(chunks),
+            offsets=_offsets(data, "offsets", where),
+            error=_error(data, "error", where) or ErrorDescription("Exception"),
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "class_": self.message_class,
+            "metadata": dict(self.metadata),
+            "chunks": list(self.chunks),
+            "offsets": list(self.offsets),
+            "error": self.error.to_data(),
+        }
+
+    @classmethod
+    def of(
+        cls, message_class: str, metadata: Any, chunks: list[str], offsets: list[float], error: BaseException
+    ) -> PartialReply:
+        """What is recorded of a broken stream; `metadata` is a `Frozen`'s serialized form."""
+        return cls(message_class, _plain(metadata), tuple(chunks), tuple(offsets), ErrorDescription.of(error))
+
+
+ReplyRecord = Union[WholeReply, PartialReply]
+"""One reply of a call, in order: received whole, or broken while it streamed."""
+
+
+def reply_to_data(reply: ReplyRecord) -> dict[str, Any]:
+    """A reply as `call_finished` stores it: `{"hash", ...}` or `{"failed": {...}}`."""
+    if isinstance(reply, PartialReply):
+        return {"failed": reply.to_data()}
+    return reply.to_data()
+
+
+def reply_from_data(data: Any) -> ReplyRecord:
+    """A reply stored by `reply_to_data`."""
+    data = _mapping(data, "reply")
+    if "hash" in data:
+        return WholeReply.from_data(data)
+    if "failed" in data:
+        return PartialReply.from_data(data["failed"])
+    raise _fail("reply", "data", dict(data), 'a reply ({"hash": ...} or {"failed": ...})')
+
+
+@dataclass(frozen=True, slots=True)
+class RunStartedPayload:
+    """A run started: wall-clock start (seconds since the epoch), library version, user metadata."""
+
+    KIND: ClassVar[EventKind] = EventKind.RUN_STARTED
+
+    started_at: Optional[float] = None
+    library_version: Optional[str] = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_data(cls, data: Any) -> RunStartedPayload:
+        where = "run_started"
+        data = _mapping(data, where)
+        started_at = data.get("started_at")
+        return cls(
+            started_at=None if started_at is None else _number(started_at, "started_at", where),
+            library_version=_text(data, "library_version", where),
+            metadata=dict(_object(data, "metadata", where) or {}),
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        metadata = dict(self.metadata)
+        return {"started_at": self.started_at, "library_version": self.library_version, "metadata": metadata}
+
+    def references(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinishedPayload:
+    """A run finished: `"ok"`, or `"failed"` with the error the `MiniAgents` block raised."""
+
+    KIND: ClassVar[EventKind] = EventKind.RUN_FINISHED
+
+    status: str = "ok"
+    error: Optional[ErrorDescription] = None
+
+    @classmethod
+    def from_data(cls, data: Any) -> RunFinishedPayload:
+        where = "run_finished"
+        data = _mapping(data, where)
+        return cls(status=_text(data, "status", where) or "ok", error=_error(data, "error", where))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"status": self.status, "error": self.error.to_data() if self.error is not None else None}
+
+    def references(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class CallStartedPayload:
+    """An agent call started."""
+
+    KIND: ClassVar[EventKind] = EventKind.CALL_STARTED
+
+    agent_alias: str = ""
+
+    @classmethod
+    def from_data(cls, data: Any) -> CallStartedPayload:
+        where = "call_started"
+        return cls(agent_alias=_text(_mapping(data, where), "agent_alias", where) or "")
+
+    def to_data(self) -> dict[str, Any]:
+        return {"agent_alias": self.agent_alias}
+
+    def references(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class CallFinishedPayload:
+    """An agent call ended, whatever the outcome.
+
+    `call_node` is the hash key of its `AgentCallNode` (the call key replay matches on; also the event's
+    `hash_key`), None when the input failed before it was whole. Such a call keeps its record all the same:
+    `partial_call_node` is then the hash key of an `AgentCallNode` of what it received (its keyword arguments,
+    interaction metadata and the input messages that resolved, in order, before the failure), never a call key,
+    and `input_error` the error its input raised. `replies` are its replies in order; `error` an error its reply
+    sequence raised after them.
+    """
+
+    KIND: ClassVar[EventKind] = EventKind.CALL_FINISHED
+
+    agent_alias: str = ""
+    call_node: Optional[str] = None
+    reply_node: Optional[str] = None
+    """The hash key of the `AgentReplyNode`; None unless every reply was received whole."""
+    occurrence: Optional[int] = None
+    position: Optional[str] = None
+    """Where the call was in the run's call tree ("2.0"); None in recordings made before positions were kept."""
+    replies: tuple[ReplyRecord, ...] = ()
+    error: Optional[ErrorDescription] = None
+    replayed: bool = False
+    partial_call_node: Optional[str] = None
+    input_error: Optional[ErrorDescription] = None
+
+    @classmethod
+    def from_data(cls, data: Any) -> CallFinishedPayload:
+        where = "call_finished"
+        data = _mapping(data, where)
+        return cls(
+            agent_alias=_text(data, "agent_alias", where) or "",
+            call_node=_text(data, "call_node", where),
+            reply_node=_text(data, "reply_node", where),
+            occurrence=_integer(data, "occurrence", where),
+            position=_text(data, "position", where),
+            replies=tuple(reply_from_data(reply) for reply in _items(data, "replies", where) or ()),
+            error=_error(data, "error", where),
+            replayed=_flag(data, "replayed", where),
+            partial_call_node=_text(data, "partial_call_node", where),
+            input_error=_error(data, "input_error", where),
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "agent_alias": self.agent_alias,
+            "call_node": self.call_node,
+            "reply_node": self.reply_node,
+            "occurrence": self.occurrence,
+            "position": self.position,
+            "replies": [reply_to_data(reply) for reply in self.replies],
+            "error": self.error.to_data() if self.error is not None else None,
+            "replayed": self.replayed,
+        }
+        if self.partial_call_node is not None:
+            data["partial_call_node"] = self.partial_call_node
+        if self.input_error is not None:
+            data["input_error"] = self.input_error.to_data()
+        return data
+
+    def references(self) -> tuple[str, ...]:
+        """The hash keys of the objects it names: the call, reply and partial call nodes, the whole replies."""
+        nodes = (self.call_node, self.reply_node, self.partial_call_node)
+        replies = (reply.hash_key for reply in self.replies if isinstance(reply, WholeReply))
+        return (*(node for node in nodes if node is not None), *replies)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPayload:
+    """A streamed message was complete: its chunk lengths and each chunk's arrival (seconds since streaming
+    started)."""
+
+    KIND: ClassVar[EventKind] = EventKind.STREAM
+
+    chunks: tuple[int, ...] = ()
+    offsets: tuple[float, ...] = ()
+
+    @classmethod
+    def from_data(cls, data: Any) -> StreamPayload:
+        where = "stream"
+        data = _mapping(data, where)
+        return cls(chunks=_lengths(data, "chunks", where) or (), offsets=_offsets(data, "offsets", where))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"chunks": list(self.chunks), "offsets": list(self.offsets)}
+
+    def references(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPayload:
+    """An exception traveled: raised by an agent (`where="agent"`), or breaking a reply's stream
+    (`where="message"`, `position` = the chunks received before it, `partial` = the broken reply; stored
+    flattened: `{"where", "position", "class_", "metadata", "chunks", "offsets", "error"}`)."""
+
+    KIND: ClassVar[EventKind] = EventKind.ERROR
+
+    where: str = "agent"
+    position: Optional[int] = None
+    error: Optional[ErrorDescription] = None
+    partial: Optional[PartialReply] = None
+
+    @classmethod
+    def of_agent(cls, error: BaseException) -> ErrorPayload:
+        return cls("agent", None, ErrorDescription.of(error))
+
+    @classmethod
+    def of_broken_stream(cls, partial: PartialReply) -> ErrorPayload:
+        return cls("message", len(partial.chunks), partial.error, partial)
+
+    @classmethod
+    def from_data(cls, data: Any) -> ErrorPayload:
+        where = "error"
+        data = _mapping(data, where)
+        place = _text(data, "where", where) or "agent"
+        position = _integer(data, "position", where)
+        if place == "message" and "class_" in data:
+            partial = PartialReply.from_data(data)
+            return cls(place, position, partial.error, partial)
+        return cls(place, position, _error(data, "error", where))
+
+    def to_data(self) -> dict[str, Any]:
+        if self.partial is not None:
+            return {"where": self.where, "position": self.position, **self.partial.to_data()}
+        error = self.error.to_data() if self.error is not None else None
+        return {"where": self.where, "position": self.position, "error": error}
+
+    def references(self) -> tuple[str, ...]:
+        return ()
+
+
+EventPayload = Union[
+    RunStartedPayload, RunFinishedPayload, CallStartedPayload, CallFinishedPayload, StreamPayload, ErrorPayload
+]
+"""The typed data of an event (message events have none: their object is the point)."""
+
+PAYLOAD_TYPES: dict[EventKind, type[EventPayload]] = {
+    payload_type.KIND: payload_type
+    for payload_type in (
+        RunStartedPayload,
+        RunFinishedPayload,
+        CallStartedPayload,
+        CallFinishedPayload,
+        StreamPayload,
+        ErrorPayload,
+    )
+}
+"""The payload type of each kind of event that has data."""
+
+
+def payload_from_data(kind: EventKind, data: Any) -> Optional[EventPayload]:
+    """The typed payload of an event of `kind` stored with `data` (None for kinds without one); raises
+    `EventDataError` when the data is not such a payload."""
+    payload_type = PAYLOAD_TYPES.get(kind)
+    if payload_type is None:
+        return None
+    return payload_type.from_data(data)
+
+
+# ------------------------------------------------------------------------------------------------------- events
+
+
 @dataclass(slots=True)
 class Event:
     """One thing that happened in a run. `seq` is assigned by the store; `obj` only travels to the sink."""
@@ -70,11 +579,37 @@ class Event:
     call_id: Optional[int] = None
     parent_call_id: Optional[int] = None
     data: Optional[dict[str, Any]] = None
+    """The payload as stored: plain JSON (read it typed through `payload`)."""
     obj: Optional[Frozen] = field(default=None, repr=False, compare=False)
     seq: Optional[int] = None
     canonical_bytes: Optional[bytes] = field(default=None, repr=False, compare=False)
     """`obj.canonical_bytes` when the emitter had them at hand (a store then does not encode `obj` again); like
     `obj`, it only travels to the sink."""
+    _payload: Optional[EventPayload] = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def of(
+        cls,
+        payload: EventPayload,
+        run_id: str,
+        t: float,
+        hash_key: Optional[str] = None,
+        call_id: Optional[int] = None,
+        parent_call_id: Optional[int] = None,
+    ) -> Event:
+        """The event of a payload (its kind's), with `data` = `payload.to_data()`; it keeps the payload."""
+        event = cls(payload.KIND, run_id, t, hash_key, call_id, parent_call_id, payload.to_data())
+        event._payload = payload
+        return event
+
+    @property
+    def payload(self) -> Optional[EventPayload]:
+        """`data` as its kind's typed payload (parsed once); None for message events. Raises `EventDataError` if
+        the data is not such a payload."""
+        payload = self._payload
+        if payload is None and self.kind is not EventKind.MESSAGE:
+            payload = self._payload = payload_from_data(self.kind, self.data)
+        return payload
 
 
 @runtime_checkable
@@ -170,33 +705,8 @@ OpenAI and Anthropic SDK errors that applications read. Replay sets them on the 
 
 
 def describe_error(error: BaseException) -> dict[str, Any]:
-    """The stored description of an exception: its type, module and text, plus its `RECORDED_ERROR_ATTRIBUTES`
-    (if any), with secrets redacted (for an exception that stands in for a recorded one, such as a replayed error,
-    its `recorded_description`: the original's description)."""
-    recorded = getattr(error, "recorded_description", None)
-    if isinstance(recorded, dict):
-        return dict(recorded)
-    error_type = type(error)
-    try:
-        text = str(error)
-    except Exception:  # a broken __str__ must not break the recording
-        text = f"<{error_type.__qualname__}: str() failed>"
-    description: dict[str, Any] = {
-        "type": error_type.__qualname__,
-        "module": error_type.__module__,
-        "text": _redacted_text(text),
-    }
-    attributes: dict[str, Any] = {}
-    for name in RECORDED_ERROR_ATTRIBUTES:
-        try:
-            value = _plain_json(getattr(error, name), 0)
-        except Exception:  # absent, a property that failed, or not plain JSON (an object, NaN, a huge integer)
-            continue
-        secret = value is not None and REDACTION.is_secret(name)
-        attributes[name] = REDACTION.marker if secret else _redacted_value(value)
-    if attributes:
-        description["attributes"] = attributes
-    return description
+    """The stored description of an exception: `ErrorDescription.of(error).to_data()`."""
+    return ErrorDescription.of(error).to_data()
 
 
 _API_KEY_LOOKING = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")

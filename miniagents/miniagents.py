@@ -6,12 +6,8 @@ import asyncio
 import copy
 import functools
 import inspect
-import itertools
 import logging
-import time
-import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Optional, TypeVar, Union, overload
@@ -19,24 +15,21 @@ from typing import Any, Optional, TypeVar, Union, overload
 from pydantic import BaseModel
 
 from miniagents.errors import AgentDefinitionError, EventSinkError, FrozenValueError
-from miniagents.events import CallInterceptor, Event, EventKind, EventSink, InterceptedCall, describe_error
-from miniagents.messages import Message, MessagePromise, MessageSequencePromise, may_reference_messages
+from miniagents.events import CallInterceptor, EventSink, InterceptedCall, ReplyRecord
+from miniagents.messages import Message, MessagePromise, MessageSequencePromise
 from miniagents.miniagent_typing import AgentFunction, MessageType, PersistMessageEventHandler
 from miniagents.promising.ext.frozen import REDACTION, Frozen, freeze
 from miniagents.promising.promise_typing import PromiseResolvedEventHandler, PromiseStreamer
 from miniagents.promising.promising import Promise, PromisingContext, StreamAppender
 from miniagents.promising.sentinels import DEFAULT, Sentinel
 from miniagents.promising.sequence import FlatSequence, collect_tuple
+from miniagents.run_recording import RunRecorder, partial_reply, whole_reply
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
 _CURRENT_CALL: ContextVar[Optional[AgentCall]] = ContextVar("miniagents.current_agent_call", default=None)
-_EMITTED_BY = "_miniagents_emitted_by"
-"""Key, in a message's `__dict__`, of the serials of the runs that emitted it (the last few: contexts can nest)."""
-_EMITTED_BY_KEPT = 8
-_context_serials = itertools.count(1)
 
 
 def current_agent_call() -> Optional[AgentCall]:
@@ -84,19 +77,10 @@ class MiniAgents(PromisingContext):
         self.store = store
         self.replay = replay
         self.run_metadata = dict(run_metadata or {})
-        self._sinks: list[EventSink] = [store] if store is not None else []
-        self._started_at = 0.0
-        self.run_id: Optional[str]
-        self._sink_errors: list[BaseException]
-        self._serial: int
-        self._call_ids: Iterator[int]
-        self._top_level_call_count: int
-        self._occurrences: dict[str, int]
-        self._reset_run_state()
+        self._recorder = RunRecorder(self, [store] if store is not None else [])
+        """The run being recorded (see `miniagents.run_recording`)."""
         self._open_calls: set[AgentCall] = set()
         """Calls whose input is open and that no running agent call will close: closed when the context exits."""
-        self._persist_queue: deque[tuple[Any, Message]] = deque()
-        self._persist_worker: Optional[asyncio.Task[None]] = None
 
     @classmethod
     def get_current(cls) -> MiniAgents:
@@ -121,17 +105,22 @@ class MiniAgents(PromisingContext):
         """Send this run's events to one more sink (before the context starts, or from `CallInterceptor.astart`)."""
         if self.run_id is not None:
             raise EventSinkError("Event sinks must be added before the MiniAgents context starts its run.")
-        self._sinks.append(sink)
+        self._recorder.sinks.append(sink)
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The id of the run being recorded (or the last one); None before a run with sinks started."""
+        return self._recorder.run_id
 
     @property
     def is_recording(self) -> bool:
         """Whether events are being sent to at least one sink."""
-        return bool(self._sinks)
+        return self._recorder.is_recording
 
     @property
     def _is_observed(self) -> bool:
         """Whether anything can see interaction nodes (so they are worth building)."""
-        if self._sinks or self.on_persist_message_handlers or self.replay is not None:
+        if self._recorder.sinks or self.on_persist_message_handlers or self.replay is not None:
             return True
         context: Optional[PromisingContext] = self
         while context is not None:
@@ -142,14 +131,14 @@ class MiniAgents(PromisingContext):
 
     async def __aenter__(self) -> MiniAgents:
         self.activate()
-        self._reset_run_state()
+        self._recorder.reset()
         replay_started = False
         try:
             if self.replay is not None:
                 await self.replay.astart(self)
                 replay_started = True
-            if self._sinks:
-                await self._astart_run()
+            if self._recorder.sinks:
+                await self._recorder.astart_run(self.run_metadata)
         except BaseException as error:
             try:
                 if replay_started and self.replay is not None:
@@ -158,35 +147,6 @@ class MiniAgents(PromisingContext):
                 self._deactivate()
             raise
         return self
-
-    def _reset_run_state(self) -> None:
-        """Forget what an earlier activation of this object saw: every run numbers its calls afresh."""
-        self.run_id = None
-        self._sink_errors = []
-        self._serial = next(_context_serials)
-        self._call_ids = itertools.count(1)
-        self._top_level_call_count = 0
-        self._occurrences = {}
-
-    async def _astart_run(self) -> None:
-        from miniagents import __version__
-
-        run_id = uuid.uuid4().hex
-        started: list[EventSink] = []
-        try:
-            for sink in self._sinks:
-                await sink.astart_run(run_id)
-                started.append(sink)
-        except BaseException:
-            for sink in started:
-                await sink.afinish_run(run_id)
-            raise
-        self.run_id = run_id
-        self._started_at = time.perf_counter()
-        self._emit(
-            EventKind.RUN_STARTED,
-            data={"started_at": time.time(), "library_version": __version__, "metadata": self.run_metadata},
-        )
 
     async def __aexit__(
         self,
@@ -203,158 +163,27 @@ class MiniAgents(PromisingContext):
                 await self.acancel_tasks()
         finally:
             try:
-                await self._afinish_run(exc_value)
+                await self._recorder.afinish_run(exc_value)
+                if self.replay is not None:
+                    await self.replay.afinish(self, exc_value)
             finally:
                 self._deactivate()
-        if self._sink_errors and exc_value is None:
-            first = self._sink_errors[0]
-            raise EventSinkError(
-                f"Recording run {self.run_id} failed: {type(first).__name__}: {first}. Events that could not be "
-                "written are listed in the store's error; the run's messages were still delivered to the agents."
-            ) from first
-
-    async def _afinish_run(self, error: Optional[BaseException]) -> None:
-        if self.run_id is not None:
-            self._emit(
-                EventKind.RUN_FINISHED,
-                data={
-                    "status": "ok" if error is None else "failed",
-                    "error": None if error is None else describe_error(error),
-                },
-            )
-            for sink in self._sinks:
-                try:
-                    await sink.afinish_run(self.run_id)
-                except Exception as exc:
-                    logger.error("An event sink failed to finish run %s", self.run_id, exc_info=True)
-                    self._sink_errors.append(exc)
-        if self.replay is not None:
-            await self.replay.afinish(self, error)
-
-    def _emit(
-        self,
-        kind: EventKind,
-        hash_key: Optional[str] = None,
-        call_id: Optional[int] = None,
-        parent_call_id: Optional[int] = None,
-        data: Optional[dict[str, Any]] = None,
-        obj: Optional[Frozen] = None,
-        canonical_bytes: Optional[bytes] = None,
-    ) -> None:
-        assert self.run_id is not None
-        event = Event(
-            kind,
-            self.run_id,
-            time.perf_counter() - self._started_at,
-            hash_key,
-            call_id,
-            parent_call_id,
-            data,
-            obj,
-            None,
-            canonical_bytes,
-        )
-        for sink in self._sinks:
-            try:
-                sink.append(event)
-            except Exception as exc:
-                logger.error("An event sink refused an event of run %s", self.run_id, exc_info=True)
-                self._sink_errors.append(exc)
+        sink_error = self._recorder.sink_error()
+        if sink_error is not None and exc_value is None:
+            raise sink_error from self._recorder.sink_errors[0]
 
     def _promise_resolved(self, promise: Promise[Any], result: Any) -> None:
         if self.on_promise_resolved_handlers:
             super()._promise_resolved(promise, result)
+        recorder = self._recorder
         if isinstance(result, Message):
-            if self._sinks or self.on_persist_message_handlers:
-                self._persist(promise, result)
-            if self._sinks and isinstance(promise, MessagePromise) and promise.is_streamed:
-                chunks, offsets = promise.chunk_record()
-                call = promise.producer_call
-                self._emit(
-                    EventKind.STREAM,
-                    hash_key=result.hash_key,
-                    call_id=call.call_id if call is not None else None,
-                    data={"chunks": [len(chunk) for chunk in chunks], "offsets": offsets},
-                )
-        elif self._sinks and isinstance(result, BaseException) and isinstance(promise, MessagePromise):
-            call = promise.producer_call
-            self._emit(
-                EventKind.ERROR,
-                call_id=call.call_id if call is not None else None,
-                data={"where": "message", "position": len(promise.chunk_record()[0]), **failed_reply(promise, result)},
-            )
-
-    def _persist(self, promise: Any, message: Message) -> None:
-        if self._emitted_here(message):
-            return  # emitted already, and so were its sub-messages
-        canonical_bytes: Optional[bytes] = None
-        if self._sinks:
-            _, canonical_bytes = message.hash_key_and_canonical_bytes()
-        if canonical_bytes is None or may_reference_messages(canonical_bytes):  # most messages nest none
-            for sub_message in message.sub_messages():
-                if not self._emitted_here(sub_message):
-                    self._persist_one(promise, sub_message)
-        self._persist_one(promise, message, canonical_bytes)
-
-    def _emitted_here(self, message: Message) -> bool:
-        emitted_by = message.__dict__.get(_EMITTED_BY)
-        return emitted_by is not None and self._serial in emitted_by
-
-    def _persist_one(self, promise: Any, message: Message, canonical_bytes: Optional[bytes] = None) -> None:
-        """Emit one message (sub-messages first is the caller's job); `canonical_bytes` if the caller encoded them
-        to hash the message."""
-        emitted_by = message.__dict__.get(_EMITTED_BY)
-        message.__dict__[_EMITTED_BY] = (
-            (self._serial,) if emitted_by is None else (*emitted_by[1 - _EMITTED_BY_KEPT :], self._serial)
-        )
-        if self._sinks:
-            call = _CURRENT_CALL.get()
-            hash_key, encoded = message.hash_key_and_canonical_bytes()
-            canonical_bytes = canonical_bytes or encoded
-            self._emit(
-                EventKind.MESSAGE,
-                hash_key=hash_key,
-                call_id=call.call_id if call is not None else None,
-                obj=message,
-                canonical_bytes=canonical_bytes,
-            )
-        if self.on_persist_message_handlers:
-            self._persist_queue.append((promise, message))
-            if self._persist_worker is None:
-                self._persist_worker = self._spawn_handler(self._arun_persist_handlers())
-
-    async def _arun_persist_handlers(self) -> None:
-        try:
-            while self._persist_queue:
-                promise, message = self._persist_queue.popleft()
-                for handler in self.on_persist_message_handlers:
-                    try:
-                        await handler(promise, message)
-                    except Exception:
-                        logger.log(self.log_level_for_errors, "An on_persist_message handler failed", exc_info=True)
-        finally:
-            self._persist_worker = None
-
-    def _next_occurrence(self, call_hash_key: str) -> int:
-        occurrence = self._occurrences.get(call_hash_key, 0)
-        self._occurrences[call_hash_key] = occurrence + 1
-        return occurrence
-
-
-def failed_reply(promise: MessagePromise, error: BaseException) -> dict[str, Any]:
-    """What is recorded of a reply whose stream broke: its class, metadata, chunks received and the error."""
-    chunks, offsets = promise.chunk_record()
-    message_class = getattr(promise, "_message_class", type(promise.preliminary_metadata))
-    metadata = getattr(promise, "_metadata_so_far", None)
-    if metadata is None:
-        metadata = promise.preliminary_metadata.frozen_fields_and_values()
-    return {
-        "class_": message_class.__name__,
-        "metadata": Frozen(**metadata).serialize(),
-        "chunks": chunks,
-        "offsets": offsets,
-        "error": describe_error(error),
-    }
+            if recorder.sinks or self.on_persist_message_handlers:
+                call = _CURRENT_CALL.get()
+                recorder.persist(promise, result, call.call_id if call is not None else None)
+            if recorder.sinks and isinstance(promise, MessagePromise) and promise.is_streamed:
+                recorder.record_stream(promise, result)
+        elif recorder.sinks and isinstance(result, BaseException) and isinstance(promise, MessagePromise):
+            recorder.record_broken_stream(promise, result)
 
 
 @overload
@@ -595,15 +424,15 @@ class AgentCall:
         else:
             self._frozen_kwargs = {}
             self._function_kwargs = function_kwargs
-        self.call_id: int = next(context._call_ids)
+        recorder = context._recorder
+        self.call_id: int = recorder.next_call_id()
         parent = _CURRENT_CALL.get()
         self.parent: Optional[AgentCall] = parent
         self.parent_call_id: Optional[int] = parent.call_id if parent is not None else None
         self._open_child_calls: set[AgentCall] = set()
         self._child_count = 0
         if parent is None:
-            self.position = str(context._top_level_call_count)
-            context._top_level_call_count += 1
+            self.position = recorder.next_top_level_position()
         else:
             self.position = f"{parent.position}.{parent._child_count}"
             parent._child_count += 1
@@ -667,14 +496,10 @@ class AgentCall:
     async def _arun(self) -> None:
         context = self._context
         _CURRENT_CALL.set(self)
-        recording = context.is_recording
+        recorder = context._recorder
+        recording = recorder.is_recording
         if recording:
-            context._emit(
-                EventKind.CALL_STARTED,
-                call_id=self.call_id,
-                parent_call_id=self.parent_call_id,
-                data={"agent_alias": self.agent.alias},
-            )
+            recorder.record_call_started(self)
         # a handler task: when the context's body fails, it still records how the call ended (cancelled, say)
         outcome = context._spawn_handler(self._arecord_outcome()) if context._is_observed else None
         error_emitted: Optional[BaseException] = None
@@ -702,7 +527,7 @@ class AgentCall:
                             exc_info=True,
                         )
                     if recording:
-                        self._emit_error(exc)
+                        recorder.record_agent_error(self, exc)
                         error_emitted = exc
                     raise
         except Exception as exc:
@@ -714,21 +539,13 @@ class AgentCall:
                 exc,
             )
             if recording and exc is not error_emitted:
-                self._emit_error(exc)
+                recorder.record_agent_error(self, exc)
         finally:
             self._function_done = True
             for child in list(self._open_child_calls):
                 child.finish()
         if outcome is not None:
             await asyncio.shield(outcome)  # if this task is cancelled, the outcome is still recorded
-
-    def _emit_error(self, error: BaseException) -> None:
-        self._context._emit(
-            EventKind.ERROR,
-            call_id=self.call_id,
-            parent_call_id=self.parent_call_id,
-            data={"where": "agent", "position": None, "error": describe_error(error)},
-        )
 
     async def _aanswer_from_interceptor(self) -> bool:
         interceptor = self._context.replay
@@ -757,8 +574,14 @@ class AgentCall:
         """The call node, built (and numbered among identical calls) by whoever has the resolved input first."""
         if self.call_node is not None:
             return self.call_node
+        call_node = self._new_call_node(input_messages)
+        self.call_node = call_node
+        self.occurrence = self._context._recorder.next_occurrence(call_node.hash_key)
+        return call_node
+
+    def _new_call_node(self, input_messages: tuple[Message, ...]) -> AgentCallNode:
         kwargs = {**self.agent._recorded_partial_kwargs(), **self._frozen_kwargs}  # a call's own kwarg wins
-        call_node = AgentCallNode(
+        return AgentCallNode(
             **{
                 **self.agent._interaction_metadata_dict,
                 "kwargs": tuple(sorted(kwargs.items())),
@@ -766,21 +589,27 @@ class AgentCall:
                 "agent_alias": self.agent.alias,
             }
         )
-        self.call_node = call_node
-        self.occurrence = self._context._next_occurrence(call_node.hash_key)
-        return call_node
+
+    async def _areceive_input(self) -> tuple[tuple[Message, ...], Optional[BaseException]]:
+        """The input messages that resolved, in order, and the error the input raised after them (if any)."""
+        received: list[Message] = []
+        try:
+            async for message_promise in self.input_sequence_promise:
+                received.append(await message_promise)
+        except (Exception, asyncio.CancelledError) as exc:
+            _reraise_own_cancellation(exc)
+            logger.debug("The input of agent call %s failed after %d messages", self.call_id, len(received))
+            return tuple(received), exc
+        return tuple(received), None
 
     async def _arecord_outcome(self) -> None:
         """Build the call node once the input is resolved (identical calls are numbered in that order, as replay
-        numbers them), then wait for every reply, build the reply node and record how the call went."""
+        numbers them), then wait for every reply, build the reply node and record how the call went; a call whose
+        input failed is recorded with what it received."""
         context = self._context
-        call_node: Optional[AgentCallNode] = None
-        try:
-            call_node = self._call_node_of(await self.input_sequence_promise.aresolve_messages())
-        except (Exception, asyncio.CancelledError) as exc:
-            _reraise_own_cancellation(exc)
-            logger.debug("The input of agent call %s failed; no call node is built", self.call_id, exc_info=exc)
-        replies: list[dict[str, Any]] = []
+        received, input_error = await self._areceive_input()
+        call_node = self._call_node_of(received) if input_error is None else None
+        replies: list[ReplyRecord] = []
         messages: list[Message] = []
         sequence_error: Optional[BaseException] = None
         try:
@@ -789,15 +618,10 @@ class AgentCall:
                     message = await message_promise
                 except (Exception, asyncio.CancelledError) as exc:
                     _reraise_own_cancellation(exc)
-                    replies.append({"failed": failed_reply(message_promise, exc)})
+                    replies.append(partial_reply(message_promise, exc))
                 else:
                     messages.append(message)
-                    reply: dict[str, Any] = {"hash": message.hash_key}
-                    if message_promise.is_streamed:
-                        chunks, offsets = message_promise.chunk_record()
-                        reply["chunks"] = [len(chunk) for chunk in chunks]
-                        reply["offsets"] = offsets
-                    replies.append(reply)
+                    replies.append(whole_reply(message_promise, message))
         except (Exception, asyncio.CancelledError) as exc:
             _reraise_own_cancellation(exc)
             sequence_error = exc
@@ -816,21 +640,9 @@ class AgentCall:
             )
             Promise(prefill_result=reply_node)
         if context.is_recording:
-            context._emit(
-                EventKind.CALL_FINISHED,
-                hash_key=call_node.hash_key if call_node is not None else None,
-                call_id=self.call_id,
-                parent_call_id=self.parent_call_id,
-                data={
-                    "agent_alias": self.agent.alias,
-                    "call_node": call_node.hash_key if call_node is not None else None,
-                    "reply_node": reply_node.hash_key if reply_node is not None else None,
-                    "occurrence": self.occurrence,
-                    "position": self.position,
-                    "replies": replies,
-                    "error": describe_error(sequence_error) if sequence_error is not None else None,
-                    "replayed": self.replayed,
-                },
+            partial_call_node = self._new_call_node(received) if input_error is not None else None
+            context._recorder.record_call_finished(
+                self, replies, sequence_error, reply_node, partial_call_node, input_error
             )
 
 

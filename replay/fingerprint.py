@@ -8,7 +8,7 @@ from typing import Any, Optional
 import orjson
 from blake3 import blake3
 
-from miniagents.events import Event, EventKind
+from miniagents.events import CallFinishedPayload, Event, EventKind, WholeReply
 from store.base import EventStore
 
 
@@ -29,7 +29,9 @@ class RunFingerprint:
         if event.kind is EventKind.MESSAGE and event.hash_key:
             self._message_hashes.add(event.hash_key)
         elif event.kind is EventKind.CALL_FINISHED and event.data is not None:
-            self._calls.append(orjson.dumps(_call_outcome(event.hash_key, event.data)))
+            payload = event.payload
+            if isinstance(payload, CallFinishedPayload):
+                self._calls.append(orjson.dumps(_call_outcome(event.hash_key, payload)))
 
     @property
     def value(self) -> str:
@@ -38,17 +40,20 @@ class RunFingerprint:
         return blake3(summary).hexdigest()[:40]
 
 
-def _call_outcome(call_key: Optional[str], data: dict[str, Any]) -> list[Any]:
-    replies = []
-    for reply in data.get("replies") or ():
-        if "hash" in reply:
-            replies.append(reply["hash"])
+def _call_outcome(call_key: Optional[str], payload: CallFinishedPayload) -> list[Any]:
+    replies: list[Any] = []
+    for reply in payload.replies:
+        if isinstance(reply, WholeReply):
+            replies.append(reply.hash_key)
         else:
-            failed = reply.get("failed") or {}
-            replies.append([failed.get("class_"), failed.get("chunks"), failed.get("error")])
+            replies.append([reply.message_class, list(reply.chunks), reply.error.to_data()])
     # neither the occurrence nor the position: identical calls are told apart by their answers, and which of
     # them got which answer shows in the messages made from them
-    return [call_key, data.get("reply_node"), replies, data.get("error")]
+    error = payload.error.to_data() if payload.error is not None else None
+    outcome = [call_key, payload.reply_node, replies, error]
+    if payload.input_error is not None:  # with the node of what it received (a message of the run)
+        outcome.append(payload.input_error.to_data())
+    return outcome
 
 
 def run_fingerprint(events: Iterable[Event]) -> str:

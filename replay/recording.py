@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from miniagents.events import Event, EventKind
+from miniagents.errors import EventDataError
+from miniagents.events import CallFinishedPayload, ErrorDescription, Event, EventKind, ReplyRecord, WholeReply
 from miniagents.messages import Message, MessagePromise
 from miniagents.miniagents import AgentCallNode
 from replay.matching import CallMatcher
@@ -16,7 +17,7 @@ from store.base import EventStore, RunInfo, RunStatus
 
 @dataclass(frozen=True)
 class RecordedCall:
-    """One finished agent call as a store has it."""
+    """One finished agent call as a store has it (read from its `call_finished` event's `CallFinishedPayload`)."""
 
     run_id: str
     seq: int
@@ -28,28 +29,42 @@ class RecordedCall:
     occurrence: int
     position: Optional[str]
     """Where the call was in the run's call tree ("2.0"); None in recordings made before positions were kept."""
-    replies: tuple[dict[str, Any], ...]
-    error: Optional[dict[str, Any]]
+    replies: tuple[ReplyRecord, ...]
+    error: Optional[ErrorDescription]
+    """The error its reply sequence raised after the replies."""
     reply_node: Optional[str]
     replayed: bool
+    partial_call_node: Optional[str] = None
+    """When the input failed (no call key): the hash key of the node of what the call received."""
+    input_error: Optional[ErrorDescription] = None
 
     @classmethod
     def from_event(cls, event: Event) -> RecordedCall:
-        data = event.data or {}
+        payload = call_finished_payload(event)
         return cls(
             run_id=event.run_id,
             seq=event.seq or 0,
             call_id=event.call_id,
             parent_call_id=event.parent_call_id,
-            agent_alias=str(data.get("agent_alias", "")),
+            agent_alias=payload.agent_alias,
             call_key=event.hash_key or "",
-            occurrence=int(data.get("occurrence") or 0),
-            position=data.get("position"),
-            replies=tuple(data.get("replies") or ()),
-            error=data.get("error"),
-            reply_node=data.get("reply_node"),
-            replayed=bool(data.get("replayed")),
+            occurrence=payload.occurrence or 0,
+            position=payload.position,
+            replies=payload.replies,
+            error=payload.error,
+            reply_node=payload.reply_node,
+            replayed=payload.replayed,
+            partial_call_node=payload.partial_call_node,
+            input_error=payload.input_error,
         )
+
+
+def call_finished_payload(event: Event) -> CallFinishedPayload:
+    """The payload of a `call_finished` event; `EventDataError` if the event is not one."""
+    payload = event.payload
+    if not isinstance(payload, CallFinishedPayload):
+        raise EventDataError(f"Event {event.seq} of run {event.run_id} is a {event.kind} event, not call_finished.")
+    return payload
 
 
 _STATUS_RANK = {RunStatus.OK: 0, RunStatus.FAILED: 1, RunStatus.RUNNING: 2}
@@ -95,10 +110,10 @@ class Recording:
             rank = self._rank(event.run_id)
             if rank is None:
                 continue
-            data = event.data or {}
-            if position is not None and data.get("position") == position:
+            payload = call_finished_payload(event)
+            if position is not None and payload.position == position:
                 match = (rank, False)
-            elif data.get("occurrence") == occurrence:
+            elif payload.occurrence == occurrence:
                 match = (rank, True)
             else:
                 continue
@@ -134,7 +149,7 @@ class Recording:
         return [
             RecordedCall.from_event(event)
             async for event in self.store.aiter_events(kinds=[EventKind.CALL_FINISHED])
-            if event.run_id in self.runs and (event.data or {}).get("agent_alias") == agent_alias and event.hash_key
+            if event.run_id in self.runs and event.hash_key and call_finished_payload(event).agent_alias == agent_alias
         ]
 
     async def areply_promises(
@@ -142,20 +157,19 @@ class Recording:
     ) -> tuple[list[MessagePromise], Optional[BaseException]]:
         """The call's replies as promises that stream as recorded, and the error its reply sequence raised;
         `pacing` holds back the last chunk of the last streamed reply until the call's turn to complete."""
-        hashes = [str(reply["hash"]) for reply in call.replies if "hash" in reply]
+        hashes = [reply.hash_key for reply in call.replies if isinstance(reply, WholeReply)]
         messages = await self.store.aget_many(hashes)
         promises: list[MessagePromise] = []
         for index, reply in enumerate(call.replies):
             last = pacing if index == len(call.replies) - 1 else None
-            if "hash" in reply:
-                message = messages[str(reply["hash"])]
+            if isinstance(reply, WholeReply):
+                message = messages[reply.hash_key]
                 assert isinstance(message, Message)
                 # a streamed reply carries its own chunking; one that was complete from the start has none
-                chunks, offsets = reply.get("chunks"), reply.get("offsets") or ()
-                promises.append(replayed_message(message, chunks, offsets, speed, last))
+                promises.append(replayed_message(message, reply.chunks, reply.offsets, speed, last))
             else:
-                promises.append(replayed_failure(reply.get("failed") or {}, speed, last))
-        return promises, rebuild_error(call.error) if call.error is not None else None
+                promises.append(replayed_failure(reply.to_data(), speed, last))
+        return promises, rebuild_error(call.error.to_data()) if call.error is not None else None
 
     async def aanswer(self, call: RecordedCall, speed: Optional[float]) -> Any:
         """What `CallInterceptor.aanswer` returns for a recorded call."""

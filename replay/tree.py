@@ -6,7 +6,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from miniagents.events import EventKind
+from miniagents.events import (
+    CallFinishedPayload,
+    CallStartedPayload,
+    ErrorDescription,
+    ErrorPayload,
+    EventKind,
+    PartialReply,
+    WholeReply,
+)
 from miniagents.messages import Message, MessageSequencePromise
 from miniagents.promising.ext.frozen import Frozen
 from miniagents.promising.sequence import collect_tuple
@@ -19,10 +27,12 @@ _NOT_METADATA = frozenset({"class_", "text", "text_template", "agent_alias", "me
 
 @dataclass
 class CallTreeNode:
-    """One agent call of a recorded run.
+    """One agent call of a recorded run, whatever its outcome.
 
     Its call node and replies were read and checked with the whole tree; they are rebuilt into objects (`kwargs`,
-    `input_messages`, `replies`) when first used.
+    `input_messages`, `replies`) when first used. A call whose input failed has no call node (no `call_key`): its
+    `kwargs` and `input_messages` (those that resolved before the failure) come from the record of what it
+    received, and `input_error` says how the input failed.
     """
 
     call_id: int
@@ -33,9 +43,12 @@ class CallTreeNode:
     finished_at: Optional[float] = None
     call_key: Optional[str] = None
     occurrence: Optional[int] = None
-    failed_replies: tuple[dict[str, Any], ...] = ()
-    error: Optional[dict[str, Any]] = None
-    """The error the agent (or its reply sequence) raised: type, module and text."""
+    partial_replies: tuple[PartialReply, ...] = ()
+    """The replies whose stream broke, in order: message class, metadata, the chunks received and the error."""
+    error: Optional[ErrorDescription] = None
+    """The error the agent (or its reply sequence) raised: type, module, text (and the SDK attributes)."""
+    input_error: Optional[ErrorDescription] = None
+    """The error the call's input raised (after `input_messages`), when it did."""
     replayed: bool = False
     children: list[CallTreeNode] = field(default_factory=list)
     _recorded: Optional[RecordedCall] = field(default=None, repr=False)
@@ -60,24 +73,25 @@ class CallTreeNode:
 
     @property
     def input_messages(self) -> tuple[Message, ...]:
-        """The messages the call received."""
+        """The messages the call received, in order (when its input failed, those that resolved before)."""
         return self._decoded_inputs()[2]
 
     @property
     def replies(self) -> tuple[Message, ...]:
-        """The replies that were received whole (see `failed_replies` for the others)."""
+        """The replies that were received whole (see `partial_replies` for the others)."""
         if self._replies is None:
             recorded = self._recorded.replies if self._recorded is not None else ()
             self._replies = tuple(
                 message
                 for reply in recorded
-                if "hash" in reply and isinstance(message := self._objects.get(str(reply["hash"])), Message)
+                if isinstance(reply, WholeReply) and isinstance(message := self._objects.get(reply.hash_key), Message)
             )
         return self._replies
 
     def _decoded_inputs(self) -> tuple[dict[str, Any], dict[str, Any], tuple[Message, ...]]:
         if self._inputs is None:
-            call_node = self._objects.get(self.call_key) if self.call_key else None
+            node_key = self.call_key or (self._recorded.partial_call_node if self._recorded is not None else None)
+            call_node = self._objects.get(node_key) if node_key else None
             if call_node is None:
                 self._inputs = ({}, {}, ())
             else:
@@ -133,11 +147,12 @@ class CallTreeNode:
             lines.append(f"{pad}  < {_one_line(str(message))}")
         for message in self.replies:
             lines.append(f"{pad}  > {_one_line(str(message))}")
-        for failed in self.failed_replies:
-            error = failed.get("error") or {}
-            lines.append(f"{pad}  > {_one_line(''.join(failed.get('chunks') or ()))} !! {error.get('type')}")
+        for partial in self.partial_replies:
+            lines.append(f"{pad}  > {_one_line(partial.text)} !! {_one_line(str(partial.error))}")
+        if self.input_error is not None and self.input_error != self.error:
+            lines.append(f"{pad}  !! input: {_one_line(str(self.input_error))}")
         if self.error is not None:
-            lines.append(f"{pad}  !! {self.error.get('type')}: {_one_line(str(self.error.get('text')))}")
+            lines.append(f"{pad}  !! {_one_line(str(self.error))}")
         for child in self.children:
             lines.extend(child.render(indent + 1))
         return lines
@@ -176,29 +191,30 @@ async def aload_tree(store: EventStore, run_id: str) -> InteractionTree:
     async for event in store.aiter_events(run_id, kinds=kinds):
         if event.call_id is None:
             continue
+        payload = event.payload
         node = calls.get(event.call_id)
         if node is None:
-            alias = str((event.data or {}).get("agent_alias", "?"))
+            alias = payload.agent_alias if isinstance(payload, (CallStartedPayload, CallFinishedPayload)) else "?"
             node = CallTreeNode(call_id=event.call_id, parent_call_id=event.parent_call_id, agent_alias=alias)
             calls[event.call_id] = node
             order.append(event.call_id)
-        if event.kind is EventKind.CALL_STARTED:
+        if isinstance(payload, CallStartedPayload):
             node.started_at = event.t
-        elif event.kind is EventKind.CALL_FINISHED:
+        elif isinstance(payload, CallFinishedPayload):
             recorded = RecordedCall.from_event(event)
             node.finished_at = event.t
             node.call_key = recorded.call_key or None
             node.occurrence = recorded.occurrence
             node.replayed = recorded.replayed
             node.error = recorded.error or node.error
-            node.failed_replies = tuple(reply["failed"] for reply in recorded.replies if "failed" in reply)
+            node.input_error = recorded.input_error
+            node.partial_replies = tuple(reply for reply in recorded.replies if isinstance(reply, PartialReply))
             node._recorded = recorded
             node._store = store
-            if recorded.call_key:
-                wanted.add(recorded.call_key)
-            wanted.update(str(reply["hash"]) for reply in recorded.replies if "hash" in reply)
-        elif event.kind is EventKind.ERROR and (event.data or {}).get("where") == "agent":
-            node.error = (event.data or {}).get("error")
+            wanted.update(key for key in (recorded.call_key, recorded.partial_call_node) if key)
+            wanted.update(reply.hash_key for reply in recorded.replies if isinstance(reply, WholeReply))
+        elif isinstance(payload, ErrorPayload) and payload.where == "agent":
+            node.error = payload.error
 
     objects = await store.aget_many_lazily(sorted(wanted))
     roots: list[CallTreeNode] = []

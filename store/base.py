@@ -18,7 +18,16 @@ from typing import Any, Optional, TypeVar
 
 import orjson
 
-from miniagents.events import Event, EventKind, describe_error
+from miniagents.errors import EventDataError
+from miniagents.events import (
+    ErrorDescription,
+    Event,
+    EventKind,
+    RunFinishedPayload,
+    RunStartedPayload,
+    describe_error,
+    payload_from_data,
+)
 from miniagents.messages import Message, may_reference_messages
 from miniagents.promising.ext.frozen import REDACTION, Frozen
 from store.decoding import (
@@ -26,7 +35,7 @@ from store.decoding import (
     LoadedObjects,
     ObjectDecoder,
     body_references,
-    event_data_references,
+    find_hash_keys,
     hash_matches,
     is_hash_key,
 )
@@ -76,7 +85,8 @@ class RunInfo:
     finished_at: Optional[float]
     library_version: Optional[str]
     metadata: dict[str, Any]
-    error: Optional[dict[str, Any]]
+    error: Optional[ErrorDescription]
+    """What the `MiniAgents` block raised, for a run that failed."""
     event_count: int
 
     @property
@@ -90,7 +100,8 @@ class Problem:
     """One thing `averify()` found wrong; names the object (`hash_key`) and/or the event (`seq`)."""
 
     kind: str
-    """`"hash_mismatch"`, `"unreadable_object"`, `"dangling_reference"`, `"missing_object"` or `"storage"`."""
+    """`"hash_mismatch"`, `"unreadable_object"`, `"dangling_reference"`, `"missing_object"`, `"malformed_event"`
+    (event data that is not its kind's payload, see `miniagents.events`) or `"storage"`."""
     message: str
     hash_key: Optional[str] = None
     seq: Optional[int] = None
@@ -148,6 +159,17 @@ def _may_hold_secrets(encoded: bytes) -> bool:
 def decode_data(data: Optional[bytes]) -> Optional[dict[str, Any]]:
     """Stored event data back into a dict."""
     return None if data is None else orjson.loads(data)
+
+
+def decode_run_error(data: Optional[bytes]) -> Optional[ErrorDescription]:
+    """A run's stored error (see `run_update`) back into its description."""
+    if data is None:
+        return None
+    try:
+        return ErrorDescription.from_data(orjson.loads(data))
+    except (EventDataError, orjson.JSONDecodeError):  # a run row edited by hand: its text, not a misread
+        text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else str(data)
+        return ErrorDescription("Exception", None, text)
 
 
 def _redacted(value: Any) -> Any:
@@ -210,27 +232,50 @@ class RunUpdate:
     error: Optional[bytes] = None
 
 
-def run_update(kind: EventKind, data: Optional[bytes], finished_at: Optional[float] = None) -> Optional[RunUpdate]:
-    """The run fields set by a `run_started` or `run_finished` event (given its encoded data); None for others."""
-    if kind is EventKind.RUN_STARTED:
-        fields = decode_data(data) or {}
-        started_at = fields.get("started_at")
-        version = fields.get("library_version")
+def run_update(event: Event, data: Optional[bytes], finished_at: Optional[float] = None) -> Optional[RunUpdate]:
+    """The run fields set by a `run_started` or `run_finished` event (`data`: its encoded data); None for others.
+
+    Read from the event's typed payload, the metadata and error encoded (and redacted) as event data is; data that
+    is not such a payload sets nothing but the status (`averify()` reports the event).
+    """
+    kind = event.kind
+    if kind is not EventKind.RUN_STARTED and kind is not EventKind.RUN_FINISHED:
+        return None
+    try:
+        payload = event.payload if data is not None else None
+    except EventDataError:
+        payload = None
+    if isinstance(payload, RunStartedPayload):
         return RunUpdate(
-            started_at=float(started_at) if isinstance(started_at, (int, float)) else None,
-            library_version=version if isinstance(version, str) else None,
-            metadata=orjson.dumps(fields.get("metadata") or {}, option=_JSON_OPTIONS),
+            started_at=payload.started_at,
+            library_version=payload.library_version,
+            metadata=encode_data(dict(payload.metadata)),
         )
-    if kind is EventKind.RUN_FINISHED:
-        fields = decode_data(data) or {}
-        status = fields.get("status")
-        error = fields.get("error")
+    if isinstance(payload, RunFinishedPayload):
         return RunUpdate(
-            status=status if isinstance(status, str) and status else RunStatus.OK,
+            status=payload.status or RunStatus.OK,
             finished_at=finished_at,
-            error=None if error is None else orjson.dumps(error, option=_JSON_OPTIONS),
+            error=encode_data(payload.error.to_data()) if payload.error is not None else None,
         )
-    return None
+    if kind is EventKind.RUN_STARTED:
+        return RunUpdate(metadata=b"{}")
+    return RunUpdate(status=RunStatus.OK, finished_at=finished_at)
+
+
+def event_references(kind: Optional[EventKind], data: Optional[bytes]) -> tuple[list[str], Optional[str]]:
+    """The hash keys that an event's stored data names besides its `hash_key` (read through its kind's payload),
+    and, when the data is not its kind's payload, why (every hash key found in such data is then returned).
+    Raises `orjson.JSONDecodeError` for data that is not JSON."""
+    if data is None:
+        return [], None
+    parsed = orjson.loads(data)
+    if kind is None:  # a kind this library does not know: keep whatever its data names
+        return list(find_hash_keys(parsed)), None
+    try:
+        payload = payload_from_data(kind, parsed)
+    except EventDataError as error:
+        return list(find_hash_keys(parsed)), str(error)
+    return (list(payload.references()) if payload is not None else []), None
 
 
 @dataclass
@@ -411,8 +456,11 @@ class EventStore(abc.ABC):
         """Every stored (hash key, bytes), in chunks."""
 
     @abc.abstractmethod
-    def _aiter_reference_chunks(self) -> AsyncIterator[list[tuple[int, Optional[str], Optional[bytes]]]]:
-        """(seq, hash key, data) of every stored event, in chunks."""
+    def _aiter_reference_chunks(
+        self,
+    ) -> AsyncIterator[list[tuple[int, Optional[EventKind], Optional[str], Optional[bytes]]]]:
+        """(seq, kind, hash key, data) of every stored event, in chunks (kind None if this library does not know
+        it)."""
 
     @abc.abstractmethod
     async def _adelete_run_events(self, run_id: str) -> bool:
@@ -883,11 +931,22 @@ class EventStore(abc.ABC):
                     )
                 )
         async for reference_chunk in self._aiter_reference_chunks():
-            for seq, event_key, data in reference_chunk:
+            for seq, kind, event_key, data in reference_chunk:
                 report.checked_events += 1
-                keys = [event_key] if event_key is not None else []
-                if data is not None and (b"_node" in data or b'"hash"' in data):
-                    keys.extend(event_data_references(orjson.loads(data)))
+                try:
+                    refs, malformed = event_references(kind, data)
+                except orjson.JSONDecodeError as error:
+                    refs, malformed = [], f"it is not valid JSON ({error})"
+                if malformed is not None:
+                    report.problems.append(
+                        Problem(
+                            "malformed_event",
+                            f"Event {seq} ({kind or 'of an unknown kind'}) has data that is not its kind's payload: "
+                            f"{malformed}",
+                            seq=seq,
+                        )
+                    )
+                keys = [event_key, *refs] if event_key is not None else refs
                 report.problems.extend(
                     Problem(
                         "missing_object",
@@ -895,7 +954,7 @@ class EventStore(abc.ABC):
                         hash_key=ref,
                         seq=seq,
                     )
-                    for ref in keys
+                    for ref in dict.fromkeys(keys)
                     if ref not in known
                 )
 
@@ -937,11 +996,17 @@ class EventStore(abc.ABC):
             self._cache_generation = None
             reachable: set[str] = set()
             async for reference_chunk in self._aiter_reference_chunks():
-                for _seq, key, data in reference_chunk:
+                for seq, kind, key, data in reference_chunk:
                     if key is not None:
                         reachable.add(key)
-                    if data is not None:
-                        reachable.update(event_data_references(orjson.loads(data)))
+                    try:
+                        reachable.update(event_references(kind, data)[0])
+                    except orjson.JSONDecodeError:
+                        raise StoreReadError(
+                            f"Event {seq} in {self.location} has data that is not valid JSON, so what it refers to "
+                            "cannot be told and nothing is collected; `await store.averify()` lists such events.",
+                            self.location,
+                        ) from None
             children: dict[str, list[str]] = {}
             stored: list[str] = []
             async for chunk in self._aiter_object_chunks():
@@ -1136,7 +1201,7 @@ class EventStore(abc.ABC):
                     for nested_key, nested_body in _nested_messages(obj, known):
                         objects.setdefault(nested_key, nested_body)
             if kind is EventKind.RUN_STARTED or kind is EventKind.RUN_FINISHED:
-                update = run_update(kind, data, self._finished_at.get(run_id))
+                update = run_update(event, data, self._finished_at.get(run_id))
                 if update is not None:
                     batch.run_updates.append((run_id, kind, update))
         return batch

@@ -75,19 +75,18 @@ def _parsed_references(hash_key: str, body: bytes, parsed: dict[str, Any]) -> li
     return list(find_references(data))
 
 
-def event_data_references(data: Optional[Mapping[str, Any]]) -> Iterator[str]:
-    """Hash keys an event's data names besides `Event.hash_key` (`call_finished`: call and reply nodes, replies)."""
-    if not data:
-        return
-    for name in ("call_node", "reply_node"):
-        value = data.get(name)
-        if isinstance(value, str):
-            yield value
-    replies = data.get("replies")
-    if isinstance(replies, list):
-        for reply in replies:
-            if isinstance(reply, dict) and isinstance(reply.get("hash"), str):
-                yield reply["hash"]
+def find_hash_keys(value: Any) -> Iterator[str]:
+    """Every string inside parsed JSON that looks like a hash key (what data of an unknown shape may refer to)."""
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, str):
+            if is_hash_key(current):
+                yield current
+        elif isinstance(current, dict):
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
 
 
 _STAND_INS: dict[tuple[str, type[Frozen]], type[Frozen]] = {}

@@ -15,6 +15,7 @@ from store.base import (
     RunInfo,
     RunStatus,
     decode_data,
+    decode_run_error,
     nested_objects_to_restore,
 )
 from store.errors import StoreUsageError
@@ -41,7 +42,7 @@ class _Run:
             finished_at=self.finished_at,
             library_version=self.library_version,
             metadata=decode_data(self.metadata) or {},
-            error=decode_data(self.error),
+            error=decode_run_error(self.error),
             event_count=len(self.seqs),
         )
 
@@ -180,8 +181,12 @@ class MemoryStore(EventStore):
         for start in range(0, len(items), _CHUNK):
             yield items[start : start + _CHUNK]
 
-    async def _aiter_reference_chunks(self) -> AsyncIterator[list[tuple[int, Optional[str], Optional[bytes]]]]:
-        rows = [(seq, row.hash_key, row.data) for seq, row in self._events.items()]
+    async def _aiter_reference_chunks(
+        self,
+    ) -> AsyncIterator[list[tuple[int, Optional[EventKind], Optional[str], Optional[bytes]]]]:
+        rows: list[tuple[int, Optional[EventKind], Optional[str], Optional[bytes]]] = [
+            (seq, row.kind, row.hash_key, row.data) for seq, row in self._events.items()
+        ]
         for start in range(0, len(rows), _CHUNK):
             yield rows[start : start + _CHUNK]
 

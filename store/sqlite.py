@@ -30,6 +30,7 @@ from store.base import (
     RunInfo,
     RunStatus,
     decode_data,
+    decode_run_error,
     nested_objects_to_restore,
 )
 from store.checkpointer import WalCheckpointer
@@ -792,7 +793,7 @@ class SQLiteStore(EventStore):
                 finished_at=row[3],
                 library_version=row[4],
                 metadata=decode_data(row[5]) or {},
-                error=decode_data(row[6]),
+                error=decode_run_error(row[6]),
                 event_count=row[7],
             )
             for row in rows
@@ -920,15 +921,23 @@ class SQLiteStore(EventStore):
             yield [(hash_blob.hex(), bytes(body)) for _id, hash_blob, body in rows]
             last = rows[-1][0]
 
-    async def _aiter_reference_chunks(self) -> AsyncIterator[list[tuple[int, Optional[str], Optional[bytes]]]]:
+    async def _aiter_reference_chunks(
+        self,
+    ) -> AsyncIterator[list[tuple[int, Optional[EventKind], Optional[str], Optional[bytes]]]]:
         last = 0
         while True:
             rows = await self._afetch(
-                f"SELECT seq, hash, data FROM events WHERE seq > ? ORDER BY seq LIMIT {_CHUNK}", (last,)
+                f"SELECT seq, kind, hash, data FROM events WHERE seq > ? ORDER BY seq LIMIT {_CHUNK}", (last,)
             )
             if not rows:
                 return
-            yield [(seq, None if hash_blob is None else hash_blob.hex(), data) for seq, hash_blob, data in rows]
+            if not {row[1] for row in rows} <= self._kinds_by_code.keys():
+                await self._areload_kinds()
+            kinds_by_code = self._kinds_by_code
+            yield [
+                (seq, kinds_by_code.get(kind), None if hash_blob is None else hash_blob.hex(), data)
+                for seq, kind, hash_blob, data in rows
+            ]
             last = rows[-1][0]
 
 

@@ -196,7 +196,7 @@ async def test_a_reused_context_numbers_and_records_each_run_afresh() -> None:
     sinks = [ListEventSink(), ListEventSink()]
     mini_agents = MiniAgents()
     for sink in sinks:
-        mini_agents._sinks = [sink]
+        mini_agents._recorder.sinks = [sink]
         async with mini_agents:
             await greet.inquire().aresolve_messages()
     for sink in sinks:

@@ -11,11 +11,11 @@ from blake3 import blake3
 from miniagents import EventKind, ListEventSink, MiniAgents
 from miniagents.errors import FrozenValueError
 from miniagents.messages import Message, MessagePromise
-from miniagents.miniagents import _EMITTED_BY
 from miniagents.promising.errors import PromisingError
 from miniagents.promising.ext.frozen import Frozen
 from miniagents.promising.promising import Promise, PromisingContext
 from miniagents.promising.sentinels import DEFAULT, Sentinel
+from miniagents.run_recording import _EMITTED_BY
 
 START_ASAP_MODES = [False, True, DEFAULT]
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from miniagents import InteractionContext, Message, MiniAgents, miniagent
+from miniagents.events import ErrorDescription
 from miniagents.ext.llm.stand_in import stand_in_llm_agent
 from replay import aload_tree
 from store import MemoryStore, SQLiteStore, StoreIntegrityError
@@ -56,9 +57,9 @@ async def test_the_tree_shows_who_called_whom_with_inputs_kwargs_replies_and_err
     assert ink_llm.kwargs == {"model": "m", "reply": "notes on ink", "temperature": 0}
     assert [str(reply) for reply in ink_llm.replies] == ["notes on ink"]
     assert [str(reply) for reply in ink.replies] == ["notes on ink"]
-    assert failing.error == {"type": "LookupError", "module": "builtins", "text": "nothing found"}
+    assert failing.error == ErrorDescription("LookupError", "builtins", "nothing found")
     assert [str(reply) for reply in failing.replies] == ["partial"]
-    assert root.error == {"type": "LookupError", "module": "builtins", "text": "nothing found"}
+    assert root.error == ErrorDescription("LookupError", "builtins", "nothing found")
     assert [str(reply) for reply in root.replies] == ["notes on ink", "notes on paper", "partial"]
     assert all(node.finished and node.duration is not None and node.duration >= 0 for node in tree.walk())
     assert len(list(tree.walk())) == len(tree.calls) == 6

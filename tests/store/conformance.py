@@ -25,7 +25,7 @@ from miniagents import (
     MiniAgents,
     miniagent,
 )
-from miniagents.events import Event, EventKind
+from miniagents.events import ErrorDescription, Event, EventKind
 from miniagents.promising.ext.frozen import Frozen
 from store import (
     EventStore,
@@ -204,7 +204,7 @@ class StoreConformance:
         async with self.reopened(store) as reader:
             [run] = await reader.alist_runs()
         assert run.status == RunStatus.FAILED
-        assert run.error == {"type": "ValueError", "module": "builtins", "text": "boom"}
+        assert run.error == ErrorDescription("ValueError", "builtins", "boom")
 
     async def test_the_store_is_closed_after_the_run_only_if_the_run_opened_it(self) -> None:
         store = self.make_store()

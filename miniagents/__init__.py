@@ -32,10 +32,11 @@ from miniagents.promising.errors import (
     NoActiveContextError,
     PromisingError,
 )
-from miniagents.promising.ext.frozen import REDACTION, Frozen
+from miniagents.promising.ext.frozen import Frozen
 from miniagents.promising.promising import Promise, PromisingContext, StreamAppender, StreamedPromise
 from miniagents.promising.sentinels import AWAIT, CLEAR, DEFAULT, NO_VALUE, Sentinel
 from miniagents.promising.sequence import FlatSequence
+from miniagents.redaction import REDACTION
 from miniagents.utils import Singleton, SingletonMeta, achain_loop, adialog_loop, join_messages, split_messages
 
 __all__ = [

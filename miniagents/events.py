@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol, Union, runtime_checkable
@@ -45,7 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol, Union, runt
 import orjson
 
 from miniagents.errors import EventDataError
-from miniagents.promising.ext.frozen import REDACTION
+from miniagents.redaction import REDACTION
 
 if TYPE_CHECKING:
     from miniagents.messages import Message
@@ -200,9 +199,10 @@ class ErrorDescription:
                 value = _plain_json(getattr(error, name), 0)
             except Exception:  # absent, a property that failed, or not plain JSON (an object, NaN, a huge integer)
                 continue
-            secret = value is not None and REDACTION.is_secret(name)
-            attributes[name] = REDACTION.marker if secret else _redacted_value(value)
-        return cls(error_type.__qualname__, error_type.__module__, _redacted_text(text), attributes or None)
+            attributes[name] = REDACTION.redact(value, name)
+        return cls(
+            error_type.__qualname__, error_type.__module__, REDACTION.redact_description(text), attributes or None
+        )
 
     @classmethod
     def from_data(cls, data: Any) -> ErrorDescription:
@@ -707,45 +707,6 @@ OpenAI and Anthropic SDK errors that applications read. Replay sets them on the 
 def describe_error(error: BaseException) -> dict[str, Any]:
     """The stored description of an exception: `ErrorDescription.of(error).to_data()`."""
     return ErrorDescription.of(error).to_data()
-
-
-_API_KEY_LOOKING = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
-"""An API key recognised by its look (OpenAI's `sk-...`, `sk-proj-...`, Anthropic's `sk-ant-...`), anywhere."""
-
-_NAMED_VALUE = re.compile(r"""([A-Za-z_][\w-]*)(['"]?\s*[:=]\s*)('[^']*'|"[^"]*"|[^\s,;'"}\])]+)""")
-"""`name: value`, `'name': 'value'`, `"name": "value"` or `name=value` in a text (a dict's repr, JSON, a query)."""
-
-
-def _redacted_text(text: str) -> str:
-    """`text` with API-key-looking values, and the values named by secret-looking names (see `REDACTION`),
-    replaced by the redaction marker."""
-    text = _API_KEY_LOOKING.sub(REDACTION.marker, text)
-    normalized = text.lower().replace("-", "_")
-    if any(name in normalized for name in REDACTION.names):
-        text = _NAMED_VALUE.sub(_redacted_named_value, text)
-    return text
-
-
-def _redacted_named_value(match: re.Match[str]) -> str:
-    name, separator, value = match.groups()
-    if not REDACTION.is_secret(name) or value in ("None", "null"):
-        return match.group(0)
-    quote = value[0] if value[0] in "'\"" else ""
-    return f"{name}{separator}{quote}{REDACTION.marker}{quote}"
-
-
-def _redacted_value(value: Any) -> Any:
-    """Plain JSON with the values of secret-looking keys replaced (as the store does) and texts redacted."""
-    if isinstance(value, dict):
-        return {
-            key: REDACTION.marker if item is not None and REDACTION.is_secret(key) else _redacted_value(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_redacted_value(item) for item in value]
-    if isinstance(value, str):
-        return _redacted_text(value)
-    return value
 
 
 _MAX_JSON_DEPTH = 32

@@ -18,11 +18,12 @@ from miniagents.errors import AgentDefinitionError, EventSinkError, FrozenValueE
 from miniagents.events import CallInterceptor, EventSink, InterceptedCall, ReplyRecord
 from miniagents.messages import Message, MessagePromise, MessageSequencePromise
 from miniagents.miniagent_typing import AgentFunction, MessageType, PersistMessageEventHandler
-from miniagents.promising.ext.frozen import REDACTION, Frozen, freeze
+from miniagents.promising.ext.frozen import Frozen, freeze
 from miniagents.promising.promise_typing import PromiseResolvedEventHandler, PromiseStreamer
 from miniagents.promising.promising import Promise, PromisingContext, StreamAppender
 from miniagents.promising.sentinels import DEFAULT, Sentinel
 from miniagents.promising.sequence import FlatSequence, collect_tuple
+from miniagents.redaction import REDACTION
 from miniagents.run_recording import RunRecorder, partial_reply, whole_reply
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class MiniAgents(PromisingContext):
         return False
 
     async def __aenter__(self) -> MiniAgents:
+        REDACTION.register_environment()  # the values of OPENAI_API_KEY & co. are masked wherever they turn up
         self.activate()
         self._recorder.reset()
         replay_started = False
@@ -361,8 +363,12 @@ class MiniAgent:
 
 
 def _recorded_kwarg(name: str, value: Any) -> Any:
-    """A keyword argument's value as call nodes record it: frozen, or the redaction marker for a secret's name."""
-    return REDACTION.marker if REDACTION.is_secret(name) else freeze(value, name)
+    """A keyword argument's value as call nodes record it: frozen, or the redaction marker for a secret's name
+    (whose value is then masked wherever it turns up, see `REDACTION`)."""
+    if REDACTION.is_secret(name):
+        REDACTION.register_values(value)
+        return REDACTION.marker
+    return freeze(value, name)
 
 
 def _is_async_function(func: Any) -> bool:

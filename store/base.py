@@ -29,7 +29,8 @@ from miniagents.events import (
     payload_from_data,
 )
 from miniagents.messages import Message, may_reference_messages
-from miniagents.promising.ext.frozen import REDACTION, Frozen
+from miniagents.promising.ext.frozen import Frozen
+from miniagents.redaction import REDACTION
 from store.decoding import (
     LazyObjects,
     LoadedObjects,
@@ -145,15 +146,9 @@ def encode_data(data: Optional[dict[str, Any]]) -> Optional[bytes]:
             encoded = orjson.dumps(_encodable(data), default=_json_default, option=_JSON_OPTIONS)
         except TypeError:
             return orjson.dumps({"unencodable": sorted(map(str, data)), "reason": str(error)})
-    if _may_hold_secrets(encoded):
-        encoded = orjson.dumps(_redacted(orjson.loads(encoded)), option=_JSON_OPTIONS)
+    if REDACTION.might_hold_secrets(encoded.decode()):
+        encoded = orjson.dumps(REDACTION.redact(orjson.loads(encoded)), option=_JSON_OPTIONS)
     return encoded
-
-
-def _may_hold_secrets(encoded: bytes) -> bool:
-    """Whether some key of this JSON could look like a secret (a cheap scan before the exact, slower walk)."""
-    normalized = encoded.lower().replace(b"-", b"_")
-    return any(name.encode() in normalized for name in REDACTION.names)
 
 
 def decode_data(data: Optional[bytes]) -> Optional[dict[str, Any]]:
@@ -170,20 +165,6 @@ def decode_run_error(data: Optional[bytes]) -> Optional[ErrorDescription]:
     except (EventDataError, orjson.JSONDecodeError):  # a run row edited by hand: its text, not a misread
         text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else str(data)
         return ErrorDescription("Exception", None, text)
-
-
-def _redacted(value: Any) -> Any:
-    """Plain JSON data (dicts, lists, scalars) with the values of secret-looking keys replaced, at any depth."""
-    if isinstance(value, dict):
-        return {
-            key: REDACTION.marker
-            if isinstance(key, str) and item is not None and REDACTION.is_secret(key)
-            else _redacted(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_redacted(item) for item in value]
-    return value
 
 
 _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
@@ -215,7 +196,7 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, BaseException):  # described as the events describe errors: secrets redacted
         return describe_error(value)
     text = repr(value)
-    if _may_hold_secrets(text.encode()):  # a repr cannot be redacted field by field: keep only the type
+    if REDACTION.might_hold_secrets(text):  # a repr cannot be redacted field by field: keep only the type
         return f"<{type(value).__qualname__} object; its repr names a secret-looking field, so it is not stored>"
     return text
 

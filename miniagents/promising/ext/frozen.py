@@ -16,6 +16,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from miniagents.errors import FrozenValueError
+from miniagents.redaction import REDACTION as REDACTION
+from miniagents.redaction import SecretRedaction as SecretRedaction
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -57,67 +59,13 @@ class computed_once(Generic[_V]):
         return value
 
 
-class SecretRedaction:
-    """Which field names hold secrets, and what replaces their values before anything is hashed or stored.
-
-    A name is secret when, lower-cased with `-` read as `_`, it equals one of `names` or ends with `_<name>`
-    (`api_key`, `openai_api_key`, `access_token` are secret; `max_tokens`, `prompt_tokens` are not).
-    """
-
-    DEFAULT_NAMES: ClassVar[frozenset[str]] = frozenset(
-        {
-            "api_key",
-            "apikey",
-            "token",
-            "secret",
-            "password",
-            "passwd",
-            "authorization",
-            "credential",
-            "credentials",
-            "private_key",
-            "access_key",
-            "session_key",
-            "cookie",
-        }
-    )
-
-    def __init__(self) -> None:
-        self.marker = "[REDACTED]"
-        self._names: frozenset[str] = self.DEFAULT_NAMES
-        self._verdicts: dict[str, bool] = {}
-
-    @property
-    def names(self) -> frozenset[str]:
-        """The secret name patterns in force."""
-        return self._names
-
-    def configure(self, names: Optional[Iterable[str]] = None, marker: Optional[str] = None) -> None:
-        """Replace the secret name patterns and/or the redaction marker (process-wide)."""
-        if names is not None:
-            self._names = frozenset(name.lower().replace("-", "_") for name in names)
-        if marker is not None:
-            self.marker = marker
-        self._verdicts = {}
-        _FIELD_NAME_KINDS.clear()
-
-    def is_secret(self, field_name: str) -> bool:
-        """Whether values under this field name are redacted."""
-        verdict = self._verdicts.get(field_name)
-        if verdict is None:
-            normalized = field_name.lower().replace("-", "_")
-            verdict = normalized in self._names or any(normalized.endswith("_" + name) for name in self._names)
-            self._verdicts[field_name] = verdict
-        return verdict
-
-
-REDACTION = SecretRedaction()
 
 _PLAIN_NAME, _SECRET_NAME, _CLASS_NAME, _RESERVED_NAME = range(4)
 _FIELD_NAME_KINDS: dict[str, int] = {}
 """What each field name seen so far is (plain, secret, `class_`, reserved): one dict lookup per field per build."""
 _FIELD_NAME_KINDS_KEPT = 10_000
 _reserved_name_suffixes: tuple[str, ...] = ()
+REDACTION.on_configure(_FIELD_NAME_KINDS.clear)  # secret names changed: every name is looked at again
 
 
 def reserve_field_name_suffixes(*suffixes: str) -> None:
@@ -298,6 +246,7 @@ class Frozen(BaseModel):
             if kind == _PLAIN_NAME:
                 frozen[key] = _freeze(value, key, owner)
             elif kind == _SECRET_NAME:
+                REDACTION.register_values(value)
                 frozen[key] = REDACTION.marker if value is not None else None
             elif kind == _RESERVED_NAME:
                 raise _reserved_name_error(key, f"{owner}.{key}")
@@ -454,7 +403,7 @@ def _freeze(value: Any, path: str, owner: str) -> FrozenType:
                     f"{owner}.{path} holds a string that is not valid Unicode ({exc.reason} at position "
                     f"{exc.start}); remove the lone surrogate characters."
                 ) from None
-        return value
+        return REDACTION.redact_text(value)  # secret values and credential shapes, wherever they turn up
     if value is None or value_type is bool:
         return value
     if value_type is int:
@@ -473,6 +422,7 @@ def _freeze(value: Any, path: str, owner: str) -> FrozenType:
     if isinstance(value, Frozen):
         return value
     if isinstance(value, (tuple, list)):
+        value = REDACTION.mask_secret_items(value)  # ("Authorization", VALUE), ["--api-key", VALUE]
         frozen_items = tuple(_freeze(item, f"{path}[{index}]", owner) for index, item in enumerate(value))
         _refuse_mixed_message_tuple(frozen_items, path, owner)
         return frozen_items
@@ -514,6 +464,7 @@ def _freeze_dict(value: dict[Any, Any], path: str, owner: str) -> Frozen:
         if kind == _PLAIN_NAME:
             fields[key] = _freeze(item, f"{path}.{key}", owner)
         elif kind == _SECRET_NAME:
+            REDACTION.register_values(item)
             fields[key] = REDACTION.marker if item is not None else None
         elif kind == _RESERVED_NAME:
             raise _reserved_name_error(key, f"{owner}.{path}.{key}")

@@ -59,7 +59,6 @@ class computed_once(Generic[_V]):
         return value
 
 
-
 _PLAIN_NAME, _SECRET_NAME, _CLASS_NAME, _RESERVED_NAME = range(4)
 _FIELD_NAME_KINDS: dict[str, int] = {}
 """What each field name seen so far is (plain, secret, `class_`, reserved): one dict lookup per field per build."""

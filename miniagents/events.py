@@ -390,14 +390,20 @@ class CallStartedPayload:
     KIND: ClassVar[EventKind] = EventKind.CALL_STARTED
 
     agent_alias: str = ""
+    position: Optional[str] = None
+    """Where the call is in the run's call tree ("2.0"); None in recordings made before it was kept here."""
 
     @classmethod
     def from_data(cls, data: Any) -> CallStartedPayload:
         where = "call_started"
-        return cls(agent_alias=_text(_mapping(data, where), "agent_alias", where) or "")
+        data = _mapping(data, where)
+        return cls(agent_alias=_text(data, "agent_alias", where) or "", position=_text(data, "position", where))
 
     def to_data(self) -> dict[str, Any]:
-        return {"agent_alias": self.agent_alias}
+        data: dict[str, Any] = {"agent_alias": self.agent_alias}
+        if self.position is not None:
+            data["position"] = self.position
+        return data
 
     def references(self) -> tuple[str, ...]:
         return ()

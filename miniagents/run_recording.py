@@ -245,7 +245,8 @@ class RunRecorder:
     # ------------------------------------------------------------------------------------------------------- calls
 
     def record_call_started(self, call: AgentCall) -> None:
-        self.emit(CallStartedPayload(call.agent.alias), call_id=call.call_id, parent_call_id=call.parent_call_id)
+        payload = CallStartedPayload(call.agent.alias, call.position)
+        self.emit(payload, call_id=call.call_id, parent_call_id=call.parent_call_id)
 
     def record_agent_error(self, call: AgentCall, error: BaseException) -> None:
         self.emit(ErrorPayload.of_agent(error), call_id=call.call_id, parent_call_id=call.parent_call_id)

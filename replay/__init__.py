@@ -1,7 +1,7 @@
 """Deterministic offline reruns of recorded agent flows: record modes, replayed streams, interaction trees."""
 
 from replay.divergence import describe_differences
-from replay.errors import NoRecordingError, RecordedError, ReplayDivergenceError, ReplayError, ReplayOrderError
+from replay.errors import NoRecordingError, RecordedError, ReplayDivergenceError, ReplayError
 from replay.fingerprint import FingerprintSink, RunFingerprint, afingerprint, run_fingerprint
 from replay.matching import CallToMatch
 from replay.recording import RecordedCall, Recording
@@ -21,7 +21,6 @@ __all__ = [
     "Replay",
     "ReplayDivergenceError",
     "ReplayError",
-    "ReplayOrderError",
     "RunFingerprint",
     "afingerprint",
     "aload_tree",

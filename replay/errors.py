@@ -4,7 +4,6 @@
 MiniAgentsError
 └── ReplayError
     ├── ReplayDivergenceError    a call that the recording does not have (agent, call key, occurrence, closest calls)
-    │   └── ReplayOrderError     the flow waits on a call before asking for one the recording completed earlier
     ├── NoRecordingError         replaying from a store that holds no recording
     └── RecordedError            a replayed recorded exception: also an instance of the original class when that
                                  class can be imported (see `replay.rebuilt_errors`); alone, it stands in for one
@@ -35,11 +34,6 @@ class ReplayDivergenceError(ReplayError):
         self.occurrence = occurrence
         self.position = position
         """Where the call was in the run's call tree ("2.0": the first call made by the third top-level call)."""
-
-
-class ReplayOrderError(ReplayDivergenceError):
-    """The replayed flow waits on a call whose answer the recording completed after another call's, and it has not
-    asked for that other call: the flow's order differs from the recording's."""
 
 
 class NoRecordingError(ReplayError):

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any, Optional, Union
 
 from miniagents.events import InterceptedCall
-from miniagents.miniagents import AgentCallNode, MiniAgent, MiniAgents
+from miniagents.miniagents import AgentCallNode, MiniAgent, MiniAgents, current_agent_call
 from replay.divergence import call_differences, describe_differences, distance, normalization_notes
 from replay.errors import NoRecordingError, ReplayDivergenceError
 from replay.fingerprint import FingerprintSink
@@ -66,7 +66,7 @@ class Replay:
         agents: Union[str, Iterable[Union[MiniAgent, str]], None] = None,
         speed: Optional[float] = None,
         normalize: Optional[Normalizer] = None,
-        order_timeout: float = 5.0,
+        order_timeout: float = 1.0,
     ) -> None:
         if not isinstance(store, EventStore):
             raise TypeError(f"Replay needs a store (SQLiteStore or MemoryStore), got {type(store).__name__}.")
@@ -99,9 +99,8 @@ class Replay:
         self.recording = False
         """Whether the current run is being recorded into the store."""
         self.divergences: list[ReplayDivergenceError] = []
-        """The calls of the current run that the recording did not have (in modes that do not record), and those
-        the flow waited on out of the recorded order (`ReplayOrderError`)."""
-        self._clock = CompletionClock(store, order_timeout, self.divergences.append)
+        """The calls of the current run that the recording did not have (in modes that do not record)."""
+        self._clock = CompletionClock(store, order_timeout)
         self.replayed_calls = 0
         self.run_id: Optional[str] = None
         """The id of the current (or last) run."""
@@ -138,9 +137,10 @@ class Replay:
                 self.mode is RecordMode.ONCE and not has_recording
             )
             self.divergences = []
-            self._clock = CompletionClock(self.store, self.order_timeout, self.divergences.append)
+            self._clock = CompletionClock(self.store, self.order_timeout)
             self.replayed_calls = 0
             mini_agents.add_event_sink(self._fingerprint_sink)
+            mini_agents.add_event_sink(self._clock)
             if self.recording:
                 mini_agents.add_event_sink(self.store)
         except BaseException:
@@ -155,10 +155,15 @@ class Replay:
 
     def intercepts(self, agent: MiniAgent) -> bool:
         if self._all_agents:
-            return True
-        if self._aliases is not None:
-            return agent.alias in self._aliases
-        return agent.talks_to_outside_world
+            intercepted = True
+        elif self._aliases is not None:
+            intercepted = agent.alias in self._aliases
+        else:
+            intercepted = agent.talks_to_outside_world
+        call = current_agent_call()  # called as the call starts, before its input is awaited
+        if self.replaying and call is not None:
+            self._clock.agent_answered(agent.alias, intercepted, call.position)
+        return intercepted
 
     async def aanswer(self, call: InterceptedCall) -> Any:
         if not self.replaying:
@@ -166,7 +171,7 @@ class Replay:
         match_key = self._matcher.key(call.call_node)
         recorded = await self._recording.afind_call(match_key, call.occurrence, call.position)
         if recorded is None:
-            self._clock.note_position(call.position)  # no recorded call at this position will be asked
+            self._clock.decided(call.position)  # no recorded call answers this position
             if self.recording:
                 return None  # new_episodes: run it live, and it gets recorded
             divergence = await self._adivergence(call)

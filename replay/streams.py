@@ -9,6 +9,7 @@ from typing import Any, Optional, Protocol
 
 from miniagents.messages import Message, MessagePromise
 from miniagents.promising.ext.frozen import Frozen
+from miniagents.promising.promising import PromisingContext
 from replay.rebuilt_errors import rebuild_error
 from store.decoding import stand_in_class
 
@@ -22,39 +23,63 @@ def split_into_chunks(text: str, chunk_lengths: Sequence[int]) -> list[str]:
 
 
 class Pacing(Protocol):
-    """Who decides when a replayed message may complete (see `replay.ordering.CompletionClock`)."""
+    """Who decides when a replayed answer may complete (see `replay.ordering.CompletionClock`)."""
 
     def progress(self) -> None:
         """A chunk was replayed."""
 
-    async def await_turn(self) -> None:
-        """Return when the message may complete (its last chunk may be replayed)."""
+    def turn(self) -> asyncio.Future[None]:
+        """Done when the answer may complete; one future per answer, awaited through `asyncio.shield` so that a
+        cancelled consumer leaves it (and the stream) whole for the others."""
 
     def completed(self) -> None:
         """The call's whole answer was replayed."""
 
 
+class _ReplayedChunks:
+    """The chunks of a replayed message, at once or at `speed` times the recorded pace; with `pacing`, the last
+    chunk waits for the answer's turn. Not an async generator: a consumer cancelled while it pulls (a timeout,
+    `asyncio.wait` dropping a loser) leaves the stream whole for the others."""
+
+    def __init__(
+        self, chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float], pacing: Optional[Pacing]
+    ) -> None:
+        self._chunks = chunks
+        self._offsets = offsets
+        self._speed = speed
+        self._pacing = pacing
+        self._index = 0
+        self._previous = 0.0
+
+    def __aiter__(self) -> _ReplayedChunks:
+        return self
+
+    async def __anext__(self) -> str:
+        index = self._index
+        if index >= len(self._chunks):
+            if self._pacing is not None and not self._chunks:
+                await asyncio.shield(self._pacing.turn())
+            raise StopAsyncIteration
+        if self._speed and index < len(self._offsets):
+            delay = (self._offsets[index] - self._previous) / self._speed
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._previous = self._offsets[index]
+        if self._pacing is not None:
+            if index == len(self._chunks) - 1:
+                await asyncio.shield(self._pacing.turn())
+            self._pacing.progress()
+        self._index = index + 1
+        return self._chunks[index]
+
+
 def _token_streamer(
     chunks: Sequence[str], offsets: Sequence[float], speed: Optional[float], pacing: Optional[Pacing] = None
 ) -> Any:
-    """The token streamer of a replayed message: the chunks at once, or at `speed` times the recorded pace; with
-    `pacing`, the last chunk waits for the message's turn to complete."""
+    """The token streamer of a replayed message (see `_ReplayedChunks`)."""
 
-    async def streamer(_: dict[str, Any]) -> AsyncIterator[str]:
-        previous = 0.0
-        for index, chunk in enumerate(chunks):
-            if speed and index < len(offsets):
-                delay = (offsets[index] - previous) / speed
-                previous = offsets[index]
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if pacing is not None:
-                if index == len(chunks) - 1:
-                    await pacing.await_turn()
-                pacing.progress()
-            yield chunk
-        if pacing is not None and not chunks:
-            await pacing.await_turn()
+    def streamer(_: dict[str, Any]) -> AsyncIterator[str]:
+        return _ReplayedChunks(chunks, offsets, speed, pacing)
 
     return streamer
 
@@ -151,20 +176,46 @@ def replayed_sequence(
     so is the end of the sequence."""
     if error is None and pacing is None:
         return promises
+    return _ReplayedSequence(promises, error, pacing)
 
-    async def sequence() -> AsyncIterator[MessagePromise]:
+
+class _ReplayedSequence:
+    """A replayed reply sequence (see `replayed_sequence`). With `pacing`, a task of the context waits for the
+    answer's turn and its messages, then marks the answer complete, whether anyone reads the sequence or not.
+    Not an async generator, for the same reason as `_ReplayedChunks`."""
+
+    def __init__(
+        self, promises: list[MessagePromise], error: Optional[BaseException], pacing: Optional[Pacing]
+    ) -> None:
+        self._promises = promises
+        self._error = error
+        self._pacing = pacing
+        self._index = 0
+        self._finished: Optional[asyncio.Future[None]] = None
+        if pacing is not None:
+            self._finished = PromisingContext.get_current().spawn(self._afinish(pacing))
+
+    async def _afinish(self, pacing: Pacing) -> None:
         try:
-            for index, promise in enumerate(promises):
-                if pacing is not None and index == len(promises) - 1 and not promise.is_streamed:
-                    await pacing.await_turn()
-                yield promise
-            if pacing is not None:
-                await pacing.await_turn()
-                await asyncio.gather(*promises, return_exceptions=True)  # every message complete, failed ones too
+            await pacing.turn()
+            await asyncio.gather(*self._promises, return_exceptions=True)  # every message complete, failed too
         finally:
-            if pacing is not None:
-                pacing.completed()
-        if error is not None:
-            raise error
+            pacing.completed()
 
-    return sequence()
+    def __aiter__(self) -> _ReplayedSequence:
+        return self
+
+    async def __anext__(self) -> MessagePromise:
+        index = self._index
+        if index < len(self._promises):
+            promise = self._promises[index]
+            if self._pacing is not None and index == len(self._promises) - 1 and not promise.is_streamed:
+                await asyncio.shield(self._pacing.turn())
+            self._index = index + 1
+            return promise
+        if self._finished is not None:
+            await asyncio.shield(self._finished)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        raise StopAsyncIteration

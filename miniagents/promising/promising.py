@@ -139,19 +139,21 @@ class PromisingContext:
 
     async def aflush_tasks(self) -> None:
         """Wait until every task started in this context (and the tasks they started) has finished."""
-        while self.child_tasks:
-            await asyncio.gather(*self.child_tasks, return_exceptions=True)
+        # a finished task leaves `child_tasks` by a done callback that runs on a later turn of the event loop, and
+        # awaiting finished tasks does not yield to the loop: wait for the unfinished ones only, or this would spin
+        while pending := [task for task in self.child_tasks if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def acancel_tasks(self) -> None:
         """Cancel every task started in this context that is still running, and wait until they have ended.
 
         Tasks running resolution handlers are not cancelled: what already resolved still reaches them.
         """
-        while self.child_tasks:
-            for task in self.child_tasks:
+        while pending := [task for task in self.child_tasks if not task.done()]:  # (see `aflush_tasks`)
+            for task in pending:
                 if task not in self._handler_tasks:
                     task.cancel()
-            await asyncio.gather(*self.child_tasks, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _spawn_handler(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """`spawn` a task that runs handlers (see `acancel_tasks`)."""

@@ -268,7 +268,7 @@ async def test_events_of_a_run_in_order() -> None:
     started, call_started, hi, call_node_event, reply_node_event, finished, run_finished = sink.events
     assert started.data is not None and started.data["metadata"] == {"purpose": "test"}
     assert call_started.call_id == 1 and call_started.parent_call_id is None
-    assert call_started.data == {"agent_alias": "ECHO"}
+    assert call_started.data == {"agent_alias": "ECHO", "position": "0"}
     call_node = call_node_event.obj
     assert isinstance(call_node, AgentCallNode)
     assert call_node.messages == (Message(text="hi"),)

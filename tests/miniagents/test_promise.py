@@ -1,6 +1,8 @@
 """Promise, StreamedPromise, StreamAppender and PromisingContext."""
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any, Union
 
@@ -460,3 +462,29 @@ async def test_a_context_cannot_be_entered_twice_and_sentinels_refuse_boolean_us
     with pytest.raises(RuntimeError, match="boolean"):
         bool(NO_VALUE)
     assert repr(DEFAULT) == "DEFAULT"
+
+
+def test_waiting_for_the_tasks_of_a_context_never_spins_on_finished_ones() -> None:
+    # a finished task leaves `child_tasks` by a done callback that runs later; awaiting finished tasks does not
+    # yield to the event loop, so waiting on them again and again would spin forever (as it did on Python 3.12+)
+    script = """
+import asyncio
+import subprocess
+import sys
+from miniagents.promising.promising import PromisingContext
+
+async def main():
+    context = PromisingContext()
+    async def nothing():
+        return None
+    finished = asyncio.ensure_future(nothing())
+    await finished
+    context.child_tasks.add(finished)  # as between the task's end and its done callback
+    await context.aflush_tasks()
+    await context.acancel_tasks()
+    print("returned")
+
+asyncio.run(main())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    assert result.stdout.strip() == "returned", result.stderr

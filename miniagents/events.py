@@ -199,6 +199,8 @@ class ErrorDescription:
                 value = _plain_json(getattr(error, name), 0)
             except Exception:  # absent, a property that failed, or not plain JSON (an object, NaN, a huge integer)
                 continue
+            if name in _ONLY_WHEN_TELLING and (value is None or value == [text]):
+                continue  # the text says it all (most exceptions: one argument, no OSError fields)
             attributes[name] = REDACTION.redact(value, name)
         return cls(
             error_type.__qualname__, error_type.__module__, REDACTION.redact_description(text), attributes or None
@@ -705,9 +707,18 @@ RECORDED_ERROR_ATTRIBUTES = (
     "request_id",
     "error_code",
     "api_message",
+    "args",
+    "errno",
+    "strerror",
+    "filename",
+    "filename2",
 )
 """The public attributes recorded with an exception when it has them and they hold plain JSON: those of the
-OpenAI and Anthropic SDK errors that applications read. Replay sets them on the replayed error."""
+OpenAI and Anthropic SDK errors that applications read, and the `args` (and `OSError` fields) a built-in exception
+is rebuilt from. Replay sets them on the replayed error."""
+
+_ONLY_WHEN_TELLING = frozenset({"args", "errno", "strerror", "filename", "filename2"})
+"""Attributes recorded only when they add to the text."""
 
 
 def describe_error(error: BaseException) -> dict[str, Any]:

@@ -587,14 +587,10 @@ class AgentCall:
 
     def _new_call_node(self, input_messages: tuple[Message, ...]) -> AgentCallNode:
         kwargs = {**self.agent._recorded_partial_kwargs(), **self._frozen_kwargs}  # a call's own kwarg wins
-        return AgentCallNode(
-            **{
-                **self.agent._interaction_metadata_dict,
-                "kwargs": tuple(sorted(kwargs.items())),
-                "messages": input_messages,
-                "agent_alias": self.agent.alias,
-            }
-        )
+        fields: dict[str, Any] = {**self.agent._interaction_metadata_dict}
+        if kwargs:
+            fields["kwargs"] = tuple(sorted(kwargs.items()))
+        return AgentCallNode(**fields, messages=input_messages, agent_alias=self.agent.alias)
 
     async def _areceive_input(self) -> tuple[tuple[Message, ...], Optional[BaseException]]:
         """The input messages that resolved, in order, and the error the input raised after them (if any)."""
@@ -677,12 +673,16 @@ class AgentCallNode(AgentInteractionNode):
     """
 
     messages: tuple[Message, ...]
-    kwargs: tuple[tuple[str, Any], ...] = ()
 
     @property
     def call_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the call, by name (secrets as the redaction marker)."""
-        return dict(self.kwargs)
+        return dict(self._kwarg_pairs())
+
+    def _kwarg_pairs(self) -> tuple[tuple[str, Any], ...]:
+        # a field `kwargs` only when there are some: a call without any has the key it had before they were kept
+        # apart, so recordings made then still answer it
+        return tuple(self.frozen_fields_and_values().get("kwargs") or ())
 
     def __getattr__(self, name: str) -> Any:
         """A keyword argument read as an attribute (`node.model`), as with nodes that held them as fields; the
@@ -690,10 +690,22 @@ class AgentCallNode(AgentInteractionNode):
         try:
             return super().__getattr__(name)  # type: ignore[misc]
         except AttributeError:
-            for kwarg_name, value in self.__dict__.get("kwargs", ()):
+            for kwarg_name, value in self._kwarg_pairs():
                 if kwarg_name == name:
                     return value
             raise
+
+    def legacy_call_key(self) -> Optional[str]:
+        """The key this call had in recordings made before keyword arguments were kept apart (their names mixed
+        with the node's fields), or None when that shape cannot hold them (a name clashes with a field)."""
+        values = self.frozen_fields_and_values()
+        pairs = values.pop("kwargs", None)
+        if not pairs:
+            return None
+        kwargs = dict(pairs)
+        if set(kwargs) & (set(values) | {"class_", "text", "text_template"}):
+            return None
+        return AgentCallNode(**{**values, **kwargs}).hash_key
 
 
 class AgentReplyNode(AgentInteractionNode):

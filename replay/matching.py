@@ -11,7 +11,7 @@ from typing import Any, Optional
 from miniagents.errors import FrozenValueError
 from miniagents.messages import Message
 from miniagents.miniagents import AgentCallNode
-from miniagents.promising.ext.frozen import freeze
+from miniagents.promising.ext.frozen import Frozen, freeze
 
 _NODE_FIELDS = frozenset({"class_", "text", "text_template", "agent_alias", "messages", "kwargs"})
 
@@ -30,7 +30,7 @@ class CallToMatch:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, call_node: AgentCallNode) -> CallToMatch:
+    def of(cls, call_node: Frozen) -> CallToMatch:
         """The call a call node records."""
         values = call_node.frozen_fields_and_values()
         return cls(
@@ -88,7 +88,7 @@ class CallMatcher:
         self.normalize = normalize
         self._keys: dict[str, str] = {}
 
-    def normalized(self, call_node: AgentCallNode) -> CallToMatch:
+    def normalized(self, call_node: Frozen) -> CallToMatch:
         """The call as matched: what `normalize` returns for it (the call itself without one)."""
         call = CallToMatch.of(call_node)
         if self.normalize is None:
@@ -101,7 +101,7 @@ class CallMatcher:
             )
         return result.replace(messages=tuple(as_message(message) for message in result.messages))
 
-    def key(self, call_node: AgentCallNode) -> str:
+    def key(self, call_node: Frozen) -> str:
         """The key this call is matched on."""
         if self.normalize is None:
             return call_node.hash_key

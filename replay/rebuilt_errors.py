@@ -49,8 +49,19 @@ def _rebuilt(type_name: str, module: Optional[str], text: str, recorded: dict[st
         if isinstance(error_class, type) and issubclass(error_class, BaseException):
             if issubclass(error_class, _NOT_REBUILT):
                 return None
-            try:
-                error = error_class(text)
+            attributes = recorded.get("attributes")
+            args = attributes.get("args") if isinstance(attributes, Mapping) else None
+            if (
+                issubclass(error_class, OSError)
+                and isinstance(attributes, Mapping)
+                and attributes.get("errno") is not None
+            ):
+                # OSError(errno, strerror, filename, winerror, filename2) sets the fields its args leave out
+                args = [attributes.get("errno"), attributes.get("strerror")]
+                if attributes.get("filename") is not None or attributes.get("filename2") is not None:
+                    args += [attributes.get("filename"), None, attributes.get("filename2")]
+            try:  # from its recorded arguments, so that `args`, `str()`, `errno`... are the original's
+                error = error_class(*args) if isinstance(args, list) else error_class(text)
             except Exception:  # a built-in exception that wants other arguments: rebuilt as any other class
                 pass
             else:
@@ -141,7 +152,7 @@ def _set_attributes(error: BaseException, recorded: dict[str, Any], declared: Co
     attributes = recorded.get("attributes")
     if isinstance(attributes, Mapping):
         for name in RECORDED_ERROR_ATTRIBUTES:
-            if name in attributes:
+            if name in attributes and name != "args":  # `str()` stays the recorded text
                 _force_set(error, name, attributes[name])
 
 

@@ -90,6 +90,7 @@ class Recording:
         """Read which runs make up the recording (call before looking calls up)."""
         runs = await self.store.alist_runs()
         self.runs = {run.run_id: run for run in runs}
+        self._by_match_key = None  # runs recorded since are part of the recording now
         return runs
 
     def _rank(self, run_id: str) -> Optional[int]:
@@ -139,7 +140,7 @@ class Recording:
             index: dict[str, list[Event]] = {}
             for event in events:
                 node = nodes[str(event.hash_key)]
-                if isinstance(node, AgentCallNode):
+                if getattr(node, "class_", None) == AgentCallNode.__name__:  # (or an older shape's stand-in)
                     index.setdefault(self.matcher.key(node), []).append(event)
             self._by_match_key = index
         return self._by_match_key.get(match_key, [])

@@ -23,6 +23,8 @@ from store.errors import UnknownHashError
 logger = logging.getLogger(__name__)
 
 _CLOSEST_SHOWN = 3
+_FULL_REPORTS = 3
+"""Divergences of a run explained in full (the closest recorded calls, what differs); later ones are named only."""
 
 __all__ = ["RecordMode", "Replay", "describe_differences"]
 
@@ -170,6 +172,9 @@ class Replay:
             return None
         match_key = self._matcher.key(call.call_node)
         recorded = await self._recording.afind_call(match_key, call.occurrence, call.position)
+        legacy_key = call.call_node.legacy_call_key() if recorded is None and self._matcher.normalize is None else None
+        if legacy_key is not None:  # a recording made before kwargs were kept apart from the node's fields
+            recorded = await self._recording.afind_call(legacy_key, call.occurrence, call.position)
         if recorded is None:
             self._clock.decided(call.position)  # no recorded call answers this position
             if self.recording:
@@ -236,6 +241,16 @@ class Replay:
     async def _adivergence(self, call: InterceptedCall) -> ReplayDivergenceError:
         alias = call.agent.alias
         call_key = call.call_node.hash_key
+        if len(self.divergences) >= _FULL_REPORTS:  # a changed flow diverges many times: explain the first ones
+            return ReplayDivergenceError(
+                f"Agent {alias} was called, but the recording in {self.store.location} has no answer for it (call "
+                f"key {call_key}, occurrence {call.occurrence}, position {call.position}); see the first "
+                "divergences of this run for what differs.",
+                alias,
+                call_key,
+                call.occurrence,
+                call.position,
+            )
         recorded = await self._recording.acalls_of(alias)
         same_key = [item for item in recorded if item.call_key == call_key]
         lines = [
@@ -286,8 +301,8 @@ class Replay:
                 recorded_node = await self.store.aget(item.call_key)
             except UnknownHashError:  # collected meanwhile: nothing to compare with
                 continue
-            if not isinstance(recorded_node, AgentCallNode):
-                continue
+            if getattr(recorded_node, "class_", None) != AgentCallNode.__name__:
+                continue  # (a node of an older shape is rebuilt as a stand-in class of the same name)
             differences = call_differences(current, self._matcher.normalized(recorded_node))
             described = [line for difference in differences for line in difference.lines]
             if self._matcher.normalize is not None:

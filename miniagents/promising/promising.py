@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 _ContextT = TypeVar("_ContextT", bound="PromisingContext")
 
+_STUCK_HANDLERS_AFTER = 1.0
+"""Seconds without any task finishing after which `acancel_tasks` cancels the handler tasks too."""
+
 
 class PromisingContext:
     """The context every promise lives in: defaults, resolution handlers and the background tasks to wait for.
@@ -65,8 +68,8 @@ class PromisingContext:
         self.longer_hash_keys = longer_hash_keys
         self.log_level_for_errors = log_level_for_errors
         self._previous_ctx_token: Optional[Token[Optional[PromisingContext]]] = None
-        self._logged_errors: dict[int, BaseException] = {}
-        """The errors logged with their traceback while this context is active, by identity."""
+        self._activation = 0
+        """Counts the activations of this context (a context object can be entered again)."""
 
     @classmethod
     def get_current(cls: type[_ContextT]) -> _ContextT:
@@ -116,10 +119,15 @@ class PromisingContext:
 
     def _first_report_of(self, error: BaseException) -> bool:
         """Whether `error` is reported (logged with its traceback) for the first time while this context is active:
-        an exception that travels through many promises and agents is logged once, where it arose."""
-        if id(error) in self._logged_errors:  # the dict holds the error, so its id is not reused meanwhile
-            return False
-        self._logged_errors[id(error)] = error
+        an exception that travels through many promises and agents is logged once, where it arose. The mark is
+        kept on the exception itself, so the context holds on to no exception (nor to its frames)."""
+        mark = (id(self), self._activation)
+        try:
+            if getattr(error, "_miniagents_reported", None) == mark:
+                return False
+            error._miniagents_reported = mark  # type: ignore[attr-defined]
+        except AttributeError:  # an exception that takes no attributes: logged each time
+            pass
         return True
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -153,7 +161,16 @@ class PromisingContext:
             for task in pending:
                 if task not in self._handler_tasks:
                     task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            done, _ = await asyncio.wait(pending, timeout=_STUCK_HANDLERS_AFTER)
+            if not done:
+                # only handlers are left, and they wait for what the cancelled tasks would have made: cancel them
+                logger.warning(
+                    "%d resolution handler(s) still waited %g s after the other tasks were cancelled; cancelling them",
+                    len(pending),
+                    _STUCK_HANDLERS_AFTER,
+                )
+                for task in pending:
+                    task.cancel()
 
     def _spawn_handler(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """`spawn` a task that runs handlers (see `acancel_tasks`)."""
@@ -177,7 +194,7 @@ class PromisingContext:
             self._deactivate()
 
     def _deactivate(self) -> None:
-        self._logged_errors.clear()
+        self._activation += 1
         if self._previous_ctx_token is not None:
             self._current.reset(self._previous_ctx_token)
             self._previous_ctx_token = None

@@ -343,3 +343,29 @@ async def test_calls_are_recorded_when_the_body_fails_finished_or_cancelled() ->
     }
     assert finished["QUICK"] is None
     assert finished["ENDLESS"] is not None and finished["ENDLESS"]["type"] == "CancelledError"
+
+
+async def test_a_failing_body_never_hangs_on_handlers_waiting_for_cancelled_replies() -> None:
+    @miniagent
+    async def leaf(ctx: InteractionContext) -> None:
+        raise ValueError("boom")
+
+    @miniagent
+    async def leaf2(ctx: InteractionContext) -> None:
+        ctx.reply(leaf.inquire())
+
+    @miniagent
+    async def inner(ctx: InteractionContext) -> None:
+        ctx.reply(leaf2.inquire())
+
+    @miniagent
+    async def outer(ctx: InteractionContext) -> None:
+        ctx.reply(inner.inquire())
+        ctx.reply(inner.inquire())  # its replies are never read: the body fails on the first one
+
+    async def run() -> None:
+        async with MiniAgents(store=ListEventSink()):
+            await outer.inquire().aresolve_messages()
+
+    with pytest.raises(ValueError, match="boom"):
+        await asyncio.wait_for(run(), timeout=10)

@@ -351,12 +351,17 @@ async def test_an_agent_error_is_recorded_on_the_call() -> None:
     assert error.data == {
         "where": "agent",
         "position": None,
-        "error": {"type": "KeyError", "module": "builtins", "text": "'missing'"},
+        "error": {"type": "KeyError", "module": "builtins", "text": "'missing'", "attributes": {"args": ["missing"]}},
     }
     (finished,) = sink.of_kind(EventKind.CALL_FINISHED)
     assert finished.data is not None
     assert finished.data["replies"] == [{"hash": Message(text="one").hash_key}]
-    assert finished.data["error"] == {"type": "KeyError", "module": "builtins", "text": "'missing'"}
+    assert finished.data["error"] == {
+        "type": "KeyError",
+        "module": "builtins",
+        "text": "'missing'",
+        "attributes": {"args": ["missing"]},  # a KeyError's text quotes its argument: kept to rebuild it
+    }
 
 
 async def test_identical_calls_get_increasing_occurrences() -> None:

@@ -146,7 +146,7 @@ async def test_a_call_whose_agent_raises_keeps_its_kwargs_and_inputs_and_its_cal
 
     assert node.call_key is not None and node.input_error is None
     assert (node.kwargs, node.input_messages) == ({"z": "q"}, (Message(text="a"), Message(text="b")))
-    assert node.error == ErrorDescription("KeyError", "builtins", "'gone'")
+    assert node.error == ErrorDescription("KeyError", "builtins", "'gone'", {"args": ["gone"]})
     assert text.splitlines()[1:] == ["  < a", "  < b", "  !! KeyError: 'gone'"]
 
 

@@ -358,3 +358,35 @@ async def test_a_secret_named_in_an_error_text_is_redacted_alike_in_every_store(
     assert replayed_error.body == {**live_error.body, "message": f"token={REDACTION.marker} expired"}  # type: ignore[attr-defined]
     assert replayed_error.code == "rate_limit_exceeded"  # type: ignore[attr-defined]
     assert replayed.fingerprint == live.fingerprint
+
+
+@miniagent(talks_to_outside_world=True)
+async def builtin_failure(ctx: InteractionContext, kind: str) -> None:
+    if kind == "key":
+        raise KeyError("user_id")
+    if kind == "os":
+        raise FileNotFoundError(2, "No such file or directory", "/tmp/missing.txt")
+    raise ValueError("a", 1)
+
+
+@miniagent
+async def describes_the_failure(ctx: InteractionContext, kind: str) -> None:
+    try:
+        await builtin_failure.inquire(kind=kind).aresolve_messages()
+    except Exception as error:  # what an application may read of a built-in exception
+        attributes = (getattr(error, "errno", None), getattr(error, "filename", None))
+        ctx.reply(f"{type(error).__name__}|{error}|{error.args!r}|{attributes}")
+
+
+@pytest.mark.parametrize("kind", ["key", "os", "args"])
+async def test_a_built_in_exception_comes_back_with_its_args_and_fields(kind: str) -> None:
+    store = MemoryStore()
+
+    async def run(mode: str) -> tuple[str, str]:
+        replay = Replay(store, mode=mode)
+        async with MiniAgents(replay=replay):
+            [message] = await describes_the_failure.inquire(kind=kind).aresolve_messages()
+        return str(message), replay.fingerprint
+
+    live = await run("once")
+    assert await run("none") == live

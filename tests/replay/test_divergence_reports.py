@@ -111,3 +111,30 @@ async def test_the_closest_recorded_calls_come_first() -> None:
     report = str(raised.value)
     order = [report.index(text) for text in ("the capital of Italy", "'Where is Paris?'", "tallest mountain")]
     assert order == sorted(order)
+
+
+async def test_a_changed_openai_prompt_is_reported_with_what_changed_and_sends_nothing(tmp_path: Any) -> None:
+    import openai
+
+    from miniagents.ext.llm.openai import openai_agent
+    from miniagents.testing.fake_llm_server import FakeLLMServer, ScriptedReply
+    from store import SQLiteStore
+
+    async def ask(mode: str, prompt: str, base_url: str) -> None:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0) as client:
+            llm = openai_agent.fork(model="gpt-test", async_client=client, temperature=0)
+            async with MiniAgents(replay=Replay(SQLiteStore(tmp_path / "chat.db"), mode=mode)):
+                await llm.inquire(prompt).aresolve_messages()
+
+    preamble = "You are a travel agent. Plan a quiet weekend for two people who like walking, in "
+    async with FakeLLMServer() as server:
+        server.script(ScriptedReply(tokens=["Go", " to", " the", " coast."]))
+        await ask("once", preamble + "Lisbon, in spring.", server.openai_base_url)
+
+    with pytest.raises(ReplayDivergenceError) as raised:
+        await ask("none", preamble + "Porto, in spring.", "http://127.0.0.1:9/v1")  # nothing listens there
+
+    report = str(raised.value)
+    assert raised.value.agent_alias == "OPENAI_AGENT"
+    assert f"input message 0 differs at character {len(preamble)}:" in report
+    assert "Porto, in spring." in report and "Lisbon, in spring." in report

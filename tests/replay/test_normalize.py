@@ -108,3 +108,27 @@ def test_replace_refuses_unknown_fields() -> None:
     assert call.replace(agent_alias="B").agent_alias == "B"
     with pytest.raises(TypeError, match=r"unknown field\(s\) prompt; it takes agent_alias, kwargs, messages"):
         call.replace(prompt="x")
+
+
+async def test_an_openai_prompt_with_a_date_recorded_from_the_api_replays_offline_the_next_day(tmp_path: Path) -> None:
+    import openai
+
+    from miniagents.ext.llm.openai import openai_agent
+    from miniagents.testing.fake_llm_server import FakeLLMServer, ScriptedReply
+
+    async def plan(mode: str, today: str, base_url: str) -> tuple[list[str], int]:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0) as client:
+            llm = openai_agent.fork(model="gpt-test", async_client=client)
+            replay = Replay(SQLiteStore(tmp_path / "plan.db"), mode=mode, normalize=without_dates)
+            async with MiniAgents(replay=replay):
+                replies = await llm.inquire(f"Today is {today}. Plan my day.").aresolve_messages()
+            return [str(reply) for reply in replies], replay.replayed_calls
+
+    async with FakeLLMServer() as server:
+        server.script(ScriptedReply(tokens=["Walk", " by", " the", " sea."]))
+        recorded, _ = await plan("once", "2026-12-06", server.openai_base_url)
+        assert len(server.requests) == 1
+    # the server is gone: the next day's run is answered from the recording alone
+    replayed, replayed_calls = await plan("none", "2026-12-07", "http://127.0.0.1:9/v1")
+    assert replayed == recorded == ["Walk by the sea."]
+    assert replayed_calls == 1

@@ -62,6 +62,8 @@ async def test_api_keys_appear_nowhere(server: FakeLLMServer, caplog: pytest.Log
     call_nodes = [event.obj for event in sink.of_kind(EventKind.MESSAGE) if isinstance(event.obj, AgentCallNode)]
     assert [node.async_client for node in call_nodes] == ["<AsyncOpenAI>", "<AsyncAnthropic>", "<AsyncOpenAI>"]
     assert call_nodes[2].extra_headers.Authorization == "[REDACTED]"
-    # and the logs that were searched are there: the agents' own debug records and the SDKs' ones
+    # and the logs that were searched are there: the agents' own debug records and the SDKs' ones (whatever
+    # module of the SDK logs them)
     loggers = {record.name for record in caplog.records}
-    assert {"miniagents.ext.llm.openai", "miniagents.ext.llm.anthropic", "openai._base_client"} <= loggers
+    assert {"miniagents.ext.llm.openai", "miniagents.ext.llm.anthropic"} <= loggers
+    assert any(name == "openai" or name.startswith("openai.") for name in loggers)

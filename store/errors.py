@@ -6,7 +6,7 @@ MiniAgentsError                         miniagents.errors
     ├── StoreOpenError                  the store cannot be opened (path)
     │   ├── ForeignDatabaseError        the file is not a miniagents store (path)
     │   ├── SchemaVersionError          the store was written by another schema/format version (path)
-    │   └── StoreCorruptedError         the file is damaged (path)
+    │   └── StoreCorruptedError         the file is damaged, or its `-wal` file is another database's (path)
     ├── StoreWriteError                 events could not be written; they stay buffered (path)
     ├── StoreReadError                  the driver failed while reading (path)
     ├── StoreIntegrityError             stored bytes do not match their hash key (hash)
@@ -45,7 +45,8 @@ class SchemaVersionError(StoreOpenError):
 
 
 class StoreCorruptedError(StoreOpenError):
-    """The store file is damaged."""
+    """The store file is damaged, or the write-ahead log next to it was written for another database (both are
+    left untouched)."""
 
 
 class StoreWriteError(StoreError):

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import datetime
+import errno
 import os
 import random
 import sqlite3
+import stat
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, BinaryIO, Optional, TypeVar, Union
 
 import aiosqlite
 import orjson
@@ -62,6 +66,18 @@ SCHEMA_VERSION = 1
 """Version of the table layout below; a newer store is refused, an older one is migrated."""
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+_COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+"""The files SQLite keeps next to a database: the write-ahead log, its index, and the rollback journal (needed only
+while a new store is switched to WAL)."""
+_LOCKED = "?mode=ro"
+"""The query of a read-only connection that takes SQLite's locks (and needs the `-shm` file, creating it if need
+be)."""
+_IMMUTABLE = "?mode=ro&immutable=1"
+"""The query of a read-only connection that takes no locks, ignores the log and creates no files."""
+_INSPECTIONS = 20
+"""How often a file that changes while it is read without locks is read again before it is read with locks."""
+_WAL_CHECKS = 10
+"""How often a log that changes while it is checked is checked again before it is taken as replayed already."""
 
 _SCHEMA_V1 = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -190,7 +206,9 @@ class SQLiteStore(EventStore):
     several `MiniAgents` contexts appending at once.
 
     :param path: the database file; created (with its schema) if missing. A file that is not a miniagents store,
-        or that a newer version wrote, is refused and never modified.
+        or that a newer version wrote, or whose `-wal` file was written for another database, is refused and
+        never modified. Where the store cannot be written (a read-only directory, mount or file) it is opened
+        for reading only, and only writing raises (`StoreWriteError`).
     :param batch_size: flush as soon as this many events are buffered.
     :param flush_interval: flush buffered events at least this often (seconds).
     :param busy_timeout: how long (seconds) to keep retrying while other connections hold the write lock before
@@ -222,6 +240,12 @@ class SQLiteStore(EventStore):
             raise StoreUsageError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}.")
         self.path = Path(path)
         self._uri = ""
+        self._read_query = _LOCKED
+        """How the reading connections open the file (`_LOCKED`, or `_IMMUTABLE` for a store that cannot be
+        written here and has no `-shm` file)."""
+        self._read_only: Optional[str] = None
+        """Why the store cannot be written here, if it was opened for reading only."""
+        self._open_key: Optional[tuple[int, int]] = None
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()
         self._db: Optional[aiosqlite.Connection] = None
@@ -251,13 +275,46 @@ class SQLiteStore(EventStore):
             return False
 
     async def _aopen_storage(self) -> None:
+        _check_path(self.path)
         self._uri = self.path.absolute().as_uri()
         inspection = await self._ainspect()
         self._classify(inspection)
+        not_writable = _write_access(self.path)
+        if not_writable is None:
+            try:
+                inspection = await self._aopen_writable(inspection)
+            except _OnlyReadable as only_readable:
+                not_writable = f"SQLite could open it for reading only ({only_readable.error})"
+        if not_writable is not None:
+            await self._aopen_read_only(inspection, not_writable)
+        self._set_kinds(inspection.kinds)
+
+    def _register(self, query: str) -> None:
+        """Note in `_OPEN_HERE` that this process has the file open (as soon as a connection holds it)."""
+        self._unregister()
+        self._read_query = query
+        self._open_key = _file_key(self.path)
+        if self._open_key is not None:
+            with _OPEN_HERE_LOCK:
+                _OPEN_HERE.setdefault(self._open_key, []).append(query)
+
+    def _unregister(self) -> None:
+        key, self._open_key = self._open_key, None
+        if key is not None:
+            with _OPEN_HERE_LOCK:
+                queries = _OPEN_HERE.get(key, [])
+                if self._read_query in queries:
+                    queries.remove(self._read_query)
+                if not queries:
+                    _OPEN_HERE.pop(key, None)
+
+    async def _aopen_writable(self, inspection: _Inspection) -> _Inspection:
+        """Open the writer and reader connections, creating or migrating the store first if need be."""
         connections: list[aiosqlite.Connection] = []
         try:
             db = await aiosqlite.connect(self.path, isolation_level=None)
             connections.append(db)
+            self._register(_LOCKED)
             await db.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
             if inspection.is_empty:
                 await db.execute_fetchall(f"PRAGMA page_size = {PAGE_SIZE}")
@@ -270,27 +327,74 @@ class SQLiteStore(EventStore):
             page_size = next(iter(await db.execute_fetchall("PRAGMA page_size")))[0]
             for pragma in self._writing_pragmas(page_size):
                 await db.execute(pragma)
-            reader = await aiosqlite.connect(self._uri + "?mode=ro", uri=True, isolation_level=None)
+            reader = await aiosqlite.connect(self._uri + _LOCKED, uri=True, isolation_level=None)
             connections.append(reader)
             await reader.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
             await reader.execute("PRAGMA cache_size = -16000")
         except BaseException as error:
             for connection in reversed(connections):
                 await connection.close()
+            self._unregister()
             if isinstance(error, sqlite3.Error):
+                if _error_code(error) == _READONLY and self._is_current(inspection):
+                    raise _OnlyReadable(error) from error
                 raise self._open_error(error) from error
             raise
         self._db, self._reader = db, reader
+        self._read_only = None
         self._transaction_lock = asyncio.Lock()
-        if self._inline_lookups:
-            try:
-                self._lookup = sqlite3.connect(
-                    self._uri + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-                )
-                self._lookup.execute("PRAGMA busy_timeout = 0")  # never blocks the loop: busy -> the reader thread
-            except sqlite3.Error:
-                self._lookup = None
-        self._set_kinds(inspection.kinds)
+        self._open_lookup()
+        return inspection
+
+    async def _aopen_read_only(self, inspection: _Inspection, not_writable: str) -> None:
+        """Open only a reader: the store cannot be written here (a read-only directory, mount or file); writing
+        raises `StoreWriteError`."""
+        path = str(self.path)
+        if inspection.is_empty:
+            raise StoreOpenError(
+                f"Cannot create the store {path}: {not_writable}. The file and its directory must be writable to "
+                "create a store (SQLite also creates `-wal` and `-shm` files next to it); fix the permissions or "
+                "choose another path.",
+                path,
+            )
+        version = self._classify(inspection)
+        if version != SCHEMA_VERSION:
+            raise StoreOpenError(
+                f"Cannot open the store {path}: it has store schema version {version} and must be migrated to "
+                f"version {SCHEMA_VERSION}, which writes to it, but {not_writable}. Open it once where it can be "
+                "written.",
+                path,
+            )
+        query = await asyncio.to_thread(_reading_query, self.path)
+        try:
+            reader = await aiosqlite.connect(self._uri + query, uri=True, isolation_level=None)
+        except sqlite3.Error as error:
+            raise self._open_error(error) from error
+        self._register(query)
+        try:
+            await reader.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
+            await reader.execute("PRAGMA cache_size = -16000")
+            await self._aretry(lambda: reader.execute_fetchall("SELECT count(*) FROM sqlite_master"))
+        except BaseException as error:
+            await reader.close()
+            self._unregister()
+            if isinstance(error, sqlite3.Error):
+                raise self._open_error(error) from error
+            raise
+        self._db, self._reader = None, reader
+        self._read_only = not_writable
+        self._open_lookup()
+
+    def _open_lookup(self) -> None:
+        if not self._inline_lookups:
+            return
+        try:
+            self._lookup = sqlite3.connect(
+                self._uri + self._read_query, uri=True, isolation_level=None, check_same_thread=False
+            )
+            self._lookup.execute("PRAGMA busy_timeout = 0")  # never blocks the loop: busy -> the reader thread
+        except sqlite3.Error:
+            self._lookup = None
 
     def _set_kinds(self, kinds: dict[int, str]) -> None:
         self._kinds_by_code = {code: EventKind(name) for code, name in kinds.items() if _known(name)}
@@ -303,6 +407,7 @@ class SQLiteStore(EventStore):
     async def _aclose_storage(self) -> None:
         db, reader, lookup = self._db, self._reader, self._lookup
         self._db = self._reader = self._lookup = None
+        self._unregister()
         if lookup is not None:
             lookup.close()
         failure: Optional[BaseException] = None
@@ -322,28 +427,121 @@ class SQLiteStore(EventStore):
         return int(min(self._busy_timeout, 2.0) * 1000)
 
     async def _ainspect(self) -> _Inspection:
-        """Read what the file holds without changing it (and without creating journal files next to it)."""
-        header, wal_file_exists = _read_header(self.path)
-        if header is None:
-            return _Inspection()
-        if not header:
-            return _Inspection(exists=True)
-        if not header.startswith(_SQLITE_HEADER) or len(header) < 100:
-            raise ForeignDatabaseError(
-                f"{self.path} is not a SQLite database, so it is not a miniagents store; it was left untouched. "
-                "Point SQLiteStore at a new file (or move this one away).",
-                str(self.path),
-            )
-        wal_mode = header[18] == 2
-        query = "?mode=ro&immutable=1" if wal_mode and not wal_file_exists else "?mode=ro"
+        """Read what the file holds without changing it (and without creating files next to it, unless its
+        `-wal` file is there already).
+
+        A database in WAL mode without its log is read through an `immutable` connection, which takes no locks
+        and creates no files (so a foreign database is left untouched), but may see the file while another
+        process changes it (creating the store, or checkpointing into it): such a read counts only if the file
+        did not change meanwhile, and a verdict against the file only if a second read a moment later agrees.
+        Anything else is read with SQLite's locks, which wait for a process that is creating the file and show
+        it whole or not at all. A `-wal` file next to it is checked first (see `_acheck_wal`).
+        """
+        key = _file_key(self.path)
+        with _OPEN_HERE_LOCK:
+            queries = list(_OPEN_HERE.get(key, ())) if key is not None else []
+        if queries:  # this process has it open already: read it as that opening does, through SQLite only
+            return await self._aread_file(queries[0])
+        verdict: Optional[StoreOpenError] = None
+        for _attempt in range(_INSPECTIONS):
+            state = _FileState.read(self.path)
+            if state.header is None:
+                return _Inspection()
+            if not state.header:
+                return _Inspection(exists=True)
+            if not state.is_sqlite or (state.wal_size is None and not state.wal_mode):
+                # not (yet?) a database, or one with a rollback journal: a reader with locks waits for a process
+                # that is writing it, and needs no files next to it
+                return await self._aread_file(_LOCKED, state)
+            if state.wal_size is not None:
+                await self._acheck_wal()
+                query = await asyncio.to_thread(_reading_query, self.path)
+                if query == _LOCKED:
+                    return await self._aread_file(_LOCKED, state)
+            try:
+                inspection = await self._aread_file(_IMMUTABLE, state)
+                self._classify(inspection)
+            except StoreOpenError as error:
+                if _FileState.read(self.path) != state:
+                    continue
+                if verdict is not None and str(verdict) == str(error):
+                    raise
+                verdict = error
+                await asyncio.sleep(0.05)
+                continue
+            if _FileState.read(self.path) == state:
+                return inspection
+        return await self._aread_file(_LOCKED)  # the file kept changing under the reads: read it with locks
+
+    async def _aread_file(self, query: str, state: Optional[_FileState] = None) -> _Inspection:
+        """The layout of the file as a connection opened with `query` reads it (`state`: how the file looked
+        before, to tell a file that is not SQLite from a damaged one)."""
         try:
-            async with aiosqlite.connect(self._uri + query, uri=True) as db:
+            async with aiosqlite.connect(self._uri + query, uri=True, isolation_level=None) as db:
                 await db.execute_fetchall(f"PRAGMA busy_timeout = {self._inner_busy_ms}")
-                return await self._aread_layout(db, exists=True)
+                return await self._aretry(lambda: self._aread_layout_at_once(db))
         except sqlite3.Error as error:
+            if (
+                state is not None
+                and not state.is_sqlite
+                and _error_code(error) in (_NOTADB, _CORRUPT)
+                and not _FileState.read(self.path).is_sqlite
+            ):
+                raise ForeignDatabaseError(
+                    f"{self.path} is not a SQLite database, so it is not a miniagents store; it was left untouched. "
+                    "Point SQLiteStore at a new file (or move this one away).",
+                    str(self.path),
+                ) from error
             raise self._open_error(error) from error
 
+    async def _acheck_wal(self) -> None:
+        """Refuse the `-wal` file next to the store if it was not written for it, before anything replays it
+        (see "whose write-ahead log is this?" below).
+
+        The files are read without locks, so a verdict is drawn only from reads that saw the log unchanged, and
+        only when two such reads agree; a log that keeps changing is being written by a live connection, which
+        replayed it already.
+        """
+        verdict: Optional[object] = None
+        for _attempt in range(_WAL_CHECKS):
+            state = _FileState.read(self.path)
+            if state.wal_size is None or not state.is_sqlite:
+                return
+            try:
+                reason, evidence = await asyncio.to_thread(_wal_problem, self.path, self._uri, state)
+            except _Unsettled:
+                await asyncio.sleep(0.02)
+                continue
+            if reason is None:
+                return
+            if verdict is not None and verdict == evidence:
+                raise self._foreign_wal_error(reason)
+            verdict = evidence
+            await asyncio.sleep(0.05)
+
+    def _foreign_wal_error(self, reason: str) -> StoreCorruptedError:
+        path, wal, shm = str(self.path), f"{self.path}-wal", f"{self.path}-shm"
+        return StoreCorruptedError(
+            f"The write-ahead log {wal} does not belong to the store {path}: {reason}. Opening the store would "
+            f"have copied its pages into {path} (SQLite replays any log that is consistent in itself) over pages "
+            "they were not written for, so both files were left untouched. If "
+            f"{wal} was copied or restored here by mistake, move it away (with {shm}, if there is one) and open "
+            f"the store again; if {path} was restored from a backup, put the `-wal` file of the same backup next "
+            "to it (or none).",
+            path,
+        )
+
+    async def _aread_layout_at_once(self, db: aiosqlite.Connection) -> _Inspection:
+        """`_aread_layout` in one read transaction: each statement on its own could see another moment, e.g. the
+        schema from before another process created the store and the header from after."""
+        await db.execute("BEGIN")
+        try:
+            return await self._aread_layout(db, exists=True)
+        finally:
+            await _arollback(db)
+
     async def _aread_layout(self, db: aiosqlite.Connection, exists: bool) -> _Inspection:
+        """What the file holds, read through `db` (in a transaction, so that all of it is from one moment)."""
         inspection = _Inspection(exists=exists)
         rows = await db.execute_fetchall("SELECT type, name FROM sqlite_master")
         inspection.schema_entries = [f"{kind} {name}" for kind, name in rows]
@@ -429,6 +627,9 @@ class SQLiteStore(EventStore):
                     "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 }
                 await db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+                await db.execute(_START_CHAIN, (_CHAIN_CREATED,))
+            else:
+                await _aadvance_chain(db)
             if version != SCHEMA_VERSION:
                 await db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -502,7 +703,7 @@ class SQLiteStore(EventStore):
         outcome: str = "Nothing of it was written",
     ) -> _T:
         """Run `work` in one `BEGIN IMMEDIATE` transaction, retried while busy; driver errors -> StoreWriteError."""
-        db = self._writer_db
+        db = self._writer_db(what)
 
         async def attempt() -> _T:
             # one connection holds one transaction at a time: flushes of concurrent runs take turns
@@ -510,6 +711,7 @@ class SQLiteStore(EventStore):
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     result = await work(db)
+                    await _aadvance_chain(db)
                     await db.execute("COMMIT")
                 except BaseException:
                     await _arollback(db)
@@ -541,12 +743,21 @@ class SQLiteStore(EventStore):
             reason = "fix the cause"
         return StoreWriteError(f"Could not {what} in {path} ({error}): {reason}. {outcome}.", path)
 
-    @property
-    def _writer_db(self) -> aiosqlite.Connection:
+    def _writer_db(self, what: str) -> aiosqlite.Connection:
+        """The connection that writes (`what`: what is to be written, for the error if nothing can be)."""
         if self._db is None:
             self._check_open()
+            self._check_writable(what)
             raise StoreUsageError(f"{self!r} has no open connection.")
         return self._db
+
+    def _check_writable(self, what: str) -> None:
+        if self._read_only is not None:
+            raise StoreWriteError(
+                f"Could not {what} in {self.path}: the store was opened for reading only, because "
+                f"{self._read_only}. Nothing was written; open it where it can be written to record.",
+                str(self.path),
+            )
 
     async def _aregister_run(self, run_id: str) -> None:
         async def work(db: aiosqlite.Connection) -> None:
@@ -557,6 +768,8 @@ class SQLiteStore(EventStore):
         await self._atransaction(work, f"record the start of run {run_id!r}")
 
     async def _aopen_batch_writer(self) -> BatchWriter[Batch]:
+        if self._read_only is not None:
+            return await super()._aopen_batch_writer()  # writes nothing: `_write_batches` refuses
         # a thread of its own with its own connection: batches are written while the event loop is busy (aiosqlite
         # needs the loop for every statement), and the batches that queue up meanwhile share one transaction
         writer: ThreadedBatchWriter[Batch] = ThreadedBatchWriter(
@@ -620,6 +833,7 @@ class SQLiteStore(EventStore):
         # numbers, slices of the concatenated bytes) without the GIL, instead of handing it over for every row
         # as `executemany` does, which would starve this thread while the event loop is busy.
         batch = Batch.merged(batches)
+        self._check_writable(f"write {len(batch)} events")
         connection = self._writer_thread_connection()
         object_parameters = _object_parameters(batch.objects)
         kind_codes = self._kind_codes
@@ -651,6 +865,7 @@ class SQLiteStore(EventStore):
                     "UPDATE runs SET event_count = event_count + ? WHERE id = ?",
                     [(count, rowids[run_id]) for run_id, count in batch.counts.items()],
                 )
+                _advance_chain(connection)
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
@@ -687,13 +902,15 @@ class SQLiteStore(EventStore):
     async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
         rows = [(bytes.fromhex(key),) for key in hash_keys]
         try:
-            await self._writer_db.executemany("DELETE FROM objects WHERE hash = ?", rows)
+            await self._writer_db("delete unreferenced objects").executemany(
+                "DELETE FROM objects WHERE hash = ?", rows
+            )
         except sqlite3.Error as error:
             raise self._write_error(error, f"delete {len(rows)} unreferenced objects") from error
 
     async def _abump_gc_generation(self) -> None:
         try:
-            await self._writer_db.execute(
+            await self._writer_db("record a garbage collection").execute(
                 "INSERT INTO meta (key, value) VALUES ('gc_generation', '1') "
                 "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
             )
@@ -702,7 +919,7 @@ class SQLiteStore(EventStore):
 
     @asynccontextmanager
     async def _amaintenance(self) -> AsyncIterator[None]:
-        db = self._writer_db
+        db = self._writer_db("collect garbage")
         try:
             await self._aretry(lambda: db.execute("BEGIN IMMEDIATE"))
         except sqlite3.Error as error:
@@ -710,6 +927,7 @@ class SQLiteStore(EventStore):
         self._maintenance_open = True
         try:
             yield
+            await _aadvance_chain(db)
             await db.execute("COMMIT")
         except BaseException as error:
             await _arollback(db)
@@ -727,7 +945,7 @@ class SQLiteStore(EventStore):
         # the shared reader keeps seeing what is written meanwhile
         self._check_open()
         try:
-            snapshot = await aiosqlite.connect(self._uri + "?mode=ro", uri=True, isolation_level=None)
+            snapshot = await aiosqlite.connect(self._uri + self._read_query, uri=True, isolation_level=None)
         except sqlite3.Error as error:
             raise StoreReadError(f"Could not read from {self.path} ({error}).", str(self.path)) from error
         token = _SNAPSHOT.set((self, snapshot))
@@ -1016,27 +1234,6 @@ def _event_parameters(batch: Batch, rowids: dict[str, int], kind_codes: dict[Eve
     }
 
 
-def _read_header(path: Path) -> tuple[Optional[bytes], bool]:
-    """The first 100 bytes of the file (None if it does not exist yet) and whether a `-wal` file is next to it."""
-    if not path.exists():
-        if not path.parent.is_dir():
-            raise StoreOpenError(
-                f"Cannot create the store {path}: the directory {path.parent} does not exist; create it first.",
-                str(path),
-            )
-        return None, False
-    if not path.is_file():
-        raise StoreOpenError(f"Cannot open the store {path}: it is not a regular file.", str(path))
-    try:
-        with path.open("rb") as file:
-            header = file.read(100)
-    except OSError as error:
-        raise StoreOpenError(
-            f"Cannot read the store {path} ({error.strerror}); check its permissions.", str(path)
-        ) from error
-    return header, Path(f"{path}-wal").exists()
-
-
 def _known(kind_name: str) -> bool:
     return kind_name in EventKind._value2member_map_
 
@@ -1047,3 +1244,483 @@ async def _arollback(db: aiosqlite.Connection) -> None:
             await db.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+
+
+# ------------------------------------------------------------------------------------------ the files of a store
+
+
+def _check_path(path: Path) -> None:
+    """Raise `StoreOpenError` naming the path and the OS's reason if the OS refuses the store's path or the names
+    of the files SQLite keeps next to it (`-wal`, `-shm`, `-journal`)."""
+    try:
+        info: Optional[os.stat_result] = os.stat(path)
+    except FileNotFoundError:
+        info = None
+    except (OSError, ValueError) as error:
+        raise _path_error(path, path, error) from error
+    mode = None if info is None else info.st_mode
+    if mode is None:
+        try:
+            parent_mode: Optional[int] = os.stat(path.parent).st_mode
+        except FileNotFoundError:
+            parent_mode = None
+        except (OSError, ValueError) as error:
+            raise _path_error(path, path.parent, error) from error
+        if parent_mode is None:
+            raise StoreOpenError(
+                f"Cannot create the store {path}: the directory {path.parent} does not exist; create it first.",
+                str(path),
+            )
+    elif not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise StoreOpenError(f"Cannot open the store {path}: it is {kind}; point SQLiteStore at a file.", str(path))
+    creating = info is None or info.st_size == 0  # the rollback journal is needed only to switch a new store to WAL
+    for suffix in _COMPANION_SUFFIXES if creating else _COMPANION_SUFFIXES[:2]:
+        companion = Path(f"{path}{suffix}")
+        try:
+            os.stat(companion)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise _path_error(path, companion, error, companion_of=path) from error
+
+
+def _path_error(
+    path: Path, refused: Path, error: Union[OSError, ValueError], companion_of: Optional[Path] = None
+) -> StoreOpenError:
+    """The `StoreOpenError` for a path the OS refuses (`refused`: the store's path, its directory or a companion)."""
+    if isinstance(error, ValueError):  # e.g. an embedded NUL byte: no OS call can even be made
+        return StoreOpenError(f"Cannot open the store {path}: the OS cannot take this path ({error}).", str(path))
+    code = errno.errorcode.get(error.errno or 0, str(error.errno))
+    reason = f"{error.strerror or error} [{code}]"
+    hints = {
+        errno.ENAMETOOLONG: "a file name may be at most 255 bytes on most file systems; choose a shorter name",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EACCES: "a directory on the way cannot be searched by this user; fix its permissions",
+        errno.ELOOP: "symbolic links on the way loop",
+    }
+    hint = hints.get(error.errno or 0, "choose another path")
+    if companion_of is not None:
+        return StoreOpenError(
+            f"Cannot open the store {path}: SQLite keeps the file {refused} next to it, and the OS refuses that path "
+            f"({reason}); {hint} (leaving room for the `{str(refused)[len(str(companion_of)) :]}` suffix).",
+            str(path),
+        )
+    where = "" if refused == path else f" (at {refused})"
+    return StoreOpenError(
+        f"Cannot open the store {path}: the OS refuses this path{where}: {reason}; {hint}.", str(path)
+    )
+
+
+def _write_access(path: Path) -> Optional[str]:
+    """None if this process may write the store (its file, if it exists, and its directory, where SQLite creates
+    `-wal` and `-shm` files), else why not. `os.access` asks the kernel, so read-only mounts and immutable files
+    count even for root."""
+    directory = path.absolute().parent
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"the file {path} is not writable{_why_not_writable(path)}"
+    if not os.access(directory, os.W_OK):
+        return f"its directory {directory} is not writable{_why_not_writable(directory)}"
+    return None
+
+
+def _reading_query(path: Path) -> str:
+    """How to open the store for reading only: with SQLite's locks where its `-shm` file is there or can be made;
+    otherwise `immutable` (no locks, the log ignored), which is safe because nobody can be writing a WAL database
+    next to which no `-shm` file exists or can be made, unless a log with committed changes is there, which
+    SQLite cannot read without a `-shm` file: then `StoreOpenError`."""
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if shm.exists() or os.access(path.absolute().parent, os.W_OK):
+        return _LOCKED
+    try:
+        with wal.open("rb") as file:
+            log = _read_wal(file)
+    except FileNotFoundError:
+        log = None
+    except OSError as error:
+        raise StoreOpenError(f"Cannot read {wal} ({error.strerror}); check its permissions.", str(path)) from error
+    if log is not None and log.frames:
+        raise StoreOpenError(
+            f"Cannot read the store {path}: its write-ahead log {wal} holds changes that are not in {path} yet (the "
+            f"last process that wrote it did not close it), and SQLite reads them only with a {shm} file next to "
+            f"it, which cannot be created in the read-only {path.absolute().parent}. Open the store once where its "
+            "directory is writable (that merges the log into the file), or copy both files to such a place.",
+            str(path),
+        )
+    return _IMMUTABLE
+
+
+class _OnlyReadable(Exception):
+    """SQLite opened the store for reading only although it looked writable."""
+
+    def __init__(self, error: sqlite3.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _why_not_writable(path: Path) -> str:
+    try:
+        if hasattr(os, "statvfs") and os.statvfs(path).f_flag & os.ST_RDONLY:
+            return " (a read-only file system)"
+    except OSError:
+        pass
+    return " for this user (its permissions or attributes)"
+
+
+def _read_header(path: Path) -> Optional[bytes]:
+    """The first 100 bytes of the file (None if it does not exist).
+
+    Opening and closing a file drops every POSIX lock this process holds on it, including SQLite's: never call this
+    while a connection of this process has the file open (see `_OPEN_HERE`).
+    """
+    try:
+        with path.open("rb") as file:
+            return file.read(100)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise StoreOpenError(
+            f"Cannot read the store {path} ({error.strerror}); check its permissions.", str(path)
+        ) from error
+
+
+@dataclass(frozen=True)
+class _FileState:
+    """What the files of a store look like from outside (stat and the first bytes), to tell whether they changed
+    while they were read without locks."""
+
+    header: Optional[bytes]
+    file_stat: Optional[tuple[int, int, int, int]]
+    wal_size: Optional[int]
+    shm_exists: bool
+    journal_exists: bool
+
+    @classmethod
+    def read(cls, path: Path) -> _FileState:
+        try:
+            info = os.stat(path)
+            stat_key: Optional[tuple[int, int, int, int]] = (
+                info.st_ino,
+                info.st_size,
+                info.st_mtime_ns,
+                info.st_ctime_ns,
+            )
+        except FileNotFoundError:
+            stat_key = None
+        header = _read_header(path) if stat_key is not None else None
+        try:
+            wal_size: Optional[int] = os.stat(f"{path}-wal").st_size
+        except FileNotFoundError:
+            wal_size = None
+        return cls(
+            header,
+            stat_key,
+            wal_size,
+            os.path.exists(f"{path}-shm"),
+            os.path.exists(f"{path}-journal"),
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.header is not None and len(self.header) >= 100 and self.header.startswith(_SQLITE_HEADER)
+
+    @property
+    def wal_mode(self) -> bool:
+        """Whether the header says the database is in WAL mode (read and write versions 2)."""
+        return self.is_sqlite and self.header is not None and self.header[18] == 2
+
+    @property
+    def usable_size(self) -> int:
+        """The page size less the bytes reserved at the end of each page."""
+        assert self.header is not None
+        page_size = int.from_bytes(self.header[16:18], "big")
+        return (65_536 if page_size == 1 else page_size) - self.header[20]
+
+
+_OPEN_HERE: dict[tuple[int, int], list[str]] = {}
+"""(device, inode) of the store files this process has open, with the query each opening reads them with. The
+files are then read through SQLite only, which keeps its file descriptors (and POSIX locks) across connections;
+a file opened and closed by Python would silently drop those locks."""
+_OPEN_HERE_LOCK = threading.Lock()
+
+
+def _file_key(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+# ------------------------------------------------------------------------------ whose write-ahead log is this?
+#
+# SQLite replays the `-wal` file next to a database when it opens it, and copies its pages into the database at
+# the next checkpoint. It checks only that the log is consistent in itself (its frames carry the salts of its
+# header and a checksum chained from it), never that it was written for this database: a log copied from
+# another store, from a copy of this one that went its own way, or left over when the database was restored from
+# a backup, is replayed, and its pages replace the database's.
+#
+# What ties a log to a database is history: the log's frames are changes made on top of the state the database
+# file was in when the log was started (or a later one, once a checkpoint copied some of them). An id of the
+# store cannot tell that (a copy or a backup has the same id), nor can the log's salts (a transaction cannot
+# write into the database the salts of the log it is being written to). So the store marks every write
+# transaction it makes: the row `_CHAIN_NAME` of `sqlite_sequence` holds two 64-bit random values as hex,
+# `previous || current`, and each transaction sets it to `current || new random`. That row's page is written by
+# every batch anyway (the AUTOINCREMENT counter of `events` lives on it), so the mark costs no extra page in the
+# log, where a table of its own would add a page (32 KB) to every transaction. The database file holds the
+# `current` value of the transaction whose version of that page a checkpoint copied last; each committed frame
+# of that page in the log holds the pair its transaction wrote. The log belongs to the database when the
+# database's value is one the log's history went through: the `previous` of its first marked transaction (the
+# log was started on top of this database) or the `current` of one of them (a checkpoint copied part of the log
+# already). Another store's
+# values are random, so they never match; neither do a copy's once both were written, nor an old log's once the
+# database moved on. A database with no mark is an empty one (its value `_CHAIN_CREATED`, which the
+# transaction creating a store starts from; its log must then create it) or one written before the marks
+# existed (`_CHAIN_LEGACY`, which the first marked transaction starts from; an unmarked log is replayed for it,
+# as before). A log whose page size is not the database's is refused outright.
+#
+# The check reads the log's frame headers and the frames of that one page from the file, before any SQLite
+# connection could replay it; the database file is read through an `immutable` connection, which ignores the
+# log. Checksums are not recomputed (too slow in Python for a large log): the frames taken are those with the
+# header's salts up to the last commit frame, a superset of what SQLite replays (it also drops a last frame
+# whose page a killed writer did not get to write), so a log SQLite would replay is never refused for want of
+# a frame. What it cannot tell apart: an empty database (created, never checkpointed) next to the first log of
+# another store, which then becomes a copy of that store (the empty database had nothing to lose).
+
+_CHAIN_NAME = "miniagents-wal-chain"
+_CHAIN_CREATED = "0" * 16
+"""The `previous` value of the transaction that created the store (and the value of an empty database)."""
+_CHAIN_LEGACY = "F" * 16
+"""The `previous` value of the first marked transaction of a store created before the marks (and the value of
+such a database)."""
+_ADVANCE_CHAIN = f"UPDATE sqlite_sequence SET seq = substr(seq, 17) || hex(randomblob(8)) WHERE name = '{_CHAIN_NAME}'"
+_START_CHAIN = f"INSERT INTO sqlite_sequence (name, seq) VALUES ('{_CHAIN_NAME}', ? || hex(randomblob(8)))"
+_WAL_MAGICS = (0x377F0682, 0x377F0683)
+_WAL_HEADER_SIZE = 32
+_FRAME_HEADER_SIZE = 24
+
+
+def _advance_chain(connection: sqlite3.Connection) -> None:
+    """Mark the write transaction open on `connection` (see above)."""
+    if connection.execute(_ADVANCE_CHAIN).rowcount == 0:
+        connection.execute(_START_CHAIN, (_CHAIN_LEGACY,))
+
+
+async def _aadvance_chain(db: aiosqlite.Connection) -> None:
+    """`_advance_chain` through aiosqlite."""
+    cursor = await db.execute(_ADVANCE_CHAIN)
+    if cursor.rowcount == 0:
+        await db.execute(_START_CHAIN, (_CHAIN_LEGACY,))
+
+
+@dataclass
+class _WalLog:
+    """The committed frames of a write-ahead log, read from its file."""
+
+    page_size: int
+    salts: bytes
+    frames: list[tuple[int, int]]
+    """(page number, offset of the page's bytes) of every frame up to the last commit frame, in order."""
+
+
+def _read_wal(file: BinaryIO, with_frames: bool = True) -> Optional[_WalLog]:
+    """The log in `file` (only its header unless `with_frames`), or None if it has no valid header (SQLite then ignores
+    the file and overwrites it)."""
+    header = file.read(_WAL_HEADER_SIZE)
+    if len(header) < _WAL_HEADER_SIZE:
+        return None
+    magic, _version, page_size = struct.unpack(">III", header[:12])
+    if magic not in _WAL_MAGICS or not 512 <= page_size <= 65_536 or page_size & (page_size - 1):
+        return None
+    if not with_frames:
+        return _WalLog(page_size, header[16:24], [])
+    salts = header[16:24]
+    size = os.fstat(file.fileno()).st_size
+    frames: list[tuple[int, int]] = []
+    committed = 0
+    offset = _WAL_HEADER_SIZE
+    while offset + _FRAME_HEADER_SIZE + page_size <= size:
+        file.seek(offset)
+        frame_header = file.read(_FRAME_HEADER_SIZE)
+        page_number, commit_size = struct.unpack(">II", frame_header[:8])
+        if frame_header[8:16] != salts or page_number == 0:
+            break  # a frame of an earlier generation of the log (or none): the log ends here
+        frames.append((page_number, offset + _FRAME_HEADER_SIZE))
+        if commit_size:
+            committed = len(frames)
+        offset += _FRAME_HEADER_SIZE + page_size
+    return _WalLog(page_size, salts, frames[:committed])
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """SQLite's variable-length integer at `at`, and where it ends."""
+    value = 0
+    for index in range(8):
+        byte = data[at + index]
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, at + index + 1
+    return (value << 8) | data[at + 8], at + 9
+
+
+_INTEGER_SIZES = {1: 1, 2: 2, 3: 3, 4: 4, 5: 6, 6: 8}
+
+
+def _record(payload: bytes) -> list[Any]:
+    """The values of a record (a row as SQLite stores it)."""
+    header_size, at = _varint(payload, 0)
+    types = []
+    while at < header_size:
+        serial_type, at = _varint(payload, at)
+        types.append(serial_type)
+    values: list[Any] = []
+    body = header_size
+    for serial_type in types:
+        if serial_type in (0, 8, 9):
+            values.append(None if serial_type == 0 else serial_type - 8)
+        elif serial_type in _INTEGER_SIZES:
+            size = _INTEGER_SIZES[serial_type]
+            values.append(int.from_bytes(payload[body : body + size], "big", signed=True))
+            body += size
+        elif serial_type == 7:
+            values.append(struct.unpack(">d", payload[body : body + 8])[0])
+            body += 8
+        elif serial_type >= 12:
+            size = (serial_type - 12) // 2
+            raw = payload[body : body + size]
+            values.append(raw.decode("utf-8", "replace") if serial_type % 2 else raw)
+            body += size
+        else:
+            raise ValueError(f"serial type {serial_type}")
+    return values
+
+
+def _leaf_rows(page: bytes, start: int, usable_size: int) -> list[list[Any]]:
+    """The rows of a table b-tree leaf page that are held on the page itself (`start`: where the page's header
+    is: 100 on page 1, else 0); raise ValueError if the page is not such a leaf."""
+    if page[start] != 0x0D:
+        raise ValueError("not a table leaf page")
+    rows = []
+    for index in range(int.from_bytes(page[start + 3 : start + 5], "big")):
+        pointer = int.from_bytes(page[start + 8 + 2 * index : start + 10 + 2 * index], "big")
+        length, at = _varint(page, pointer)
+        _rowid, at = _varint(page, at)
+        if length <= usable_size - 35 and at + length <= len(page):
+            rows.append(_record(page[at : at + length]))
+    return rows
+
+
+def _chain_in_page(page: bytes, usable_size: int) -> Optional[tuple[str, str]]:
+    """(previous, current) of the chain row on a `sqlite_sequence` page, or None if it is not there (or the page
+    cannot be read)."""
+    try:
+        for row in _leaf_rows(page, 0, usable_size):
+            if len(row) == 2 and row[0] == _CHAIN_NAME and isinstance(row[1], str) and len(row[1]) == 32:
+                return row[1][:16], row[1][16:]
+    except (IndexError, ValueError, struct.error):
+        pass
+    return None
+
+
+def _sequence_root_in_page_one(page: bytes, usable_size: int) -> Optional[int]:
+    """The root page of `sqlite_sequence` as the schema on page 1 says, or None."""
+    try:
+        for row in _leaf_rows(page, 100, usable_size):
+            if len(row) == 5 and row[0] == "table" and row[1] == "sqlite_sequence" and isinstance(row[3], int):
+                return row[3]
+    except (IndexError, ValueError, struct.error):
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class _DatabaseChain:
+    """What the database file alone (not its log) says about the chain of marks."""
+
+    page_size: int
+    value: str
+    """The `current` value of the last transaction in the file; `_CHAIN_CREATED` for an empty database,
+    `_CHAIN_LEGACY` for one that has tables but no mark."""
+    sequence_root: Optional[int]
+
+
+def _read_database_chain(uri: str) -> _DatabaseChain:
+    """The chain value of the database file itself, read through an `immutable` connection (which never looks at
+    the log, takes no locks and creates no files)."""
+    with contextlib.closing(sqlite3.connect(uri + _IMMUTABLE, uri=True)) as db:
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        schema = db.execute("SELECT name, rootpage FROM sqlite_master").fetchall()
+        root = next((int(rootpage) for name, rootpage in schema if name == "sqlite_sequence"), None)
+        value = _CHAIN_CREATED if not schema else _CHAIN_LEGACY
+        if root is not None:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (_CHAIN_NAME,)).fetchone()
+            if row is not None and isinstance(row[0], str) and len(row[0]) == 32:
+                value = row[0][16:]
+    return _DatabaseChain(page_size, value, root)
+
+
+def _wal_problem(path: Path, uri: str, state: _FileState) -> tuple[Optional[str], object]:
+    """Why the log next to `path` does not belong to it (None if it does, or if it holds nothing to replay), and
+    what the verdict was drawn from (equal for two reads of unchanged files). Raises `_Unsettled` if the files
+    changed while they were read."""
+    wal_path = Path(f"{path}-wal")
+    try:
+        with wal_path.open("rb") as file:
+            if _read_wal(file, with_frames=False) is None:
+                return None, None
+            database = _read_database_chain(uri)  # before the frames: a checkpoint may copy frames meanwhile
+            file.seek(0)
+            log = _read_wal(file)
+            if log is None:
+                raise _Unsettled()
+            if log.page_size != database.page_size:
+                return (
+                    f"its pages are {log.page_size} bytes long, the database's {database.page_size}, so it was "
+                    "written for another database",
+                    (log.salts, log.page_size, database.page_size),
+                )
+            if not log.frames:
+                return None, None
+            root = database.sequence_root
+            page_one = [offset for page, offset in log.frames if page == 1]
+            if root is None and page_one:  # an empty database: the schema is in the log
+                file.seek(page_one[-1])
+                root = _sequence_root_in_page_one(file.read(log.page_size), state.usable_size)
+            marks: list[tuple[str, str]] = []
+            for page, offset in log.frames if root is not None else ():
+                if page == root:
+                    file.seek(offset)
+                    mark = _chain_in_page(file.read(log.page_size), state.usable_size)
+                    if mark is not None:
+                        marks.append(mark)
+            file.seek(0)
+            if file.read(_WAL_HEADER_SIZE)[16:24] != log.salts:
+                raise _Unsettled()  # the log was started afresh meanwhile
+    except FileNotFoundError:
+        raise _Unsettled() from None
+    except sqlite3.Error as error:
+        raise _Unsettled() from error
+    evidence = (log.salts, len(log.frames), database.value)
+    if database.value == _CHAIN_CREATED and not page_one:
+        return "the database is empty, and the log does not create it, so it was written for another one", evidence
+    if not marks:
+        if database.value in (_CHAIN_CREATED, _CHAIN_LEGACY):
+            return None, evidence  # a store from before the marks: nothing to compare, replayed as it always was
+        return (
+            f"its {len(log.frames)} committed frames carry none of the marks this store puts on every transaction, "
+            "so another program (or a miniagents older than this one) wrote them, maybe for another database",
+            evidence,
+        )
+    history = {marks[0][0], *(current for _previous, current in marks)}
+    if database.value in history:
+        return None, evidence
+    return (
+        "its transactions continue another history than the database's (it was written for another store, or "
+        "for a copy of this one that was written to since, or the database was restored from a backup while the "
+        "log was not)",
+        evidence,
+    )
+
+
+class _Unsettled(Exception):
+    """The files changed while they were being read (another process is writing): read them again."""

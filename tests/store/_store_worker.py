@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 
-from miniagents import Message
+from miniagents import Message, MiniAgents
 from miniagents.events import Event, EventKind
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
 from miniagents.promising.ext.frozen import Frozen
-from store import SQLiteStore
+from replay import Replay
+from store import SQLiteStore, StoreError
+
+RECORDED_LLM = stand_in_llm_agent.fork(reply="a recorded answer")
+"""The agent whose answers `areplay_read_only` replays (the test records it with the same fork)."""
 
 
 class Step(Frozen):
@@ -70,15 +76,76 @@ async def aclasses(path: str) -> None:
     print(plan.hash_key, owner.hash_key, flush=True)
 
 
+async def acreate(run_id: str, repeat: int) -> None:
+    """For each path read from stdin: open that (new) store, record a short run and close it, `repeat` times;
+    print "ok" or the error (on one line). Several such processes create the same files at once."""
+    message = Message(text="created concurrently")
+    while True:
+        path = (await asyncio.to_thread(sys.stdin.readline)).strip()
+        if not path:
+            return
+        try:
+            for attempt in range(repeat):
+                async with SQLiteStore(path) as store:
+                    await store.astart_run(f"{run_id}-{attempt}")
+                    store.append(
+                        Event(EventKind.MESSAGE, f"{run_id}-{attempt}", 0.0, hash_key=message.hash_key, obj=message)
+                    )
+                    await store.afinish_run(f"{run_id}-{attempt}")
+        except Exception as error:  # reported to the test, which names the process and the round
+            print(f"{type(error).__name__}: {error}".replace("\n", " "), flush=True)
+        else:
+            print("ok", flush=True)
+
+
+async def aread_only(path: str) -> None:
+    """Read a store that cannot be written here, replay it in mode none, try to write to it; print what happened
+    as JSON."""
+    outcome: dict[str, object] = {}
+    async with SQLiteStore(path) as store:
+        runs = await store.alist_runs()
+        outcome["runs"] = [run.run_id for run in runs]
+        events = [event async for event in store.aiter_events()]
+        outcome["events"] = len(events)
+        keyed = [event.hash_key for event in events if event.hash_key is not None]
+        outcome["objects"] = len({(await store.aget(key)).hash_key for key in keyed})
+        report = await store.averify()
+        outcome["verified"] = [report.ok, report.checked]
+        for name, write in (
+            ("start_run", lambda: store.astart_run("new")),
+            ("delete_run", lambda: store.adelete_run(runs[0].run_id)),
+            ("gc", store.agc),
+        ):
+            try:
+                await write()
+            except StoreError as error:
+                outcome[name] = f"{type(error).__name__}: {error}"
+    replay = Replay(SQLiteStore(path), mode="none")
+    async with MiniAgents(replay=replay):
+        replies = await RECORDED_LLM.inquire("question").aresolve_messages()
+    outcome["replayed"] = [[str(reply) for reply in replies], replay.replayed_calls]
+    try:
+        async with MiniAgents(store=SQLiteStore(path)):
+            pass
+    except StoreError as error:
+        outcome["record"] = f"{type(error).__name__}: {error}"
+    print(json.dumps(outcome), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["append", "crash", "classes"])
+    parser.add_argument("mode", choices=["append", "crash", "classes", "create", "read-only"])
     parser.add_argument("path")
     parser.add_argument("--run-id", default="run")
     parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     if args.mode == "append":
         asyncio.run(aappend(args.path, args.run_id, args.count))
+    elif args.mode == "read-only":
+        asyncio.run(aread_only(args.path))
+    elif args.mode == "create":
+        asyncio.run(acreate(args.run_id, args.repeat))
     elif args.mode == "crash":
         asyncio.run(acrash(args.path, args.run_id))
     else:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -220,49 +218,6 @@ async def test_damaged_data_pages_are_reported_by_verify(tmp_path: Path) -> None
     assert not report.ok
     assert {problem.kind for problem in report.problems} <= {"storage", "hash_mismatch"}
     assert "storage" in {problem.kind for problem in report.problems}
-
-
-@contextlib.contextmanager
-def read_only_directory(directory: Path) -> Iterator[None]:
-    """Make `directory` unwritable (root ignores permissions, so it gets the immutable attribute instead)."""
-    if os.geteuid() != 0:
-        directory.chmod(0o555)
-        try:
-            yield
-        finally:
-            directory.chmod(0o755)
-        return
-    result = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot make a directory read-only as root here: {result.stderr.decode().strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
-
-
-async def test_a_read_only_directory_is_an_open_error_naming_the_path(tmp_path: Path) -> None:
-    directory = tmp_path / "locked"
-    directory.mkdir()
-    path = directory / "agents.db"
-    with read_only_directory(directory):
-        with pytest.raises(StoreOpenError, match=f"{path}.*must be writable") as caught:
-            async with MiniAgents(store=SQLiteStore(path)):
-                pass
-        assert caught.value.path == str(path)
-        assert list(directory.iterdir()) == []
-
-
-async def test_an_existing_store_in_a_read_only_directory_is_an_open_error(tmp_path: Path) -> None:
-    directory = tmp_path / "locked"
-    directory.mkdir()
-    path = directory / "agents.db"
-    await arecord_one_run(path)
-    before = store_files(path)
-    with read_only_directory(directory):
-        with pytest.raises(StoreOpenError, match=f"{path}"):
-            await SQLiteStore(path).aopen()
-    assert store_files(path) == before
 
 
 async def test_a_missing_directory_is_an_open_error(tmp_path: Path) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 from miniagents.miniagent_typing import MessageTokenStreamer
 from miniagents.promising.errors import PromisingError
 from miniagents.promising.ext.frozen import (
+    _RECURSION_BUDGET,
     PLAIN_VALUE_TYPES,
     Frozen,
+    FrozenDict,
     declared_field_names,
     reserve_field_name_suffixes,
 )
@@ -88,7 +90,7 @@ class Message(Frozen):
         return super()._as_string()
 
 
-def _dump_with_references(frozen: Frozen) -> dict[str, Any]:
+def _dump_with_references(frozen: Frozen, depth: int = 0) -> dict[str, Any]:
     # runs for every recorded message: two plain loops over the fields are ~0.3 us faster than `field_items()`
     dump: dict[str, Any] = {}
     values = frozen.__dict__
@@ -97,64 +99,212 @@ def _dump_with_references(frozen: Frozen) -> dict[str, Any]:
         if type(value) in PLAIN_VALUE_TYPES:
             dump[field] = value
         else:
-            _dump_nested_with_references(dump, field, value)
+            _dump_nested_with_references(dump, field, value, depth)
     if frozen.__pydantic_extra__:
         for field, value in frozen.__pydantic_extra__.items():
             if type(value) in PLAIN_VALUE_TYPES:
                 dump[field] = value
             else:
-                _dump_nested_with_references(dump, field, value)
+                _dump_nested_with_references(dump, field, value, depth)
     return dump
 
 
-def _dump_nested_with_references(dump: dict[str, Any], field: str, value: Any) -> None:
+def _dump_nested_with_references(dump: dict[str, Any], field: str, value: Any, depth: int) -> None:
+    """Put a field whose value is not a plain one into `dump`: a message (or a tuple of messages) as its hash
+    reference, anything else spelled out, recursing `_RECURSION_BUDGET` levels deep at most (then in a loop)."""
     if isinstance(value, Message):
-        dump[field + REFERENCE_SUFFIX] = value.hash_key
+        dump[field + REFERENCE_SUFFIX] = _known_hash_key(value)
+    elif type(value) is tuple and value and isinstance(value[0], Message):  # only messages, or none at all
+        dump[field + REFERENCES_SUFFIX] = tuple(map(_known_hash_key, value))
+    elif depth >= _RECURSION_BUDGET:
+        dump[field] = value  # (its place, to keep the order of the keys)
+        _dump_in_a_loop([(dump, field, value)])
     elif isinstance(value, Frozen):
-        dump[field] = _dump_with_references(value)
-    elif type(value) is not tuple:
-        dump[field] = value
-    elif value and isinstance(value[0], Message):  # a tuple holds either only messages or none at all
-        dump[field + REFERENCES_SUFFIX] = tuple(message.hash_key for message in value)
+        dump[field] = _dump_with_references(value, depth + 1)
+    elif type(value) is tuple:
+        dump[field] = _dump_sequence_with_references(value, depth + 1)
+    elif type(value) is FrozenDict:  # a declared mapping field: spelled out as the same dict undeclared would be
+        nested = dump[field] = {"class_": Frozen.__name__}
+        for key, item in value.items():
+            if type(item) in PLAIN_VALUE_TYPES:
+                nested[key] = item
+            else:
+                _dump_nested_with_references(nested, key, item, depth + 1)
     else:
-        dump[field] = _dump_sequence_with_references(value)
+        dump[field] = value
 
 
-def _dump_sequence_with_references(values: tuple[Any, ...]) -> tuple[Any, ...]:
+def _dump_sequence_with_references(values: tuple[Any, ...], depth: int) -> tuple[Any, ...]:
+    # (a tuple holding messages is a field's; one nested in a tuple holds none)
+    if depth >= _RECURSION_BUDGET:
+        holder: list[Any] = [values]
+        _dump_in_a_loop([(holder, 0, values)])
+        return holder[0]
     return tuple(
         value
         if type(value) in PLAIN_VALUE_TYPES
-        else _dump_with_references(value)
+        else _dump_with_references(value, depth + 1)
         if isinstance(value, Frozen)
-        else _dump_sequence_with_references(value)
+        else _dump_sequence_with_references(value, depth + 1)
+        if type(value) is tuple
+        else _dump_value_with_references(value, depth + 1)
         for value in values
     )
 
 
-def _collect_sub_messages(frozen: Frozen, found: list[Message]) -> list[Message]:
+def _dump_value_with_references(value: Any, depth: int) -> Any:
+    holder: dict[str, Any] = {}
+    _dump_nested_with_references(holder, "value", value, depth)
+    return holder["value"]
+
+
+def _dump_in_a_loop(pending: list[tuple[Any, Any, Any]]) -> None:
+    """Spell out the values in `pending` ((container, key, value to spell out at container[key])) with hash
+    references, in a loop over an explicit stack (no recursion, however deep they are)."""
+    sequences: list[tuple[Any, Any, list[Any]]] = []  # tuples are built as lists, turned into tuples at the end
+    while pending:
+        target, slot, value = pending.pop()
+        spelled_out: Any
+        if type(value) is tuple:
+            spelled_out = list(value)
+            target[slot] = spelled_out
+            sequences.append((target, slot, spelled_out))
+            pending.extend(
+                (spelled_out, index, item) for index, item in enumerate(value) if type(item) not in PLAIN_VALUE_TYPES
+            )
+            continue
+        if isinstance(value, Frozen):
+            items: Any = value.field_items()
+            spelled_out = {}
+        elif type(value) is FrozenDict:
+            items, spelled_out = value.items(), {"class_": Frozen.__name__}
+        else:
+            continue
+        target[slot] = spelled_out
+        for field, item in items:
+            if type(item) in PLAIN_VALUE_TYPES:
+                spelled_out[field] = item
+            elif isinstance(item, Message):
+                spelled_out[field + REFERENCE_SUFFIX] = _known_hash_key(item)
+            elif type(item) is tuple and item and isinstance(item[0], Message):
+                spelled_out[field + REFERENCES_SUFFIX] = tuple(map(_known_hash_key, item))
+            else:
+                spelled_out[field] = item  # (its place, to keep the order of the keys)
+                pending.append((spelled_out, field, item))
+    for target, slot, sequence in reversed(sequences):  # inner tuples first
+        target[slot] = tuple(sequence)
+
+
+def _known_hash_key(message: Message) -> str:
+    """The hash key of a message nested in the one being serialized."""
+    known: Optional[str] = message.__dict__.get("hash_key")
+    if known is not None:
+        return known
+    # hash the messages nested in it first, innermost first: hashing a chain of nested messages costs no recursion
+    for nested in _unhashed_messages_innermost_first(message):
+        nested.hash_key  # noqa: B018 (computed once, and kept)
+    return message.hash_key
+
+
+def _unhashed_messages_innermost_first(message: Message) -> list[Message]:
+    """`message` and the messages nested in it whose hash keys are not known yet, each after those it holds."""
+    order: list[Message] = []
+    seen: set[int] = set()
+    stack: list[tuple[Message, bool]] = [(message, False)]
+    while stack:
+        current, expanded = stack.pop()
+        if expanded:
+            order.append(current)
+        elif id(current) not in seen:
+            seen.add(id(current))
+            stack.append((current, True))
+            stack.extend(
+                (nested, False)
+                for nested in _messages_held_by(current)
+                if "hash_key" not in nested.__dict__ and id(nested) not in seen
+            )
+    return order
+
+
+def _messages_held_by(frozen: Frozen) -> Iterator[Message]:
+    """The messages in the values of `frozen` that are not inside another message (those it refers to by hash)."""
+    stack: list[Any] = list(frozen.frozen_fields_and_values().values())
+    while stack:
+        value = stack.pop()
+        if type(value) in PLAIN_VALUE_TYPES:
+            continue
+        if isinstance(value, Message):
+            yield value
+        elif isinstance(value, Frozen):
+            stack.extend(value.frozen_fields_and_values().values())
+        elif type(value) is FrozenDict:
+            stack.extend(value.values())
+        elif type(value) is tuple:
+            stack.extend(value)
+
+
+def _collect_sub_messages(frozen: Frozen, found: list[Message], depth: int = 0) -> list[Message]:
     """Append every message nested in `frozen` to `found`, depth first, each after its own sub-messages."""
     values = frozen.__dict__
     for field in declared_field_names(type(frozen)):
         value = values[field]
         if type(value) not in PLAIN_VALUE_TYPES:
-            _collect_sub_messages_in_value(value, found)
+            _collect_sub_messages_in_value(value, found, depth)
     if frozen.__pydantic_extra__:
         for value in frozen.__pydantic_extra__.values():
             if type(value) not in PLAIN_VALUE_TYPES:
-                _collect_sub_messages_in_value(value, found)
+                _collect_sub_messages_in_value(value, found, depth)
     return found
 
 
-def _collect_sub_messages_in_value(value: Any, found: list[Message]) -> None:
-    if isinstance(value, Message):
-        _collect_sub_messages(value, found)
+def _collect_sub_messages_in_value(value: Any, found: list[Message], depth: int) -> None:
+    if depth >= _RECURSION_BUDGET:
+        _collect_sub_messages_in_a_loop(value, found)
+    elif isinstance(value, Message):
+        _collect_sub_messages(value, found, depth + 1)
         found.append(value)
     elif isinstance(value, Frozen):
-        _collect_sub_messages(value, found)
-    elif type(value) is tuple:
-        for item in value:
+        _collect_sub_messages(value, found, depth + 1)
+    elif type(value) is tuple or type(value) is FrozenDict:
+        for item in _items_of(value):
             if type(item) not in PLAIN_VALUE_TYPES:
-                _collect_sub_messages_in_value(item, found)
+                _collect_sub_messages_in_value(item, found, depth + 1)
+
+
+def _collect_sub_messages_in_a_loop(value: Any, found: list[Message]) -> None:
+    """`_collect_sub_messages_in_value` of a value too deep to recurse into: a loop over a stack of iterators."""
+    iterators: list[Iterator[Any]] = [iter((value,))]
+    owners: list[Optional[Message]] = [None]  # the message whose values each iterator goes through, if any
+    while iterators:
+        for item in iterators[-1]:
+            if type(item) in PLAIN_VALUE_TYPES:
+                continue
+            if isinstance(item, Frozen):
+                iterators.append(iter(_values_of(item)))
+                owners.append(item if isinstance(item, Message) else None)
+                break
+            if type(item) is tuple or type(item) is FrozenDict:
+                iterators.append(iter(_items_of(item)))
+                owners.append(None)
+                break
+        else:
+            iterators.pop()
+            owner = owners.pop()
+            if owner is not None:
+                found.append(owner)
+
+
+def _items_of(sequence_or_mapping: Union[tuple[Any, ...], FrozenDict]) -> Iterable[Any]:
+    if isinstance(sequence_or_mapping, FrozenDict):
+        return sequence_or_mapping.values()
+    return sequence_or_mapping
+
+
+def _values_of(frozen: Frozen) -> list[Any]:
+    values = frozen.__dict__
+    declared = [values[field] for field in declared_field_names(type(frozen))]
+    extra = frozen.__pydantic_extra__
+    return [*declared, *extra.values()] if extra else declared
 
 
 class MessagePromise(StreamedPromise[str, Message]):

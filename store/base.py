@@ -320,6 +320,8 @@ def _nested_messages(obj: Frozen, known: Container[str]) -> list[tuple[str, byte
             stack.extend(value.frozen_fields_and_values().values())
         elif isinstance(value, tuple):
             stack.extend(value)
+        elif isinstance(value, dict):  # a declared mapping field's FrozenDict
+            stack.extend(value.values())
     return list(found.items())
 
 

@@ -6,14 +6,30 @@ import math
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import Enum
-from itertools import chain
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Optional, TypeVar, Union, get_args, get_origin, overload
+from itertools import chain, pairwise
+from operator import itemgetter
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    NoReturn,
+    Optional,
+    SupportsIndex,
+    TypeVar,
+    Union,
+    final,
+    get_args,
+    get_origin,
+    is_typeddict,
+    overload,
+)
 
 import orjson
 from blake3 import blake3
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+from pydantic_core import CoreSchema, PydanticUndefined
 
 from miniagents.errors import FrozenValueError
 from miniagents.redaction import REDACTION as REDACTION
@@ -22,7 +38,7 @@ from miniagents.redaction import SecretRedaction as SecretRedaction
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-FrozenType = Optional[Union[str, int, float, bool, tuple["FrozenType", ...], "Frozen"]]
+FrozenType = Optional[Union[str, int, float, bool, tuple["FrozenType", ...], "Frozen", "FrozenDict"]]
 
 CANONICAL_FORM_VERSION = 1
 """Version of the canonical byte form; a stored format, so it changes only with a migration."""
@@ -32,6 +48,15 @@ _V = TypeVar("_V")
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _SHORT_HASH_LENGTH = 40
+
+MAX_NESTING_DEPTH = 1000
+"""How many containers (dicts, lists, `Frozen` objects, messages) may be nested in each other inside a `Frozen`,
+not counting the object itself: deeper values, and values that contain themselves, are refused when it is built."""
+_RECURSION_SAFE_DEPTH = 64
+"""Objects nested deeper than this are compared, hashed, deep-copied, pickled and shown (`repr`) by loops of their
+own instead of pydantic's and Python's recursive code, which would exceed Python's recursion limit."""
+_ORJSON_SAFE_DEPTH = 128
+"""Containers at most this deep are encoded by orjson in one call (orjson refuses nesting beyond 254 levels)."""
 
 
 class computed_once(Generic[_V]):
@@ -122,8 +147,10 @@ class Frozen(BaseModel):
     Values are frozen recursively when the object is built, those of declared fields after pydantic coerced them:
     dicts become `Frozen`, lists become tuples, and anything without exactly one canonical JSON form (NaN,
     infinities, integers beyond 64 bits, non-string keys, sets, arbitrary objects) is refused with a
-    `FrozenValueError` naming the field. So are field names with a reserved ending (`reserve_field_name_suffixes`).
-    Fields whose names look like secrets (see `SecretRedaction`) are replaced by a marker.
+    `FrozenValueError` naming the field. So are field names with a reserved ending (`reserve_field_name_suffixes`),
+    values nested more than `MAX_NESTING_DEPTH` levels deep and values that contain themselves. Fields whose names
+    look like secrets (see `SecretRedaction`) are replaced by a marker. Declared mapping fields (`dict[str, int]`,
+    `Mapping[str, Any]`, ...) are validated by pydantic and hold `FrozenDict`s.
 
     `model_copy(update=...)` builds a new object, validated like any other; copies (`copy`, `deepcopy`, pickle)
     never inherit what the original computed once (`hash_key`, ...) or marks kept on it.
@@ -147,12 +174,12 @@ class Frozen(BaseModel):
     @computed_once
     def full_json(self) -> str:
         """JSON of this object with everything nested in it spelled out."""
-        return orjson.dumps(_full_dump(self), option=orjson.OPT_SORT_KEYS).decode("utf-8")
+        return canonical_json(_full_dump(self)).decode("utf-8")
 
     @computed_once
     def canonical_bytes(self) -> bytes:
         """The canonical form: `serialize()` as compact UTF-8 JSON with sorted keys."""
-        return orjson.dumps(self.serialize(), option=orjson.OPT_SORT_KEYS)
+        return canonical_json(self.serialize())
 
     @computed_once
     def serialized(self) -> str:
@@ -168,7 +195,7 @@ class Frozen(BaseModel):
         kept: Optional[bytes] = self.__dict__.get("canonical_bytes")
         if kept is not None:
             return kept
-        return orjson.dumps(self.serialize(), option=orjson.OPT_SORT_KEYS)
+        return canonical_json(self.serialize())
 
     @computed_once
     def hash_key(self) -> str:
@@ -213,6 +240,12 @@ class Frozen(BaseModel):
         extra = self.__pydantic_extra__
         return chain(declared, extra.items()) if extra else declared
 
+    @computed_once
+    def _nesting_depth(self) -> int:
+        """How many containers (tuples, `Frozen` objects, `FrozenDict`s) are nested in each other in this object: 0
+        when every field holds a plain value."""
+        return _nesting_depth_of(self)
+
     def _as_string(self) -> str:
         return self.full_json
 
@@ -236,6 +269,9 @@ class Frozen(BaseModel):
         owner = cls.__name__
         frozen: dict[str, Any] = {"class_": owner}
         kinds = _FIELD_NAME_KINDS
+        mapping_fields = _MAPPING_FIELDS.get(cls)
+        if mapping_fields is None:
+            mapping_fields = _mapping_field_names(cls)
         for key, value in values.items():
             kind = kinds.get(key)
             if kind is None:
@@ -243,7 +279,11 @@ class Frozen(BaseModel):
                     raise FrozenValueError(f"{owner} field names must be strings, got {key!r} ({type(key).__name__}).")
                 kind = _field_name_kind(key)
             if kind == _PLAIN_NAME:
-                frozen[key] = _freeze(value, key, owner)
+                if mapping_fields and key in mapping_fields:
+                    # validated by pydantic as it is, then frozen by `_freeze_declared_values`
+                    frozen[key] = _plain_frozen_as_dicts(value)
+                else:
+                    frozen[key] = _freeze(value, key, owner)
             elif kind == _SECRET_NAME:
                 REDACTION.register_values(value)
                 frozen[key] = REDACTION.marker if value is not None else None
@@ -278,6 +318,9 @@ class Frozen(BaseModel):
         return copied
 
     def __deepcopy__(self, memo: Optional[dict[int, Any]] = None) -> Self:
+        if self._nesting_depth > _RECURSION_SAFE_DEPTH:
+            deep_copy: Self = _unflatten(_flatten(self))
+            return deep_copy
         copied = super().__deepcopy__(memo)
         object.__setattr__(copied, "__dict__", _field_values(copied))
         return copied
@@ -286,6 +329,32 @@ class Frozen(BaseModel):
         state = super().__getstate__()
         state["__dict__"] = _field_values(self)
         return state
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        if self._nesting_depth > _RECURSION_SAFE_DEPTH:
+            return _unflatten, (_flatten(self),)
+        return super().__reduce_ex__(protocol)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Frozen) and max(self._nesting_depth, other._nesting_depth) > _RECURSION_SAFE_DEPTH:
+            return _deep_equal(self, other)
+        return super().__eq__(other)
+
+    def __hash__(self) -> int:
+        # like pydantic's (the declared fields), but deep objects are hashed by their class and depth: equal
+        # objects are equally deep, and hashing declared fields that nest objects of their own class would recurse
+        depth = self._nesting_depth
+        if depth > _RECURSION_SAFE_DEPTH:
+            return hash((type(self), depth))
+        fields = _DECLARED_FIELD_GETTERS.get(type(self))
+        if fields is None:
+            fields = _DECLARED_FIELD_GETTERS[type(self)] = itemgetter(*declared_field_names(type(self)))
+        return hash(fields(self.__dict__))
+
+    def __repr__(self) -> str:
+        if self._nesting_depth > _RECURSION_SAFE_DEPTH:
+            return _deep_repr(self)
+        return super().__repr__()
 
 
 def _field_values(frozen: Frozen) -> dict[str, Any]:
@@ -296,6 +365,7 @@ def _field_values(frozen: Frozen) -> dict[str, Any]:
 
 
 _DECLARED_FIELDS_TO_FREEZE: dict[type, tuple[str, ...]] = {}
+_DECLARED_FIELD_GETTERS: dict[type, Callable[[dict[str, Any]], Any]] = {}
 
 
 def _declared_fields_to_freeze(cls: type[Frozen]) -> tuple[str, ...]:
@@ -369,10 +439,14 @@ def _freeze_declared_fields_after_validation(cls: type[Frozen]) -> None:
 
 def _freeze_declared_values(frozen: Frozen) -> None:
     """Freeze the values of the declared fields pydantic may have coerced (`"inf"` into inf for a `float`, a tuple
-    into a list for a `list[str]`) or filled in from a default, or refuse them naming the field."""
+    into a list for a `list[str]`) or filled in from a default, or refuse them naming the field; those of declared
+    mapping fields become `FrozenDict`s."""
     cls = type(frozen)
     owner = cls.__name__
     values = frozen.__dict__
+    mapping_fields = _MAPPING_FIELDS.get(cls)
+    if mapping_fields is None:
+        mapping_fields = _mapping_field_names(cls)
     for name in _declared_fields_to_freeze(cls):
         value = values[name]
         if value is None or type(value) is bool:
@@ -380,9 +454,74 @@ def _freeze_declared_values(frozen: Frozen) -> None:
         if isinstance(value, Enum):  # a field declared as an enum keeps its member; orjson writes its value
             _freeze(value.value, name, owner)
             continue
-        frozen_value = _freeze(value, name, owner)
+        frozen_value = _freeze(value, name, owner, name in mapping_fields)
         if frozen_value is not value:
             values[name] = frozen_value
+
+
+_MAPPING_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _mapping_field_names(cls: type[Frozen]) -> frozenset[str]:
+    """The declared fields of `cls` whose type is or holds a mapping (`dict[str, int]`, `Optional[Mapping[...]]`,
+    `list[dict[str, Any]]`, a TypedDict, ...): pydantic validates their values as given, then they are frozen with
+    their dicts turned into `FrozenDict`s."""
+    names = frozenset(
+        name
+        for name, field in cls.model_fields.items()
+        if name != "class_" and _annotation_holds_mappings(field.annotation)
+    )
+    if cls.__pydantic_complete__:  # otherwise annotations may be unresolved yet: decide again later
+        _MAPPING_FIELDS[cls] = names
+    return names
+
+
+def _annotation_holds_mappings(annotation: Any) -> bool:
+    """Whether values of this annotation are or may hold mappings (`dict`, `Mapping`, TypedDicts, at any depth)."""
+    stack = [annotation]
+    while stack:
+        current = stack.pop()
+        origin = get_origin(current)
+        if origin is not None:  # (on Python 3.10, `isinstance(dict[str, int], type)` is true too)
+            if isinstance(origin, type) and issubclass(origin, Mapping):
+                return True
+            stack.extend(get_args(current))
+        elif isinstance(current, type) and (issubclass(current, Mapping) or is_typeddict(current)):
+            return True
+    return False
+
+
+def _plain_frozen_as_dicts(value: Any) -> Any:
+    """`value`, given for a declared mapping field, with every plain `Frozen` in it (at the top, or in tuples,
+    `FrozenDict`s and other plain `Frozen`s) turned into a dict of its fields, for pydantic to validate: a stored
+    message holds such a field as a plain `Frozen`, whose canonical form is the same."""
+    value_type = type(value)
+    if value_type is not Frozen and value_type is not tuple and value_type is not FrozenDict:
+        return value
+    root: list[Any] = [value]
+    pending: list[tuple[Any, Any, Any]] = [(root, 0, value)]
+    while pending:
+        target, slot, item = pending.pop()
+        item_type = type(item)
+        converted: Any
+        if item_type is Frozen:
+            converted = {name: field_value for name, field_value in item.field_items() if name != "class_"}
+            children: Iterable[tuple[Any, Any]] = converted.items()
+        elif item_type is FrozenDict:
+            converted = dict(item)
+            children = converted.items()
+        elif item_type is tuple:
+            converted = list(item)
+            children = enumerate(converted)
+        else:
+            continue
+        target[slot] = converted
+        pending.extend(
+            (converted, key, child)
+            for key, child in children
+            if type(child) is Frozen or type(child) is tuple or type(child) is FrozenDict
+        )
+    return root[0]
 
 
 def freeze(value: Any, name: str = "value") -> FrozenType:
@@ -390,106 +529,607 @@ def freeze(value: Any, name: str = "value") -> FrozenType:
     return _freeze(value, name, "value")
 
 
-def _freeze(value: Any, path: str, owner: str) -> FrozenType:
-    """Return `value` made immutable, or raise `FrozenValueError` naming `path` inside `owner`."""
+def _at(owner: str, path: str) -> str:
+    """Where a value is, for error messages: `Message.meta.a` (`path` "meta.a"), `FrozenDict.a` (`path` ".a")."""
+    if not path:
+        return owner
+    return owner + path if path[0] in ".[" else f"{owner}.{path}"
+
+
+_PATH_ENDS_SHOWN = 6
+
+
+def _path_text(segments: Iterable[str]) -> str:
+    """A path from its segments (`meta`, `.a`, `[0]`, ...), the middle of a long one left out."""
+    parts = list(segments)
+    if len(parts) > 2 * _PATH_ENDS_SHOWN + 1:
+        hidden = len(parts) - 2 * _PATH_ENDS_SHOWN
+        parts = [*parts[: _PATH_ENDS_SHOWN + 1], f"…<{hidden - 1} more levels>…", *parts[-_PATH_ENDS_SHOWN:]]
+    return "".join(parts)
+
+
+def _freeze(value: Any, path: str, owner: str, mappings: bool = False) -> FrozenType:
+    """Return `value` made immutable, or raise `FrozenValueError` naming `path` inside `owner`; with `mappings`
+    (the value of a declared mapping field), dicts become `FrozenDict`s rather than `Frozen` objects."""
     value_type = type(value)
     if value_type is str:
         if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise FrozenValueError(
-                    f"{owner}.{path} holds a string that is not valid Unicode ({exc.reason} at position "
-                    f"{exc.start}); remove the lone surrogate characters."
-                ) from None
+            _refuse_invalid_unicode(value, owner, path)
         return REDACTION.redact_text(value)  # secret values and credential shapes, wherever they turn up
     if value is None or value_type is bool:
         return value
     if value_type is int:
         if not _INT_MIN <= value <= _INT_MAX:
-            raise FrozenValueError(
-                f"{owner}.{path} holds the integer {value}, which is outside 64 bits and has no portable JSON "
-                "form; store it as a string."
-            )
+            raise _integer_error(value, owner, path)
         return value
     if value_type is float:
         if not math.isfinite(value):
-            raise FrozenValueError(
-                f"{owner}.{path} holds {value!r}, which has no JSON form; use None or a string instead."
+            raise _float_error(value, owner, path)
+        return value
+    if isinstance(value, Frozen) or (mappings and value_type is FrozenDict):
+        if value._nesting_depth >= MAX_NESTING_DEPTH:
+            raise _too_deep_error(owner, [path, *_deepest_path(value)])
+        return value
+    if isinstance(value, (tuple, list, dict)):
+        return _freeze_container(value, path, owner, mappings)
+    return _freeze_other(value, path, owner, mappings)
+
+
+def _freeze_container(root: Any, path: str, owner: str, mappings: bool) -> FrozenType:
+    """`_freeze` of a list, tuple or dict: a loop over an explicit stack of the containers being frozen (one frame
+    each), so that depth costs no recursion. Frame: [container, its items, frozen items so far, whether a dict, its
+    key in the container above, deepest nesting of its frozen items, key of the item being frozen]. A value that
+    contains itself is found when the walk reaches `MAX_NESTING_DEPTH` (it would go on forever)."""
+    kinds = _FIELD_NAME_KINDS
+    redact_text = REDACTION.redact_text
+    stack = [_new_frame(root, None, mappings)]
+    while True:
+        frame = stack[-1]
+        items, results, is_dict, levels = frame[1], frame[2], frame[3], frame[5]
+        child: Any = None
+        for key, item in items:
+            if is_dict:
+                kind = kinds.get(key)
+                if kind is None:
+                    if not isinstance(key, str):
+                        raise FrozenValueError(
+                            f"{_at(owner, _path_text(_stack_segments(stack, path)))} is a dict with the key {key!r} "
+                            f"({type(key).__name__}); JSON objects only have string keys, so convert the keys to "
+                            "strings."
+                        )
+                    kind = _field_name_kind(key)
+                if kind != _PLAIN_NAME:
+                    _freeze_special_item(stack, path, results, key, item, kind, owner, mappings)
+                    continue
+            item_type = type(item)
+            if item_type is str:
+                if not item.isascii():
+                    _refuse_invalid_unicode(item, owner, _item_path(stack, path, key))
+                item = redact_text(item)
+            elif item_type is int:
+                if not _INT_MIN <= item <= _INT_MAX:
+                    raise _integer_error(item, owner, _item_path(stack, path, key))
+            elif item_type is float:
+                if not math.isfinite(item):
+                    raise _float_error(item, owner, _item_path(stack, path, key))
+            elif item is None or item_type is bool:
+                pass
+            elif item_type is dict or item_type is list or item_type is tuple:
+                child = item
+                break
+            elif isinstance(item, Frozen) or (mappings and item_type is FrozenDict):
+                item_levels = 1 + item._nesting_depth
+                if len(stack) + item_levels > MAX_NESTING_DEPTH:
+                    segments = [*_stack_segments(stack, path), _segment(key, is_dict), *_deepest_path(item)]
+                    raise _too_deep_error(owner, segments)
+                if item_levels > levels:
+                    levels = item_levels
+            elif isinstance(item, (tuple, list, dict)):  # subclasses, and a FrozenDict outside a mapping field
+                child = item
+                break
+            else:
+                item = _freeze_other(item, _item_path(stack, path, key), owner, mappings)
+                if type(item) not in PLAIN_VALUE_TYPES:  # an enum member whose value is a tuple
+                    levels = max(levels, _value_levels(item))
+            if is_dict:
+                results[key] = item
+            else:
+                results.append(item)
+        if child is not None:
+            frame[5], frame[6] = levels, key
+            if len(stack) >= MAX_NESTING_DEPTH:
+                raise _too_deep_or_cycle_error(owner, path, stack, key, child)
+            stack.append(_new_frame(child, key, mappings))
+            continue
+        stack.pop()
+        built: Any
+        if not is_dict:
+            built = tuple(results)
+            problem = _mixed_message_problem(built)
+            if problem:
+                raise FrozenValueError(f"{_at(owner, _path_text(_stack_segments([*stack, frame], path)))} {problem}")
+        elif mappings:
+            built = _new_frozen_dict(results, levels)
+        else:
+            built = Frozen.model_validate(results)
+            built.__dict__["_nesting_depth"] = levels
+        if not stack:
+            return built
+        parent = stack[-1]
+        if parent[3]:
+            parent[2][parent[6]] = built
+        else:
+            parent[2].append(built)
+        if levels + 1 > parent[5]:
+            parent[5] = levels + 1
+
+
+def _new_frame(container: Any, key: Any, mappings: bool) -> list[Any]:
+    if isinstance(container, dict):
+        if mappings:
+            return [container, iter(container.items()), {}, True, key, 0, None]
+        fields = _FrozenFields()
+        fields["class_"] = Frozen.__name__
+        return [container, iter(container.items()), fields, True, key, 0, None]
+    items = REDACTION.mask_secret_items(container)  # ("Authorization", VALUE), ["--api-key", VALUE]
+    return [container, enumerate(items), [], False, key, 0, None]
+
+
+def _segment(key: Any, in_dict: bool) -> str:
+    return f".{key}" if in_dict else f"[{key}]"
+
+
+def _stack_segments(stack: list[list[Any]], path: str) -> list[str]:
+    """The path segments of the container being frozen at the top of `stack` (for errors)."""
+    return [path, *(_segment(frame[4], above[3]) for above, frame in pairwise(stack))]
+
+
+def _item_path(stack: list[list[Any]], path: str, key: Any) -> str:
+    return _path_text([*_stack_segments(stack, path), _segment(key, stack[-1][3])])
+
+
+def _too_deep_or_cycle_error(owner: str, path: str, stack: list[list[Any]], key: Any, child: Any) -> FrozenValueError:
+    """The error for `child`, found under `key` in the container at the top of `stack` at `MAX_NESTING_DEPTH`: a
+    cycle if a container on the way down is one above it again (named where that happens first), else too deep."""
+    segments = [*_stack_segments(stack, path), _segment(key, stack[-1][3])]
+    first_seen: dict[int, int] = {}
+    for index, container in enumerate([*(frame[0] for frame in stack), child]):
+        first = first_seen.setdefault(id(container), index)
+        if first != index:
+            return FrozenValueError(
+                f"{_at(owner, _path_text(segments[: index + 1]))} is {_at(owner, _path_text(segments[: first + 1]))} "
+                "again: the value contains itself, and a Frozen holds trees, not cycles (there is no JSON form of a "
+                "cycle); copy the repeated part or leave the back reference out."
             )
-        return value
-    if isinstance(value, Frozen):
-        return value
-    if isinstance(value, (tuple, list)):
-        value = REDACTION.mask_secret_items(value)  # ("Authorization", VALUE), ["--api-key", VALUE]
-        frozen_items = tuple(_freeze(item, f"{path}[{index}]", owner) for index, item in enumerate(value))
-        _refuse_mixed_message_tuple(frozen_items, path, owner)
-        return frozen_items
-    if isinstance(value, dict):
-        return _freeze_dict(value, path, owner)
+    return _too_deep_error(owner, segments)
+
+
+def _freeze_special_item(
+    stack: list[list[Any]],
+    path: str,
+    results: dict[str, Any],
+    key: str,
+    item: Any,
+    kind: int,
+    owner: str,
+    mappings: bool,
+) -> None:
+    """A dict item whose key is not a plain field name: a secret (masked), reserved or `class_` one."""
+    if kind == _SECRET_NAME:
+        REDACTION.register_values(item)
+        results[key] = REDACTION.marker if item is not None else None
+        return
+    where = _at(owner, _item_path(stack, path, key))
+    if kind == _RESERVED_NAME:
+        raise _reserved_name_error(key, where)
+    if mappings:
+        raise FrozenValueError(
+            f"{where}: a declared mapping field cannot hold the key 'class_'; its canonical form is that of a plain "
+            "dict, which names its class under that key. Rename the key."
+        )
+    if item is not None and item != Frozen.__name__:
+        raise FrozenValueError(
+            f"{where} is {item!r}; a dict becomes a Frozen, so its `class_` can only be {Frozen.__name__!r} (or left "
+            "out)."
+        )
+
+
+def _freeze_other(value: Any, path: str, owner: str, mappings: bool) -> FrozenType:
+    """`_freeze` of what is not a plain value or a container: enum members and subclasses of plain types are
+    frozen as their values, anything else is refused."""
+    value_type = type(value)
     if isinstance(value, Enum):
-        return _freeze(value.value, path, owner)
+        return _freeze(value.value, path, owner, mappings)
     if isinstance(value, str):
-        return _freeze(str.__str__(value), path, owner)
+        return _freeze(str.__str__(value), path, owner, mappings)
     if isinstance(value, int):
-        return _freeze(int(value), path, owner)
+        return _freeze(int(value), path, owner, mappings)
     if isinstance(value, float):
-        return _freeze(float(value), path, owner)
+        return _freeze(float(value), path, owner, mappings)
     if isinstance(value, (set, frozenset)):
         raise FrozenValueError(
-            f"{owner}.{path} holds a {value_type.__name__}, which has no canonical order (so no single JSON form); "
-            "use a list or a tuple instead (sorted, if the order does not matter)."
+            f"{_at(owner, path)} holds a {value_type.__name__}, which has no canonical order (so no single JSON "
+            "form); use a list or a tuple instead (sorted, if the order does not matter)."
         )
     raise FrozenValueError(
-        f"{owner}.{path} holds a {value_type.__name__}, which a Frozen cannot hold; allowed are None, str, int, "
+        f"{_at(owner, path)} holds a {value_type.__name__}, which a Frozen cannot hold; allowed are None, str, int, "
         "float, bool, lists/tuples, dicts with string keys and Frozen objects (convert other pydantic models with "
         ".model_dump())."
     )
 
 
-def _freeze_dict(value: dict[Any, Any], path: str, owner: str) -> Frozen:
-    """A `Frozen` of the dict `value` found at `path` inside `owner`; errors name the whole path."""
-    fields: dict[str, Any] = {"class_": Frozen.__name__}
-    kinds = _FIELD_NAME_KINDS
-    for key, item in value.items():
-        kind = kinds.get(key)
-        if kind is None:
-            if not isinstance(key, str):
-                raise FrozenValueError(
-                    f"{owner}.{path} is a dict with the key {key!r} ({type(key).__name__}); JSON objects only "
-                    "have string keys, so convert the keys to strings."
-                )
-            kind = _field_name_kind(key)
-        if kind == _PLAIN_NAME:
-            fields[key] = _freeze(item, f"{path}.{key}", owner)
-        elif kind == _SECRET_NAME:
-            REDACTION.register_values(item)
-            fields[key] = REDACTION.marker if item is not None else None
-        elif kind == _RESERVED_NAME:
-            raise _reserved_name_error(key, f"{owner}.{path}.{key}")
-        elif item is not None and item != Frozen.__name__:
-            raise FrozenValueError(
-                f"{owner}.{path}.class_ is {item!r}; a dict becomes a Frozen, so its `class_` can only be "
-                f"{Frozen.__name__!r} (or left out)."
-            )
-    return Frozen.model_validate(_FrozenFields(fields))
+def _refuse_invalid_unicode(value: str, owner: str, path: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise FrozenValueError(
+            f"{_at(owner, path)} holds a string that is not valid Unicode ({exc.reason} at position {exc.start}); "
+            "remove the lone surrogate characters."
+        ) from None
 
 
-def _refuse_mixed_message_tuple(items: tuple[Any, ...], path: str, owner: str) -> None:
+def _integer_error(value: int, owner: str, path: str) -> FrozenValueError:
+    return FrozenValueError(
+        f"{_at(owner, path)} holds the integer {value}, which is outside 64 bits and has no portable JSON form; "
+        "store it as a string."
+    )
+
+
+def _float_error(value: float, owner: str, path: str) -> FrozenValueError:
+    return FrozenValueError(
+        f"{_at(owner, path)} holds {value!r}, which has no JSON form; use None or a string instead."
+    )
+
+
+def _too_deep_error(owner: str, segments: list[str]) -> FrozenValueError:
+    """The error for a container at the path `segments` (the field, then `.key` / `[index]` each level down)."""
+    return FrozenValueError(
+        f"{_at(owner, _path_text(segments))} is nested {len(segments)} levels deep in the {owner}; at most "
+        f"MAX_NESTING_DEPTH ({MAX_NESTING_DEPTH}) dicts, lists and Frozen objects (messages included) may be nested "
+        "in each other. Flatten the structure, or store the deep part as a JSON string."
+    )
+
+
+def _mixed_message_problem(items: tuple[Any, ...]) -> str:
+    """What is wrong with a tuple that holds messages ("" if nothing)."""
     message_count = 0
     for item in items:
         if isinstance(item, Frozen) and item._is_message:
             message_count += 1
         elif type(item) is tuple and item and isinstance(item[0], Frozen) and item[0]._is_message:
-            raise FrozenValueError(
-                f"{owner}.{path} holds a list of messages inside another list; messages are stored as hash "
-                "references of a field, so give each list of messages a field of its own."
+            return (
+                "holds a list of messages inside another list; messages are stored as hash references of a field, "
+                "so give each list of messages a field of its own."
             )
     if 0 < message_count < len(items):
-        raise FrozenValueError(
-            f"{owner}.{path} mixes messages with other values; a sequence holds either only messages (stored as "
-            "hash references) or no messages at all. Put the messages into a field of their own."
+        return (
+            "mixes messages with other values; a sequence holds either only messages (stored as hash references) or "
+            "no messages at all. Put the messages into a field of their own."
         )
+    return ""
+
+
+@final
+class FrozenDict(dict[str, Any]):
+    """A read-only dict: what a declared mapping field (`dict[str, int]`, `Mapping[str, Any]`, ...) holds.
+
+    Its values are frozen like any field value (lists become tuples, dicts `FrozenDict`s); it is hashable. Its
+    canonical form is that of the same dict in an undeclared field (`{"class_": "Frozen", ...}`), so declaring a
+    field's type never changes a hash key. `FrozenDict(mapping)` freezes `mapping` the same way.
+    """
+
+    __slots__ = ("_hash", "_nesting")
+    _hash: int
+    _nesting: int
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> FrozenDict:
+        frozen = _freeze(dict(*args, **kwargs), "", cls.__name__, mappings=True)
+        assert type(frozen) is FrozenDict
+        return frozen
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The items were set by `__new__`."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        # validated as a dict (a declared `FrozenDict[str, int]` field is a mapping field: it holds a FrozenDict)
+        args = get_args(source)
+        return handler.generate_schema(dict.__class_getitem__(args) if args else dict)
+
+    def _refuse_change(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("A FrozenDict is read-only; build a new dict (and a new message from it) instead.")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse_change
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        try:
+            return self._hash
+        except AttributeError:
+            # nested values hashed by type, not content: no recursion, and equal dicts still hash alike
+            self._hash = hash(
+                frozenset(
+                    (key, value if type(value) in PLAIN_VALUE_TYPES else type(value)) for key, value in self.items()
+                )
+            )
+            return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict) and max(self._nesting_depth, _dict_depth(other)) > _RECURSION_SAFE_DEPTH:
+            return _deep_equal(self, other)
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __repr__(self) -> str:
+        if self._nesting_depth > _RECURSION_SAFE_DEPTH:
+            return _deep_repr(self)
+        return f"{type(self).__name__}({dict.__repr__(self)})"
+
+    def __reduce__(self) -> Any:
+        if self._nesting_depth > _RECURSION_SAFE_DEPTH:
+            return _unflatten, (_flatten(self),)
+        return _new_frozen_dict, (dict(self),)
+
+    @property
+    def _nesting_depth(self) -> int:
+        """How many containers are nested in each other in this dict (0 when it holds plain values only)."""
+        try:
+            return self._nesting
+        except AttributeError:
+            return _nesting_depth_of(self)
+
+
+def _dict_depth(value: dict[Any, Any]) -> int:
+    return value._nesting_depth if type(value) is FrozenDict else 0
+
+
+def _new_frozen_dict(items: dict[str, Any], nesting_depth: Optional[int] = None) -> FrozenDict:
+    """A `FrozenDict` of `items`, which are frozen already."""
+    frozen = dict.__new__(FrozenDict)
+    dict.update(frozen, items)
+    if nesting_depth is not None:
+        frozen._nesting = nesting_depth
+    return frozen
+
+
+def _child_values(container: Any) -> Iterable[Any]:
+    """The values held directly by a frozen container (a `Frozen`, `FrozenDict` or tuple)."""
+    if isinstance(container, Frozen):
+        values = container.__dict__
+        declared = map(values.__getitem__, declared_field_names(type(container)))
+        extra = container.__pydantic_extra__
+        return chain(declared, extra.values()) if extra else declared
+    if type(container) is FrozenDict:
+        return container.values()
+    return container
+
+
+def _known_nesting_depth(value: Any) -> Optional[int]:
+    if isinstance(value, Frozen):
+        return value.__dict__.get("_nesting_depth")
+    if type(value) is FrozenDict:
+        return getattr(value, "_nesting", None)
+    return None
+
+
+def _is_frozen_container(value: Any) -> bool:
+    return isinstance(value, Frozen) or type(value) is tuple or type(value) is FrozenDict
+
+
+def _nesting_depth_of(root: Any) -> int:
+    """How many containers are nested in each other in the frozen container `root`, found by a loop (no recursion),
+    kept on every `Frozen` and `FrozenDict` in it that did not know its own yet."""
+    stack: list[list[Any]] = [[root, iter(_child_values(root)), 0]]
+    while True:
+        frame = stack[-1]
+        deepest = frame[2]
+        unknown: Any = None
+        for item in frame[1]:
+            if type(item) in PLAIN_VALUE_TYPES or not _is_frozen_container(item):
+                continue
+            known = _known_nesting_depth(item)
+            if known is None:
+                unknown = item
+                break
+            if known + 1 > deepest:
+                deepest = known + 1
+        frame[2] = deepest
+        if unknown is not None:
+            stack.append([unknown, iter(_child_values(unknown)), 0])
+            continue
+        stack.pop()
+        container = frame[0]
+        if isinstance(container, Frozen):
+            container.__dict__["_nesting_depth"] = deepest
+        elif type(container) is FrozenDict:
+            container._nesting = deepest
+        if not stack:
+            return deepest
+        parent = stack[-1]
+        if deepest + 1 > parent[2]:
+            parent[2] = deepest + 1
+
+
+def _value_levels(value: Any) -> int:
+    """How many containers are nested in each other in a frozen value, the value itself included."""
+    return 1 + _nesting_depth_of(value) if _is_frozen_container(value) else 0
+
+
+def _deepest_path(value: Any) -> list[str]:
+    """The path segments (`.a`, `[0]`) from the frozen container `value` down its deepest branch (for errors)."""
+    segments: list[str] = []
+    current = value
+    while _is_frozen_container(current):
+        if type(current) is tuple:
+            children: Iterable[tuple[str, Any]] = ((f"[{index}]", item) for index, item in enumerate(current))
+        elif isinstance(current, Frozen):
+            children = ((f".{name}", item) for name, item in current.field_items())
+        else:
+            children = ((f".{key}", item) for key, item in current.items())
+        deepest, deepest_levels, deepest_segment = None, 0, ""
+        for segment, item in children:
+            levels = _value_levels(item)
+            if levels > deepest_levels:
+                deepest, deepest_levels, deepest_segment = item, levels, segment
+        if deepest is None:
+            break
+        segments.append(deepest_segment)
+        current = deepest
+    return segments
+
+
+class _Ref:
+    """A node of a flattened tree referring to an earlier node (see `_flatten`)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _Ref, (self.index,)
+
+
+_FROZEN_NODE, _TUPLE_NODE, _FROZEN_DICT_NODE = range(3)
+
+
+def _flatten(root: Any) -> list[tuple[Any, ...]]:
+    """A deep frozen container as a flat list of nodes, each after those it holds (which it refers to by `_Ref`):
+    what pickling and deep-copying a deep object work with, as pickle and `copy.deepcopy` would recurse."""
+    nodes: list[tuple[Any, ...]] = []
+    index_of: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+
+    def node_value(value: Any) -> Any:
+        return _Ref(index_of[id(value)]) if _is_frozen_container(value) else value
+
+    while stack:
+        container, expanded = stack.pop()
+        if id(container) in index_of:
+            continue
+        if not expanded:
+            stack.append((container, True))
+            stack.extend(
+                (item, False)
+                for item in _child_values(container)
+                if _is_frozen_container(item) and id(item) not in index_of
+            )
+            continue
+        node: tuple[Any, ...]
+        if type(container) is tuple:
+            node = (_TUPLE_NODE, tuple(map(node_value, container)))
+        elif type(container) is FrozenDict:
+            node = (_FROZEN_DICT_NODE, tuple(container), tuple(map(node_value, container.values())))
+        else:
+            names = declared_field_names(type(container))
+            extra = container.__pydantic_extra__
+            node = (
+                _FROZEN_NODE,
+                type(container),
+                names,
+                tuple(node_value(container.__dict__[name]) for name in names),
+                None if extra is None else tuple(extra),
+                None if extra is None else tuple(map(node_value, extra.values())),
+                tuple(container.__pydantic_fields_set__),
+                container.__pydantic_private__,
+            )
+        index_of[id(container)] = len(nodes)
+        nodes.append(node)
+    return nodes
+
+
+def _unflatten(nodes: list[tuple[Any, ...]]) -> Any:
+    """The frozen container `_flatten` flattened (new objects, none of them knowing what the originals computed)."""
+    built: list[Any] = []
+
+    def resolved(values: Iterable[Any]) -> Iterator[Any]:
+        return (built[value.index] if type(value) is _Ref else value for value in values)
+
+    for node in nodes:
+        obj: Any
+        if node[0] == _TUPLE_NODE:
+            obj = tuple(resolved(node[1]))
+        elif node[0] == _FROZEN_DICT_NODE:
+            obj = _new_frozen_dict(dict(zip(node[1], resolved(node[2]), strict=True)))
+        else:
+            cls, names, values, extra_names, extra_values, fields_set, private = node[1:]
+            obj = cls.__new__(cls)
+            obj.__setstate__(
+                {
+                    "__dict__": dict(zip(names, resolved(values), strict=True)),
+                    "__pydantic_extra__": (
+                        None if extra_names is None else dict(zip(extra_names, resolved(extra_values), strict=True))
+                    ),
+                    "__pydantic_fields_set__": set(fields_set),
+                    "__pydantic_private__": private,
+                }
+            )
+        built.append(obj)
+    return built[-1]
+
+
+def _deep_equal(first: Any, second: Any) -> bool:
+    """`first == second` for frozen containers too deep for the recursive comparisons of pydantic and Python."""
+    pairs: list[tuple[Any, Any]] = [(first, second)]
+    while pairs:
+        one, other = pairs.pop()
+        if one is other:
+            continue
+        if isinstance(one, Frozen):
+            if type(one) is not type(other) or one.__pydantic_private__ != other.__pydantic_private__:
+                return False
+            extra, other_extra = one.__pydantic_extra__ or {}, other.__pydantic_extra__ or {}
+            if extra.keys() != other_extra.keys():
+                return False
+            pairs.extend((extra[name], other_extra[name]) for name in extra)
+            pairs.extend((one.__dict__[name], other.__dict__[name]) for name in declared_field_names(type(one)))
+        elif type(one) is tuple and type(other) is tuple:
+            if len(one) != len(other):
+                return False
+            pairs.extend(zip(one, other, strict=True))
+        elif type(one) is FrozenDict and isinstance(other, dict):
+            if one.keys() != other.keys():
+                return False
+            pairs.extend((value, other[key]) for key, value in one.items())
+        elif _is_frozen_container(other) or _is_frozen_container(one):
+            return False
+        elif not one == other:
+            return False
+    return True
+
+
+def _deep_repr(root: Any) -> str:
+    """`repr(root)` for frozen containers too deep for the recursive `repr` of pydantic and Python: the same text."""
+    parts: list[str] = []
+    stack: list[tuple[bool, Any]] = [(False, root)]  # (is text already, text or value)
+    while stack:
+        is_text, item = stack.pop()
+        if is_text:
+            parts.append(item)
+            continue
+        pieces: list[tuple[bool, Any]]
+        if isinstance(item, Frozen):
+            pieces = [(True, f"{type(item).__name__}(")]
+            for index, (name, value) in enumerate(item.__repr_args__()):
+                pieces.append((True, (", " if index else "") + ("" if name is None else f"{name}=")))
+                pieces.append((False, value))
+            pieces.append((True, ")"))
+        elif type(item) is tuple:
+            pieces = [(True, "(")]
+            for index, value in enumerate(item):
+                pieces.extend(((True, ", " if index else ""), (False, value)))
+            pieces.append((True, ",)" if len(item) == 1 else ")"))
+        elif type(item) is FrozenDict:
+            pieces = [(True, "FrozenDict({")]
+            for index, (key, value) in enumerate(item.items()):
+                pieces.extend(((True, (", " if index else "") + f"{key!r}: "), (False, value)))
+            pieces.append((True, "})"))
+        else:
+            parts.append(repr(item))
+            continue
+        stack.extend(reversed(pieces))
+    return "".join(parts)
 
 
 _FIELD_NAMES_CACHE: dict[type, tuple[str, ...]] = {}
@@ -519,16 +1159,128 @@ def declared_field_names(model_class: type[Frozen]) -> tuple[str, ...]:
     return names
 
 
-def _full_dump(frozen: Frozen) -> dict[str, Any]:
+_RECURSION_BUDGET = 40
+"""Walks over frozen values (`serialize()`) recurse this many levels deep at most, fast; below, they go on in a
+loop (no recursion, however deep)."""
+
+
+def _full_dump(frozen: Frozen, depth: int = 0) -> dict[str, Any]:
+    """`Frozen.serialize()`: plain dicts (a `FrozenDict` as `{"class_": "Frozen", ...}`, like a dict in an
+    undeclared field) and tuples all the way down."""
     return {
-        field: value if type(value) in PLAIN_VALUE_TYPES else _full_dump_value(value)
+        field: value if type(value) in PLAIN_VALUE_TYPES else _full_dump_value(value, depth)
         for field, value in frozen.field_items()
     }
 
 
-def _full_dump_value(value: Any) -> Any:
+def _full_dump_value(value: Any, depth: int) -> Any:
     if isinstance(value, Frozen):
-        return _full_dump(value)
+        return _full_dump(value, depth + 1) if depth < _RECURSION_BUDGET else _full_dump_in_a_loop(value)
     if type(value) is tuple:
-        return tuple(_full_dump_value(item) for item in value)
+        if depth >= _RECURSION_BUDGET:
+            return _full_dump_in_a_loop(value)
+        return tuple(item if type(item) in PLAIN_VALUE_TYPES else _full_dump_value(item, depth + 1) for item in value)
+    if type(value) is FrozenDict:
+        if depth >= _RECURSION_BUDGET:
+            return _full_dump_in_a_loop(value)
+        dump = {"class_": Frozen.__name__}
+        for key, item in value.items():
+            dump[key] = item if type(item) in PLAIN_VALUE_TYPES else _full_dump_value(item, depth + 1)
+        return dump
     return value
+
+
+def _full_dump_in_a_loop(value: Any) -> Any:
+    """`_full_dump_value` of a value too deep to recurse into: a loop over an explicit stack."""
+    root: list[Any] = [value]
+    pending: list[tuple[Any, Any, Any]] = [(root, 0, value)]  # (container, key, value to spell out there)
+    sequences: list[tuple[Any, Any, list[Any]]] = []  # tuples are built as lists, turned into tuples at the end
+    while pending:
+        target, slot, item = pending.pop()
+        if isinstance(item, Frozen):
+            items: Iterable[tuple[Any, Any]] = item.field_items()
+            spelled_out: Any = {}
+        elif type(item) is FrozenDict:
+            items, spelled_out = item.items(), {"class_": Frozen.__name__}
+        elif type(item) is tuple:
+            items, spelled_out = enumerate(item), list(item)
+            sequences.append((target, slot, spelled_out))
+        else:
+            continue
+        target[slot] = spelled_out
+        for key, nested in items:
+            spelled_out[key] = nested  # (in place already, to keep the order of the keys)
+            if type(nested) not in PLAIN_VALUE_TYPES:
+                pending.append((spelled_out, key, nested))
+    for target, slot, sequence in reversed(sequences):  # inner tuples first
+        target[slot] = tuple(sequence)
+    return root[0]
+
+
+def canonical_json(data: Any) -> bytes:
+    """`orjson.dumps(data, option=OPT_SORT_KEYS)`, for data nested deeper than orjson allows (254 levels) too: the
+    same bytes (the canonical form of a `Frozen` is `canonical_json(obj.serialize())`)."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # too deep (or not encodable at all: then `_encode_deep` raises orjson's error)
+        return _encode_deep(data)
+
+
+def _is_json_container(value: Any) -> bool:
+    """Whether orjson writes `value` as an array or object (tuple subclasses it refuses, like other objects)."""
+    return isinstance(value, (dict, list)) or type(value) is tuple
+
+
+def _encode_deep(data: Any, orjson_depth: int = _ORJSON_SAFE_DEPTH) -> bytes:
+    """What `orjson.dumps(data, option=OPT_SORT_KEYS)` would give without its depth limit: containers at most
+    `orjson_depth` deep and every value outside containers are written by orjson; deeper containers level by level,
+    keys sorted as orjson sorts them (by code point, the order of Python's `sorted`)."""
+    heights = _container_heights(data)
+    chunks: list[bytes] = []
+    stack: list[tuple[bool, Any]] = [(False, data)]  # (is bytes already, bytes or value)
+    while stack:
+        is_bytes, item = stack.pop()
+        if is_bytes:
+            chunks.append(item)
+            continue
+        height = heights.get(id(item)) if _is_json_container(item) else None
+        if height is None or height <= orjson_depth:
+            chunks.append(orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+            continue
+        pieces: list[tuple[bool, Any]] = []
+        if isinstance(item, dict):
+            if not all(isinstance(key, str) for key in item):
+                raise orjson.JSONEncodeError("Dict key must be str")
+            pieces.append((True, b"{"))
+            for index, key in enumerate(sorted(item)):
+                pieces.append((True, (b"," if index else b"") + orjson.dumps(key) + b":"))
+                pieces.append((False, item[key]))
+            pieces.append((True, b"}"))
+        else:
+            pieces.append((True, b"["))
+            for index, value in enumerate(item):
+                if index:
+                    pieces.append((True, b","))
+                pieces.append((False, value))
+            pieces.append((True, b"]"))
+        stack.extend(reversed(pieces))
+    return b"".join(chunks)
+
+
+def _container_heights(data: Any) -> dict[int, int]:
+    """How many containers deep each array and object in `data` is, itself included (by id; a loop, no recursion)."""
+    heights: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        value, expanded = stack.pop()
+        if not _is_json_container(value) or (not expanded and id(value) in heights):
+            continue
+        children = value.values() if isinstance(value, dict) else value
+        if expanded:
+            heights[id(value)] = 1 + max(
+                (heights[id(child)] for child in children if _is_json_container(child)), default=0
+            )
+        else:
+            stack.append((value, True))
+            stack.extend((child, False) for child in children if _is_json_container(child))
+    return heights

@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 from conformance import message_event
-from test_sqlite_store import WORKER, query, run_worker, store_files
+from test_sqlite_store import WORKER, akill_writer_after, query, store_files
 
 from miniagents import Message, MiniAgents
 from miniagents.ext.llm.stand_in import stand_in_llm_agent
@@ -207,18 +206,7 @@ async def test_a_log_that_does_not_create_an_empty_database_is_refused(tmp_path:
 
 async def test_the_log_a_killed_writer_left_is_replayed(tmp_path: Path) -> None:
     path = tmp_path / "agents.db"
-    worker = run_worker("crash", str(path), "--run-id", "killed")
-    assert worker.stdout is not None
-    flushed = 0
-    try:
-        while flushed < 2000:
-            line = await asyncio.to_thread(worker.stdout.readline)
-            assert line, worker.stderr.read() if worker.stderr else ""
-            flushed = int(line)
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(worker.communicate)
-    assert worker.returncode == -signal.SIGKILL
+    flushed = await akill_writer_after(path, "killed", 2000)
     # the events are in the log only: the database file alone (read immutably, the log ignored) has none of them
     assert wal_size(path) > 0
     with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True)) as db:

@@ -368,6 +368,24 @@ def run_worker(*args: str) -> subprocess.Popen[str]:
     )
 
 
+async def akill_writer_after(path: Path, run_id: str, flushed_events: int) -> int:
+    """Start a process that writes run `run_id` into `path`, SIGKILL it once it has flushed that many events; how
+    many it had flushed."""
+    worker = run_worker("crash", str(path), "--run-id", run_id)
+    assert worker.stdout is not None
+    flushed = 0
+    try:
+        while flushed < flushed_events:
+            line = await asyncio.to_thread(worker.stdout.readline)
+            assert line, worker.stderr.read() if worker.stderr else ""
+            flushed = int(line)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(worker.communicate)
+    assert worker.returncode == -signal.SIGKILL
+    return flushed
+
+
 async def test_several_processes_append_to_one_file_at_once(tmp_path: Path) -> None:
     path = tmp_path / "agents.db"
     workers = [run_worker("append", str(path), "--run-id", f"proc-{index}", "--count", "2000") for index in range(3)]
@@ -403,18 +421,7 @@ async def test_several_processes_append_to_one_file_at_once(tmp_path: Path) -> N
 
 async def test_a_process_killed_mid_run_leaves_a_clean_store_with_its_flushed_events(tmp_path: Path) -> None:
     path = tmp_path / "agents.db"
-    worker = run_worker("crash", str(path), "--run-id", "doomed")
-    assert worker.stdout is not None
-    flushed = 0
-    try:
-        while flushed < 3000:
-            line = await asyncio.to_thread(worker.stdout.readline)
-            assert line, worker.stderr.read() if worker.stderr else ""
-            flushed = int(line)
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(worker.communicate)
-    assert worker.returncode == -signal.SIGKILL
+    flushed = await akill_writer_after(path, "doomed", 3000)
     async with SQLiteStore(path) as store:
         [run] = await store.alist_runs()
         events = await store.aget_events("doomed")

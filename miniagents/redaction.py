@@ -266,24 +266,8 @@ class SecretRedaction:
         return items if masked is None else masked
 
     def redact_sequence(self, items: Iterable[Any]) -> list[Any]:
-        """The items of a list redacted one by one, the item after a secret-named flag (`--api-key VALUE`) and
-        the second item of a secret-named pair (`("Authorization", VALUE)`) becoming the marker."""
-        items = list(items)
-        if len(items) == 2 and isinstance(items[0], str) and items[1] is not None and self.is_secret(items[0]):
-            self.register_values(items[1])
-            return [items[0], self.marker]
-        redacted: list[Any] = []
-        after_secret_flag = False
-        for item in items:
-            if after_secret_flag and isinstance(item, str):
-                self.register_values(item)
-                redacted.append(self.marker)
-                after_secret_flag = False
-                continue
-            flag = _FLAG.match(item) if isinstance(item, str) else None
-            after_secret_flag = flag is not None and self.is_secret(flag.group(1))
-            redacted.append(self.redact(item))
-        return redacted
+        """The items of a list redacted one by one, after `mask_secret_items`."""
+        return [self.redact(item) for item in self.mask_secret_items(list(items))]
 
 
 REDACTION = SecretRedaction()

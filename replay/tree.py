@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from miniagents.events import (
     CallFinishedPayload,
@@ -18,11 +18,10 @@ from miniagents.events import (
 from miniagents.messages import Message, MessageSequencePromise
 from miniagents.promising.ext.frozen import Frozen
 from miniagents.promising.sequence import collect_tuple
+from replay.matching import CallToMatch
 from replay.recording import RecordedCall, Recording
 from replay.streams import replayed_sequence
 from store.base import EventStore
-
-_NOT_METADATA = frozenset({"class_", "text", "text_template", "agent_alias", "messages", "kwargs"})
 
 
 @dataclass
@@ -55,26 +54,24 @@ class CallTreeNode:
     _store: Optional[EventStore] = field(default=None, repr=False)
     _objects: Mapping[str, Frozen] = field(default_factory=dict, repr=False, compare=False)
     """The run's objects by hash key (read and checked; rebuilt on first lookup)."""
-    _inputs: Optional[tuple[dict[str, Any], dict[str, Any], tuple[Message, ...]]] = field(
-        default=None, repr=False, compare=False
-    )
+    _call: Optional[CallToMatch] = field(default=None, repr=False, compare=False)
     _replies: Optional[tuple[Message, ...]] = field(default=None, repr=False, compare=False)
 
     @property
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the call (bound with `fork()` and given to the call), whatever their names."""
-        return self._decoded_inputs()[0]
+        return cast(dict[str, Any], self._recorded_call().kwargs)  # built as a dict, decoded once
 
     @property
     def metadata(self) -> dict[str, Any]:
         """The agent's interaction metadata recorded with the call (and, in recordings made before keyword
         arguments were kept apart, those arguments)."""
-        return self._decoded_inputs()[1]
+        return cast(dict[str, Any], self._recorded_call().metadata)
 
     @property
     def input_messages(self) -> tuple[Message, ...]:
         """The messages the call received, in order (when its input failed, those that resolved before)."""
-        return self._decoded_inputs()[2]
+        return self._recorded_call().messages
 
     @property
     def replies(self) -> tuple[Message, ...]:
@@ -88,18 +85,16 @@ class CallTreeNode:
             )
         return self._replies
 
-    def _decoded_inputs(self) -> tuple[dict[str, Any], dict[str, Any], tuple[Message, ...]]:
-        if self._inputs is None:
+    def _recorded_call(self) -> CallToMatch:
+        if self._call is None:
             node_key = self.call_key or (self._recorded.partial_call_node if self._recorded is not None else None)
             call_node = self._objects.get(node_key) if node_key else None
-            if call_node is None:
-                self._inputs = ({}, {}, ())
-            else:
-                values = call_node.frozen_fields_and_values()
-                kwargs = dict(values.get("kwargs") or ())
-                metadata = {name: value for name, value in values.items() if name not in _NOT_METADATA}
-                self._inputs = (kwargs, metadata, tuple(values.get("messages") or ()))
-        return self._inputs
+            self._call = (
+                CallToMatch.of(call_node)
+                if call_node is not None
+                else CallToMatch(agent_alias=self.agent_alias, kwargs={}, messages=())
+            )
+        return self._call
 
     @property
     def finished(self) -> bool:

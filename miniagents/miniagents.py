@@ -695,18 +695,6 @@ class AgentCallNode(AgentInteractionNode):
                     return value
             raise
 
-    def legacy_call_key(self) -> Optional[str]:
-        """The key this call had in recordings made before keyword arguments were kept apart (their names mixed
-        with the node's fields), or None when that shape cannot hold them (a name clashes with a field)."""
-        values = self.frozen_fields_and_values()
-        pairs = values.pop("kwargs", None)
-        if not pairs:
-            return None
-        kwargs = dict(pairs)
-        if set(kwargs) & (set(values) | {"class_", "text", "text_template"}):
-            return None
-        return AgentCallNode(**{**values, **kwargs}).hash_key
-
 
 class AgentReplyNode(AgentInteractionNode):
     """A call's outcome: the call node and the reply messages."""

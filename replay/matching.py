@@ -71,6 +71,19 @@ class CallToMatch:
         )
 
 
+def legacy_call_key(call_node: AgentCallNode) -> Optional[str]:
+    """The key this call had in recordings made before keyword arguments were kept apart (their names mixed with
+    the node's fields), or None when it has no kwargs or that shape cannot hold them (a name clashes with a field)."""
+    values = call_node.frozen_fields_and_values()
+    pairs = values.pop("kwargs", None)
+    if not pairs:
+        return None
+    kwargs = dict(pairs)
+    if set(kwargs) & (set(values) | {"class_", "text", "text_template"}):
+        return None
+    return AgentCallNode(**{**values, **kwargs}).hash_key
+
+
 def as_message(message: Any) -> Message:
     """A message of a normalized call: a string stands for `Message(text=...)`."""
     return message if isinstance(message, Message) else Message(text=str(message))

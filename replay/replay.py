@@ -13,7 +13,7 @@ from miniagents.miniagents import AgentCallNode, MiniAgent, MiniAgents, current_
 from replay.divergence import call_differences, describe_differences, distance, normalization_notes
 from replay.errors import NoRecordingError, ReplayDivergenceError
 from replay.fingerprint import FingerprintSink
-from replay.matching import CallMatcher, CallToMatch, Normalizer
+from replay.matching import CallMatcher, CallToMatch, Normalizer, legacy_call_key
 from replay.ordering import CompletionClock
 from replay.recording import RecordedCall, Recording, unique_calls
 from replay.streams import replayed_sequence
@@ -172,7 +172,7 @@ class Replay:
             return None
         match_key = self._matcher.key(call.call_node)
         recorded = await self._recording.afind_call(match_key, call.occurrence, call.position)
-        legacy_key = call.call_node.legacy_call_key() if recorded is None and self._matcher.normalize is None else None
+        legacy_key = legacy_call_key(call.call_node) if recorded is None and self._matcher.normalize is None else None
         if legacy_key is not None:  # a recording made before kwargs were kept apart from the node's fields
             recorded = await self._recording.afind_call(legacy_key, call.occurrence, call.position)
         if recorded is None:

@@ -142,7 +142,7 @@ def test_the_record_command_of_a_missing_recording_runs_when_pasted_into_a_shell
     (pytester.path / "tests" / "flows" / "test_questions.py").write_text(PARAMETRIZED_TEST)
     invocation_dir = pytester.path / started_in
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rE"],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rN"],
         cwd=invocation_dir,
         capture_output=True,
         text=True,

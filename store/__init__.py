@@ -1,4 +1,4 @@
-"""The content-addressed, append-only event store: `SQLiteStore`, `MemoryStore` and what they return."""
+"""The content-addressed, append-only event store: `SQLiteStore`, `MemoryStore`, `open_store` and what they return."""
 
 from store.base import EventStore, Problem, RunInfo, RunStatus, VerifyReport
 from store.decoding import ObjectDecoder, is_stand_in_class
@@ -17,6 +17,7 @@ from store.errors import (
     UnknownRunError,
 )
 from store.memory import MemoryStore
+from store.opening import open_store, register_scheme, register_suffix
 from store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
@@ -42,4 +43,7 @@ __all__ = [
     "UnknownRunError",
     "VerifyReport",
     "is_stand_in_class",
+    "open_store",
+    "register_scheme",
+    "register_suffix",
 ]

@@ -35,6 +35,9 @@ def test_exported_members() -> None:
         "UnknownRunError",
         "VerifyReport",
         "is_stand_in_class",
+        "open_store",
+        "register_scheme",
+        "register_suffix",
     ]
     for name in store.__all__:
         assert getattr(store, name) is not None

@@ -13,6 +13,7 @@ from miniagents.miniagents import AgentCallNode
 from replay.matching import CallMatcher
 from replay.streams import Pacing, rebuild_error, replayed_failure, replayed_message, replayed_sequence
 from store.base import EventStore, RunInfo, RunStatus
+from store.errors import StoreIntegrityError
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Recording:
         self.runs: dict[str, RunInfo] = {}
         """The runs of the recording, by id, oldest first."""
         self._by_match_key: Optional[dict[str, list[Event]]] = None
+        self._checked_runs: set[str] = set()
+        """Runs whose events were found as they were written (checked before the first answer from each)."""
 
     async def aload_runs(self) -> list[RunInfo]:
         """Read which runs make up the recording (call before looking calls up)."""
@@ -122,7 +125,26 @@ class Recording:
                 best[match] = event
         if not best:
             return None
-        return RecordedCall.from_event(best[min(best)])  # better runs first; then a position over an occurrence
+        chosen = best[min(best)]  # better runs first; then a position over an occurrence
+        await self._acheck_run(chosen.run_id)
+        return RecordedCall.from_event(chosen)
+
+    async def _acheck_run(self, run_id: str) -> None:
+        """Raise `StoreIntegrityError` naming the run and event if the run's events are not as they were written
+        (see `store.chain`): a changed recording must not answer."""
+        if run_id in self._checked_runs:
+            return
+        report = await self.store.averify_run(run_id)
+        if not report.ok:
+            first = report.problems[0]
+            more = f" ({len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+            raise StoreIntegrityError(
+                f"The recording in {self.store.location} was changed after it was written, so replay does not answer "
+                f"from it: {first}{more} Record it again, or restore it from version control.",
+                run_id=run_id,
+                seq=first.seq,
+            )
+        self._checked_runs.add(run_id)
 
     async def _acalls_with_match_key(self, match_key: str) -> list[Event]:
         """The `call_finished` events of the recorded calls with this match key: an index lookup in the store, or,

@@ -31,6 +31,7 @@ from miniagents.events import (
 from miniagents.messages import Message, may_reference_messages
 from miniagents.promising.ext.frozen import Frozen
 from miniagents.redaction import REDACTION
+from store.chain import ChainCheck, ChainProblem, StoredEvent, first_link, next_link
 from store.decoding import (
     LazyObjects,
     LoadedObjects,
@@ -102,10 +103,12 @@ class Problem:
 
     kind: str
     """`"hash_mismatch"`, `"unreadable_object"`, `"dangling_reference"`, `"missing_object"`, `"malformed_event"`
-    (event data that is not its kind's payload, see `miniagents.events`) or `"storage"`."""
+    (event data that is not its kind's payload, see `miniagents.events`), `"changed_event"` (an event, or the
+    events of a run, not as they were written: see `store.chain`) or `"storage"`."""
     message: str
     hash_key: Optional[str] = None
     seq: Optional[int] = None
+    run_id: Optional[str] = None
 
     def __str__(self) -> str:
         return self.message
@@ -274,6 +277,10 @@ class Batch:
     """(run id, kind, update) of the batch's `run_started` / `run_finished` events, in order."""
     counts: dict[str, int]
     """Events per run."""
+    links: list[bytes] = field(default_factory=list)
+    """Per event: its link in its run's chain (see `store.chain`)."""
+    link_starts: dict[str, bytes] = field(default_factory=dict)
+    """Per run: the link its first event in this batch follows (where the chain resumes if the batch fails)."""
     cache_generation: Optional[int] = None
     """The gc generation the store object's memory of stored objects was valid for when this batch was prepared
     (None: it remembered nothing); a writer that finds another generation in the store brings every nested object
@@ -289,13 +296,16 @@ class Batch:
         """One batch with the events of `batches`, in order (what one transaction writes)."""
         if len(batches) == 1:
             return batches[0]
-        merged = cls([], [], [], {}, [], {}, batches[0].cache_generation)
+        merged = cls([], [], [], {}, [], {}, cache_generation=batches[0].cache_generation)
         for batch in batches:
             if batch.cache_generation != merged.cache_generation:
                 merged.cache_generation = -1  # mixed: compared with the store's generation, never equal
             merged.events.extend(batch.events)
             merged.hash_keys.extend(batch.hash_keys)
             merged.data.extend(batch.data)
+            merged.links.extend(batch.links)
+            for run_id, link in batch.link_starts.items():
+                merged.link_starts.setdefault(run_id, link)
             for hash_key, body in batch.objects.items():
                 merged.objects.setdefault(hash_key, body)
             merged.run_updates.extend(batch.run_updates)
@@ -361,6 +371,8 @@ class EventStore(abc.ABC):
         self._flush_interval = flush_interval
         self._buffer: list[Event] = []
         self._finished_at: dict[str, float] = {}
+        self._run_links: dict[str, bytes] = {}
+        """Per run this store object writes: the link of its last event handed over (see `store.chain`)."""
         self._recently_stored: set[str] = set()
         """Hash keys this store object wrote (bounded): messages nested in later objects need no second look."""
         self._cache_generation: Optional[int] = None
@@ -439,11 +451,9 @@ class EventStore(abc.ABC):
         """Every stored (hash key, bytes), in chunks."""
 
     @abc.abstractmethod
-    def _aiter_reference_chunks(
-        self,
-    ) -> AsyncIterator[list[tuple[int, Optional[EventKind], Optional[str], Optional[bytes]]]]:
-        """(seq, kind, hash key, data) of every stored event, in chunks (kind None if this library does not know
-        it)."""
+    def _aiter_stored_chunks(self, run_id: Optional[str] = None) -> AsyncIterator[list[StoredEvent]]:
+        """Every stored event (of one run, or of all) as stored, data and link included, in `seq` order, in
+        chunks."""
 
     @abc.abstractmethod
     async def _adelete_run_events(self, run_id: str) -> bool:
@@ -643,6 +653,7 @@ class EventStore(abc.ABC):
             except BaseException:
                 self._active_runs.discard(run_id)
                 raise
+            self._run_links[run_id] = first_link(run_id)
         except BaseException:
             if self._opened_by_run and not self._active_runs:
                 await self.aclose()
@@ -883,7 +894,8 @@ class EventStore(abc.ABC):
     # ---------------------------------------------------------------------------------------- integrity, retention
 
     async def averify(self) -> VerifyReport:
-        """Re-hash every object, and check that every hash referenced by an event or an object is stored."""
+        """Re-hash every object, check that every hash referenced by an event or an object is stored, and that every
+        run's events are as they were written (their links, see `store.chain`, and their number)."""
         await self._aprepare_read()
         report = VerifyReport()
         known: set[str] = set()
@@ -913,33 +925,67 @@ class EventStore(abc.ABC):
                         hash_key=ref,
                     )
                 )
-        async for reference_chunk in self._aiter_reference_chunks():
-            for seq, kind, event_key, data in reference_chunk:
+        chain = ChainCheck()
+        async for stored_chunk in self._aiter_stored_chunks():
+            chain.feed(stored_chunk)
+            for event in stored_chunk:
                 report.checked_events += 1
-                try:
-                    refs, malformed = event_references(kind, data)
-                except orjson.JSONDecodeError as error:
-                    refs, malformed = [], f"it is not valid JSON ({error})"
-                if malformed is not None:
-                    report.problems.append(
-                        Problem(
-                            "malformed_event",
-                            f"Event {seq} ({kind or 'of an unknown kind'}) has data that is not its kind's payload: "
-                            f"{malformed}",
-                            seq=seq,
-                        )
-                    )
-                keys = [event_key, *refs] if event_key is not None else refs
+                refs = self._event_problems(event, report.problems)
+                keys = [event.hash_key, *refs] if event.hash_key is not None else refs
                 report.problems.extend(
                     Problem(
                         "missing_object",
-                        f"Event {seq} refers to object {ref}, which is not stored.",
+                        f"Event {event.seq} refers to object {ref}, which is not stored.",
                         hash_key=ref,
-                        seq=seq,
+                        seq=event.seq,
+                        run_id=event.run_id,
                     )
                     for ref in dict.fromkeys(keys)
                     if ref not in known
                 )
+        counts = {run.run_id: run.event_count for run in await self._alist_runs()}
+        report.problems.extend(_chain_problems(chain.finish(counts)))
+
+    async def averify_run(self, run_id: str) -> VerifyReport:
+        """Check that the events of one run are as they were written (their links and number, and their data is
+        their kinds' payloads); objects are not re-hashed here (every read checks the objects it loads). Replay
+        calls this before it answers from a run."""
+        await self._aprepare_read()
+        run = await self.aget_run(run_id)
+        report = VerifyReport()
+        chain = ChainCheck()
+        try:
+            async with self._aread_snapshot():
+                async for chunk in self._aiter_stored_chunks(run_id):
+                    chain.feed(chunk)
+                    for event in chunk:
+                        report.checked_events += 1
+                        self._event_problems(event, report.problems)
+                run = await self.aget_run(run_id)  # its count as of the snapshot
+        except StoreReadError as error:
+            report.problems.append(Problem("storage", f"Reading the store failed, so checking stopped: {error}"))
+            return report
+        report.problems.extend(_chain_problems(chain.finish({run_id: run.event_count})))
+        return report
+
+    @staticmethod
+    def _event_problems(event: StoredEvent, problems: list[Problem]) -> list[str]:
+        """The hash keys the event's data names; a problem added if its data is not its kind's payload."""
+        try:
+            refs, malformed = event_references(event.kind, event.data)
+        except orjson.JSONDecodeError as error:
+            refs, malformed = [], f"it is not valid JSON ({error})"
+        if malformed is not None:
+            kind = event.kind.value if event.kind is not None else "of an unknown kind"
+            problems.append(
+                Problem(
+                    "malformed_event",
+                    f"Event {event.seq} ({kind}) has data that is not its kind's payload: {malformed}",
+                    seq=event.seq,
+                    run_id=event.run_id,
+                )
+            )
+        return refs
 
     @staticmethod
     def _object_problems(key: str, body: bytes, references: list[tuple[str, str]]) -> list[Problem]:
@@ -978,16 +1024,16 @@ class EventStore(abc.ABC):
             self._recently_stored.clear()
             self._cache_generation = None
             reachable: set[str] = set()
-            async for reference_chunk in self._aiter_reference_chunks():
-                for seq, kind, key, data in reference_chunk:
-                    if key is not None:
-                        reachable.add(key)
+            async for stored_chunk in self._aiter_stored_chunks():
+                for event in stored_chunk:
+                    if event.hash_key is not None:
+                        reachable.add(event.hash_key)
                     try:
-                        reachable.update(event_references(kind, data)[0])
+                        reachable.update(event_references(event.kind, event.data)[0])
                     except orjson.JSONDecodeError:
                         raise StoreReadError(
-                            f"Event {seq} in {self.location} has data that is not valid JSON, so what it refers to "
-                            "cannot be told and nothing is collected; `await store.averify()` lists such events.",
+                            f"Event {event.seq} in {self.location} has data that is not valid JSON, so what it refers "
+                            "to cannot be told and nothing is collected; `await store.averify()` lists such events.",
                             self.location,
                         ) from None
             children: dict[str, list[str]] = {}
@@ -1129,6 +1175,8 @@ class EventStore(abc.ABC):
             if not all(later.done() for _, later in in_flight):
                 return None
             self._buffer[:0] = [event for failed, _ in in_flight for event in failed.events]
+            for failed, _ in reversed(in_flight):  # the chains resume where the first failed batch started them
+                self._run_links.update(failed.link_starts)
             in_flight.clear()
             self._generation += 1
             return error
@@ -1149,6 +1197,8 @@ class EventStore(abc.ABC):
         for event in batch.events:
             if event.kind is EventKind.RUN_FINISHED:
                 self._finished_at.pop(event.run_id, None)
+                if event.run_id not in self._active_runs:
+                    self._run_links.pop(event.run_id, None)
 
     def _flush_error(self, error: BaseException) -> StoreError:
         """What a failed flush raises: the store's own error with the number of events still unwritten."""
@@ -1167,14 +1217,24 @@ class EventStore(abc.ABC):
 
     def _prepare_batch(self, events: list[Event]) -> Batch:
         """Encode what the backend writes for these events (at hand-over, not in `append`)."""
-        batch = Batch(list(events), [], [], {}, [], {}, self._cache_generation if self._recently_stored else None)
-        objects, counts = batch.objects, batch.counts
+        generation = self._cache_generation if self._recently_stored else None
+        batch = Batch(list(events), [], [], {}, [], {}, cache_generation=generation)
+        objects, counts, links, run_links = batch.objects, batch.counts, batch.links, self._run_links
         for event in events:
             hash_key, run_id, kind = event.hash_key, event.run_id, event.kind
             batch.hash_keys.append(hash_key)
             data = None if event.data is None else encode_data(event.data)
             batch.data.append(data)
             counts[run_id] = counts.get(run_id, 0) + 1
+            previous = run_links.get(run_id)
+            if previous is None:  # a run no `astart_run` of this store object announced
+                previous = first_link(run_id)
+            if run_id not in batch.link_starts:
+                batch.link_starts[run_id] = previous
+            link = run_links[run_id] = next_link(
+                previous, kind, event.t, hash_key, event.call_id, event.parent_call_id, data
+            )
+            links.append(link)
             obj = event.obj
             if obj is not None and hash_key is not None and hash_key not in objects:
                 body = event.canonical_bytes or obj.encode_canonical()
@@ -1214,6 +1274,10 @@ class EventStore(abc.ABC):
             except StoreError as error:
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
                 logger.warning("%s; retrying in %.1f s", error, delay)
+
+
+def _chain_problems(found: Iterable[ChainProblem]) -> list[Problem]:
+    return [Problem("changed_event", problem.message, seq=problem.seq, run_id=problem.run_id) for problem in found]
 
 
 class _EitherContainer:

@@ -9,7 +9,7 @@ MiniAgentsError                         miniagents.errors
     │   └── StoreCorruptedError         the file is damaged, or its `-wal` file is another database's (path)
     ├── StoreWriteError                 events could not be written; they stay buffered (path)
     ├── StoreReadError                  the driver failed while reading (path)
-    ├── StoreIntegrityError             stored bytes do not match their hash key (hash)
+    ├── StoreIntegrityError             stored bytes or events are not as written (hash; run, seq)
     ├── UnknownHashError                no object with this hash key (hash; also a LookupError)
     ├── UnknownRunError                 no run with this id (run id; also a LookupError)
     └── StoreUsageError                 the store was used in a way that cannot work
@@ -68,11 +68,16 @@ class StoreReadError(StoreError):
 
 
 class StoreIntegrityError(StoreError):
-    """An object's stored bytes do not match its hash key (or it refers to an object that is missing)."""
+    """An object's stored bytes do not match its hash key (or it refers to an object that is missing), or a run's
+    events are not as they were written (`run_id`, and `seq` of the first changed event when it is known)."""
 
-    def __init__(self, message: str, hash_key: str) -> None:
+    def __init__(
+        self, message: str, hash_key: Optional[str] = None, *, run_id: Optional[str] = None, seq: Optional[int] = None
+    ) -> None:
         super().__init__(message)
         self.hash_key = hash_key
+        self.run_id = run_id
+        self.seq = seq
 
 
 class UnknownHashError(StoreError, LookupError):

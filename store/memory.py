@@ -18,6 +18,7 @@ from store.base import (
     decode_run_error,
     nested_objects_to_restore,
 )
+from store.chain import StoredEvent
 from store.errors import StoreUsageError
 
 _CHUNK = 2_000
@@ -33,6 +34,8 @@ class _Run:
     metadata: Optional[bytes] = None
     error: Optional[bytes] = None
     seqs: list[int] = field(default_factory=list)
+    event_count: int = 0
+    """How many events were written for the run (kept apart from `seqs`, as a file keeps it apart from its rows)."""
 
     def info(self) -> RunInfo:
         return RunInfo(
@@ -43,7 +46,7 @@ class _Run:
             library_version=self.library_version,
             metadata=decode_data(self.metadata) or {},
             error=decode_run_error(self.error),
-            event_count=len(self.seqs),
+            event_count=self.event_count,
         )
 
 
@@ -56,6 +59,12 @@ class _Row:
     call_id: Optional[int]
     parent_call_id: Optional[int]
     data: Optional[bytes]
+    link: bytes
+
+    def stored(self, seq: int) -> StoredEvent:
+        return StoredEvent(
+            seq, self.run_id, self.kind, self.t, self.hash_key, self.call_id, self.parent_call_id, self.data, self.link
+        )
 
     def event(self, seq: int) -> Event:
         return Event(
@@ -117,15 +126,16 @@ class MemoryStore(EventStore):
             self._objects.setdefault(hash_key, body)
         runs = self._runs
         seq = self._last_seq
-        for event, event_key, data in zip(batch.events, batch.hash_keys, batch.data, strict=True):
+        for event, event_key, data, link in zip(batch.events, batch.hash_keys, batch.data, batch.links, strict=True):
             seq += 1
             self._events[seq] = _Row(
-                event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data
+                event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link
             )
             run = runs.get(event.run_id)
             if run is None:
                 run = runs[event.run_id] = _Run(event.run_id)
             run.seqs.append(seq)
+            run.event_count += 1
             if event_key is not None:
                 self._seqs_by_hash.setdefault(event_key, []).append(seq)
         self._last_seq = seq
@@ -181,14 +191,15 @@ class MemoryStore(EventStore):
         for start in range(0, len(items), _CHUNK):
             yield items[start : start + _CHUNK]
 
-    async def _aiter_reference_chunks(
-        self,
-    ) -> AsyncIterator[list[tuple[int, Optional[EventKind], Optional[str], Optional[bytes]]]]:
-        rows: list[tuple[int, Optional[EventKind], Optional[str], Optional[bytes]]] = [
-            (seq, row.kind, row.hash_key, row.data) for seq, row in self._events.items()
-        ]
-        for start in range(0, len(rows), _CHUNK):
-            yield rows[start : start + _CHUNK]
+    async def _aiter_stored_chunks(self, run_id: Optional[str] = None) -> AsyncIterator[list[StoredEvent]]:
+        if run_id is None:
+            seqs = list(self._events)
+        else:
+            run = self._runs.get(run_id)
+            seqs = list(run.seqs) if run is not None else []
+        events = self._events
+        for start in range(0, len(seqs), _CHUNK):
+            yield [events[seq].stored(seq) for seq in seqs[start : start + _CHUNK] if seq in events]
 
     async def _adelete_run_events(self, run_id: str) -> bool:
         run = self._runs.pop(run_id, None)

@@ -37,6 +37,7 @@ from store.base import (
     decode_run_error,
     nested_objects_to_restore,
 )
+from store.chain import LINK_SIZE, StoredEvent, first_link, next_link
 from store.checkpointer import WalCheckpointer
 from store.errors import (
     ForeignDatabaseError,
@@ -62,7 +63,7 @@ database, which it does on a thread of its own while the writer goes on."""
 WAL_LIMIT_BYTES = 256 * 2**20
 """How large the write-ahead log may grow before the writer checkpoints it itself (SQLite's `wal_autocheckpoint`),
 should the checkpointer fall behind; the log file is cut back to this size once it is empty again."""
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the table layout below; a newer store is refused, an older one is migrated."""
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -108,7 +109,11 @@ _SCHEMA_V1 = (
     "CREATE INDEX events_by_hash ON events (hash) WHERE kind IN (4, 6)",  # stream and call_finished: replay lookups
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1}
+_EVENT_LINKS = ("ALTER TABLE events ADD COLUMN link BLOB",)
+"""Version 2: each event's link in its run's chain (see `store.chain`); the events a store of version 1 holds are
+linked as the migration finds them (`_link_existing_events`)."""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1, 2: _EVENT_LINKS}
 """Statements that take a store from version `n - 1` to version `n` (version 0 is an empty file)."""
 
 KIND_CODES: dict[EventKind, int] = {
@@ -128,10 +133,11 @@ _INSERT_OBJECTS = """
     FROM json_each(:lengths) AS r
     WINDOW w AS (ORDER BY r.key ROWS UNBOUNDED PRECEDING)
 """
-_INSERT_EVENTS = """
-    INSERT INTO events (run, kind, t, hash, call_id, parent_call_id, data)
+_INSERT_EVENTS = f"""
+    INSERT INTO events (run, kind, t, hash, call_id, parent_call_id, data, link)
     SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, substr(:hashes, r.key * :width + 1, r.value ->> 3),
-        r.value ->> 4, r.value ->> 5, substr(:data, r.value ->> 6, r.value ->> 7)
+        r.value ->> 4, r.value ->> 5, substr(:data, r.value ->> 6, r.value ->> 7),
+        substr(:links, r.key * {LINK_SIZE} + 1, {LINK_SIZE})
     FROM json_each(:rows) AS r ORDER BY r.key
 """
 _CHUNK = 5_000
@@ -618,6 +624,8 @@ class SQLiteStore(EventStore):
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[step]:
                     await db.execute(statement)
+            if 0 < version < 2:
+                await _alink_existing_events(db)
             if version == 0:
                 meta = {
                     "application": APPLICATION,
@@ -1139,22 +1147,37 @@ class SQLiteStore(EventStore):
             yield [(hash_blob.hex(), bytes(body)) for _id, hash_blob, body in rows]
             last = rows[-1][0]
 
-    async def _aiter_reference_chunks(
-        self,
-    ) -> AsyncIterator[list[tuple[int, Optional[EventKind], Optional[str], Optional[bytes]]]]:
+    async def _aiter_stored_chunks(self, run_id: Optional[str] = None) -> AsyncIterator[list[StoredEvent]]:
+        columns = "e.seq, coalesce(r.run_id, ''), e.kind, e.t, e.hash, e.call_id, e.parent_call_id, e.data, e.link"
+        source = "events AS e LEFT JOIN runs AS r ON r.id = e.run"
+        condition, parameters = "", []
+        if run_id is not None:
+            run_rows = await self._afetch("SELECT id FROM runs WHERE run_id = ?", (run_id,))
+            if not run_rows:
+                return
+            condition, parameters = " AND e.run = ?", [run_rows[0][0]]  # through the events_by_run index
+        sql = f"SELECT {columns} FROM {source} WHERE e.seq > ?{condition} ORDER BY e.seq LIMIT {_CHUNK}"
         last = 0
         while True:
-            rows = await self._afetch(
-                f"SELECT seq, kind, hash, data FROM events WHERE seq > ? ORDER BY seq LIMIT {_CHUNK}", (last,)
-            )
+            rows = await self._afetch(sql, [last, *parameters])
             if not rows:
                 return
-            if not {row[1] for row in rows} <= self._kinds_by_code.keys():
+            if not {row[2] for row in rows} <= self._kinds_by_code.keys():
                 await self._areload_kinds()
             kinds_by_code = self._kinds_by_code
             yield [
-                (seq, kinds_by_code.get(kind), None if hash_blob is None else hash_blob.hex(), data)
-                for seq, kind, hash_blob, data in rows
+                StoredEvent(
+                    seq,
+                    run,
+                    kinds_by_code.get(kind),
+                    t,
+                    None if hash_blob is None else hash_blob.hex(),
+                    call_id,
+                    parent_call_id,
+                    None if data is None else bytes(data),
+                    None if link is None else bytes(link),
+                )
+                for seq, run, kind, t, hash_blob, call_id, parent_call_id, data, link in rows
             ]
             last = rows[-1][0]
 
@@ -1231,7 +1254,46 @@ def _event_parameters(batch: Batch, rowids: dict[str, int], kind_codes: dict[Eve
         "width": width,
         "data": b"".join(event_data),
         "rows": orjson.dumps(rows),
+        "links": b"".join(batch.links),
     }
+
+
+async def _alink_existing_events(db: aiosqlite.Connection) -> None:
+    """Link the events of a store written before events had links, run by run, as they are now (in the migration's
+    transaction); events of a kind this library does not know end their run's chain (left without links)."""
+    kinds = {int(code): str(name) for code, name in await db.execute_fetchall("SELECT code, name FROM kinds")}
+    links: dict[int, Optional[bytes]] = {}
+    last = 0
+    while True:
+        rows = list(
+            await db.execute_fetchall(
+                "SELECT e.seq, e.run, coalesce(r.run_id, ''), e.kind, e.t, e.hash, e.call_id, e.parent_call_id, "
+                "e.data FROM events AS e LEFT JOIN runs AS r ON r.id = e.run WHERE e.seq > ? ORDER BY e.seq "
+                f"LIMIT {_CHUNK}",
+                (last,),
+            )
+        )
+        if not rows:
+            return
+        updates: list[tuple[bytes, int]] = []
+        for seq, run, run_id, code, t, hash_blob, call_id, parent_call_id, data in rows:
+            previous = links[run] if run in links else first_link(run_id)
+            name = kinds.get(code)
+            if previous is None or name is None or not _known(name):
+                links[run] = None
+                continue
+            link = links[run] = next_link(
+                previous,
+                EventKind(name),
+                t,
+                None if hash_blob is None else hash_blob.hex(),
+                call_id,
+                parent_call_id,
+                None if data is None else bytes(data),
+            )
+            updates.append((link, seq))
+        await db.executemany("UPDATE events SET link = ? WHERE seq = ?", updates)
+        last = rows[-1][0]
 
 
 def _known(kind_name: str) -> bool:

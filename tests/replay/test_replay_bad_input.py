@@ -10,6 +10,7 @@ import pytest
 
 from miniagents import Message, MiniAgents
 from miniagents.errors import FrozenValueError
+from miniagents.events import EventKind
 from miniagents.ext.llm.stand_in import stand_in_llm_agent
 from replay import NoRecordingError, Replay
 from store import ForeignDatabaseError, SchemaVersionError, SQLiteStore, StoreIntegrityError
@@ -111,3 +112,27 @@ async def test_kwargs_that_cannot_be_frozen_name_the_agent_and_the_field(tmp_pat
     with pytest.raises(FrozenValueError, match=r"RECORDED_LLM.*temperature|temperature.*RECORDED_LLM"):
         async with MiniAgents(replay=Replay(SQLiteStore(path), mode="none")):
             await LLM.inquire("question?", temperature=float("nan")).aresolve_messages()
+
+
+async def test_a_call_pointed_at_another_recorded_reply_is_refused_naming_run_and_event(tmp_path: Path) -> None:
+    path = tmp_path / "recording.db"
+    async with MiniAgents(replay=Replay(SQLiteStore(path), mode="once")):
+        recorded = [str((await stand_in_llm_agent.inquire(word).aresolve_messages())[0]) for word in ("Alpha", "Beta")]
+    async with SQLiteStore(path) as store:
+        [run] = await store.alist_runs()
+        finished = await store.aget_events(run.run_id, kinds=[EventKind.CALL_FINISHED])
+    first, second = (event.data["replies"][0]["hash"] for event in finished if event.data)
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(  # the first call's recorded reply now names the second call's reply
+            "UPDATE events SET data = CAST(replace(CAST(data AS TEXT), ?, ?) AS BLOB) WHERE seq = ?",
+            (first, second, finished[0].seq),
+        )
+    before = file_bytes(path)
+
+    with pytest.raises(StoreIntegrityError) as caught:  # not "Beta" as the answer to "Alpha"
+        async with MiniAgents(replay=Replay(SQLiteStore(path), mode="none")):
+            await stand_in_llm_agent.inquire("Alpha").aresolve_messages()
+    assert caught.value.run_id == run.run_id and caught.value.seq == finished[0].seq
+    assert f"Event {finished[0].seq} of run {run.run_id!r}" in str(caught.value)
+    assert file_bytes(path) == before
+    assert len(set(recorded)) == 2

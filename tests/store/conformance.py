@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+import orjson
 import pytest
 
 import miniagents
@@ -26,6 +27,7 @@ from miniagents import (
     miniagent,
 )
 from miniagents.events import ErrorDescription, Event, EventKind
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
 from miniagents.promising.ext.frozen import Frozen
 from store import (
     EventStore,
@@ -123,6 +125,11 @@ class StoreConformance:
 
     async def acorrupt_object(self, store: EventStore, hash_key: str, body: Optional[bytes]) -> None:
         """Overwrite the stored bytes of one object behind the store's back (None: delete the object)."""
+        raise NotImplementedError
+
+    async def atamper_event(self, store: EventStore, seq: int, field: str, value: Any) -> None:
+        """Change one stored field of one event behind the store's back: `field` is `"hash_key"` (a hex key),
+        `"data"` (bytes), `"t"` or `"call_id"`; `field` `"delete"` removes the event."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------- recording a run
@@ -591,6 +598,103 @@ class StoreConformance:
             ("missing_object", "ab" * 20, stream_event.seq)
         ]
         assert f"Event {stream_event.seq} refers to object {'ab' * 20}" in str(report.problems[0])
+
+    async def arecord_linked_run(self) -> tuple[EventStore, list[Event]]:
+        """A closed store holding one run of two streamed LLM calls, and the run's events."""
+        store = self.make_store()
+        async with MiniAgents(store=store):
+            await stand_in_llm_agent.inquire("Alpha?").aresolve_messages()
+            await stand_in_llm_agent.inquire("Beta?").aresolve_messages()
+        async with self.reopened(store) as reader:
+            [run] = await reader.alist_runs()
+            events = await reader.aget_events(run.run_id)
+            assert (await reader.averify()).ok
+        return store, events
+
+    async def averify_after(self, store: EventStore, seq: int, field: str, value: Any) -> list[tuple[Any, ...]]:
+        await self.atamper_event(store, seq, field, value)
+        async with self.reopened(store) as reader:
+            report = await reader.averify()
+            [run] = await reader.alist_runs()
+            run_report = await reader.averify_run(run.run_id)
+        assert [str(problem) for problem in run_report.problems] == [
+            str(problem) for problem in report.problems if problem.kind == "changed_event"
+        ]
+        return [(problem.kind, problem.run_id, problem.seq) for problem in report.problems]
+
+    async def test_a_call_pointed_at_another_reply_is_named_by_verify(self) -> None:
+        store, events = await self.arecord_linked_run()
+        first, second = [event for event in events if event.kind is EventKind.CALL_FINISHED]
+        assert first.data is not None and second.data is not None and first.seq is not None
+        data = orjson.dumps(first.data)
+        reply, other = first.data["replies"][0]["hash"], second.data["replies"][0]["hash"]
+        assert reply != other
+        tampered = data.replace(reply.encode(), other.encode())  # "Alpha" answered as "Beta"
+        problems = await self.averify_after(store, first.seq, "data", tampered)
+        assert problems == [("changed_event", first.run_id, first.seq)]
+
+    async def test_merged_chunk_lengths_are_named_by_verify(self) -> None:
+        store, events = await self.arecord_linked_run()
+        stream = next(event for event in events if event.kind is EventKind.STREAM)
+        assert stream.data is not None and stream.seq is not None
+        chunks = stream.data["chunks"]
+        merged = {**stream.data, "chunks": [sum(chunks)], "offsets": stream.data["offsets"][:1]}
+        problems = await self.averify_after(store, stream.seq, "data", orjson.dumps(merged))
+        assert problems == [("changed_event", stream.run_id, stream.seq)]
+
+    async def test_a_message_event_pointed_at_another_object_is_named_by_verify(self) -> None:
+        store, events = await self.arecord_linked_run()
+        messages = [event for event in events if event.kind is EventKind.MESSAGE]
+        first, second = messages[0], next(event for event in messages if event.hash_key != messages[0].hash_key)
+        assert first.seq is not None
+        problems = await self.averify_after(store, first.seq, "hash_key", second.hash_key)
+        assert problems == [("changed_event", first.run_id, first.seq)]
+
+    @pytest.mark.parametrize(("field", "value"), [("t", 12345.5), ("call_id", 999)])
+    async def test_a_changed_time_or_call_id_is_named_by_verify(self, field: str, value: Any) -> None:
+        store, events = await self.arecord_linked_run()
+        target = events[len(events) // 2]
+        assert target.seq is not None
+        problems = await self.averify_after(store, target.seq, field, value)
+        assert problems == [("changed_event", target.run_id, target.seq)]
+
+    async def test_a_removed_event_is_named_by_the_event_after_it(self) -> None:
+        store, events = await self.arecord_linked_run()
+        removed, after = events[3], events[4]
+        assert removed.seq is not None
+        problems = await self.averify_after(store, removed.seq, "delete", None)
+        assert problems == [("changed_event", after.run_id, after.seq)]
+
+    async def test_removed_last_events_are_named_by_their_run(self) -> None:
+        store, events = await self.arecord_linked_run()
+        last = events[-1]
+        assert last.seq is not None
+        problems = await self.averify_after(store, last.seq, "delete", None)
+        assert problems == [("changed_event", last.run_id, None)]
+
+    async def test_events_written_after_failed_writes_and_by_concurrent_runs_verify(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = self.make_store(flush_interval=60, batch_size=3)
+        real_write = store._write_batches
+        failures = {"left": 3}
+
+        def flaky_write(batches: Any) -> None:
+            if failures["left"]:
+                failures["left"] -= 1
+                raise StoreWriteError("simulated failure", store.location)
+            real_write(batches)
+
+        monkeypatch.setattr(store, "_write_batches", flaky_write)
+        async with store:
+            with pytest.raises(EventSinkError, match="simulated failure"):
+                await asyncio.gather(arun_flow(store, count=4), arun_flow(store, count=3))
+            await store.aflush()
+            await asyncio.gather(arun_flow(store, count=2), arun_flow(store, count=5))
+            report = await store.averify()
+            runs = await store.alist_runs()
+        assert report.ok, report.problems
+        assert len(runs) == 4 and all(run.event_count > 0 for run in runs)
 
     async def test_a_missing_sub_message_is_an_integrity_error_naming_it(self) -> None:
         child = Message(text="child")

@@ -20,3 +20,11 @@ class TestMemoryStore(StoreConformance):
             del store._objects[hash_key]
         else:
             store._objects[hash_key] = body
+
+    async def atamper_event(self, store: EventStore, seq: int, field: str, value: Any) -> None:
+        assert isinstance(store, MemoryStore)
+        if field == "delete":
+            row = store._events.pop(seq)
+            store._runs[row.run_id].seqs.remove(seq)
+        else:
+            setattr(store._events[seq], field, value)

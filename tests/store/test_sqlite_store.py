@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -52,6 +53,16 @@ class TestSQLiteStore(StoreConformance):
             else:
                 db.execute("UPDATE objects SET body = ? WHERE hash = ?", (body, bytes.fromhex(hash_key)))
 
+    async def atamper_event(self, store: EventStore, seq: int, field: str, value: Any) -> None:
+        assert isinstance(store, SQLiteStore)
+        with contextlib.closing(sqlite3.connect(store.path)) as db, db:
+            if field == "delete":
+                db.execute("DELETE FROM events WHERE seq = ?", (seq,))
+            else:
+                column = {"hash_key": "hash"}.get(field, field)
+                stored = bytes.fromhex(value) if field == "hash_key" else value
+                db.execute(f"UPDATE events SET {column} = ? WHERE seq = ?", (stored, seq))
+
 
 def store_files(path: Path) -> dict[str, bytes]:
     """The bytes of the database file and of its `-wal`/`-shm`/`-journal` companions, by name."""
@@ -85,7 +96,7 @@ async def test_a_new_store_has_the_documented_schema_and_meta(tmp_path: Path) ->
     assert tables == {"meta", "kinds", "runs", "objects", "events", "sqlite_sequence"}
     meta = dict(query(path, "SELECT key, value FROM meta"))
     assert meta["application"] == "miniagents-store"
-    assert meta["schema_version"] == "1"
+    assert meta["schema_version"] == "2"
     assert meta["canonical_form_version"] == "1"
     assert meta["hash_algorithm"] == "blake3"
     assert meta["created_by"] == f"miniagents {miniagents.__version__}"
@@ -101,17 +112,17 @@ async def test_a_new_store_has_the_documented_schema_and_meta(tmp_path: Path) ->
 async def test_older_schemas_are_migrated_step_by_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "agents.db"
     await arecord_one_run(path)
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(sqlite_module.MIGRATIONS, 2, ("CREATE TABLE labels (run INTEGER, label TEXT)",))
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(sqlite_module.MIGRATIONS, 3, ("CREATE TABLE labels (run INTEGER, label TEXT)",))
     async with SQLiteStore(path) as store:
         [run] = await store.alist_runs()
     assert run.run_id == "first"
-    assert dict(query(path, "SELECT key, value FROM meta"))["schema_version"] == "2"
-    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert dict(query(path, "SELECT key, value FROM meta"))["schema_version"] == "3"
+    assert query(path, "PRAGMA user_version") == [(3,)]
     assert query(path, "SELECT count(*) FROM labels") == [(0,)]
     monkeypatch.undo()
     before = store_files(path)
-    with pytest.raises(SchemaVersionError, match=r"schema version 2.*up to 1; upgrade miniagents") as caught:
+    with pytest.raises(SchemaVersionError, match=r"schema version 3.*up to 2; upgrade miniagents") as caught:
         await SQLiteStore(path).aopen()
     assert caught.value.path == str(path)
     assert store_files(path) == before
@@ -551,3 +562,22 @@ async def test_verify_checks_one_moment_of_the_store_while_others_write(
         report = await store.averify()
         assert report.ok and (report.checked_objects, report.checked_events) == (2, 2)
         assert len(await store.aget_events("second")) == 1  # reads outside verify see every write
+
+
+async def test_a_store_of_schema_1_gets_its_events_linked_when_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    shutil.copyfile(
+        Path(__file__).parent.parent / "replay" / "data" / "recorded_before_kwargs_were_kept_apart.db", path
+    )
+    assert query(path, "PRAGMA user_version") == [(1,)]
+    async with SQLiteStore(path) as store:
+        assert (await store.averify()).ok
+        events = await store.aget_events()
+    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "SELECT count(*) FROM events WHERE link IS NULL") == [(0,)]
+    middle = events[len(events) // 2]
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE events SET t = t + 1 WHERE seq = ?", (middle.seq,))
+    async with SQLiteStore(path) as store:
+        report = await store.averify()
+    assert [(problem.kind, problem.seq) for problem in report.problems] == [("changed_event", middle.seq)]

@@ -281,7 +281,15 @@ class ObjectDecoder:
         yield stand_in_class(class_name, Message), False
         yield stand_in_class(class_name, Frozen), False
 
-    def _fields(self, data: dict[str, Any], real_classes: bool, resolved: Mapping[str, Frozen]) -> dict[str, Any]:
+    def _fields(
+        self,
+        data: dict[str, Any],
+        real_classes: bool,
+        resolved: Mapping[str, Frozen],
+        built: Optional[Mapping[int, Any]] = None,
+    ) -> dict[str, Any]:
+        """The constructor arguments of a stored dict: references replaced by the objects they name, nested dicts
+        and lists by what `_value` makes of them (taken from `built`, by `id`, when they were built already)."""
         fields: dict[str, Any] = {}
         for name, value in data.items():
             if REFERENCE_SUFFIX in name:  # in both suffixes
@@ -291,25 +299,52 @@ class ObjectDecoder:
                 if name.endswith(REFERENCES_SUFFIX) and _are_hash_keys(value):
                     fields[name[: -len(REFERENCES_SUFFIX)]] = tuple(resolved[ref] for ref in value)
                     continue
-            fields[name] = value if type(value) in PLAIN_VALUE_TYPES else self._value(value, real_classes, resolved)
+            if type(value) in PLAIN_VALUE_TYPES:
+                fields[name] = value
+            elif built is not None:
+                fields[name] = built[id(value)]
+            else:
+                fields[name] = self._value(value, real_classes, resolved)
         return fields
 
     def _value(self, value: Any, real_classes: bool, resolved: Mapping[str, Frozen]) -> Any:
-        if isinstance(value, dict):
-            fields = self._fields(value, real_classes, resolved)
-            class_name = value.get("class_")
-            if not isinstance(class_name, str):
-                return fields
-            cls: Optional[type[Frozen]] = None
-            if real_classes:
-                candidates = self._classes_named(class_name)
-                cls = candidates[0] if candidates else None
-            if cls is None:
-                cls = Frozen if class_name == Frozen.__name__ else stand_in_class(class_name, Frozen)
-            return cls(**fields)
-        if isinstance(value, list):
-            return tuple(self._value(item, real_classes, resolved) for item in value)
-        return value
+        """A stored field value rebuilt: dicts with a `class_` as those objects, lists as tuples. Values nest up to
+        `MAX_NESTING_DEPTH` levels, so the containers are built without recursion: listed parents first, then
+        built in the reverse order (every container after those inside it)."""
+        if type(value) is not dict and type(value) is not list:
+            return value
+        containers: list[Any] = []
+        stack = [value]
+        while stack:
+            current = stack.pop()
+            containers.append(current)
+            items = current.values() if type(current) is dict else current
+            stack.extend(item for item in items if type(item) is dict or type(item) is list)
+        built: dict[int, Any] = {}
+        for container in reversed(containers):
+            if type(container) is list:
+                built[id(container)] = tuple(
+                    built[id(item)] if type(item) is dict or type(item) is list else item for item in container
+                )
+            else:
+                built[id(container)] = self._object(container, real_classes, resolved, built)
+        return built[id(value)]
+
+    def _object(
+        self, data: dict[str, Any], real_classes: bool, resolved: Mapping[str, Frozen], built: Mapping[int, Any]
+    ) -> Any:
+        """A nested stored dict as the `Frozen` its `class_` names (a plain dict without one)."""
+        fields = self._fields(data, real_classes, resolved, built)
+        class_name = data.get("class_")
+        if not isinstance(class_name, str):
+            return fields
+        cls: Optional[type[Frozen]] = None
+        if real_classes:
+            candidates = self._classes_named(class_name)
+            cls = candidates[0] if candidates else None
+        if cls is None:
+            cls = Frozen if class_name == Frozen.__name__ else stand_in_class(class_name, Frozen)
+        return cls(**fields)
 
     def _classes_named(self, class_name: str) -> list[type[Frozen]]:
         if self._classes is None or (class_name not in self._classes and class_name not in self._missing_names):

@@ -297,11 +297,6 @@ async def test_a_recorded_chain_of_messages_is_rebuilt_from_its_bytes(tmp_path: 
     assert rebuilt.hash_key == chain[-1].hash_key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/decoding.py rebuilds nested dicts recursively (ObjectDecoder._fields / _value call each other per "
-    "level): a RecursionError from about 450 nested dicts, reported as StoreIntegrityError",
-)
 async def test_a_recorded_deep_message_is_rebuilt_from_its_bytes(tmp_path: Path) -> None:
     deep = Message(text="deep", meta=nested_dicts(MAX_NESTING_DEPTH))
     async with MiniAgents(store=SQLiteStore(tmp_path / "deep.db")):

@@ -7,7 +7,7 @@ LATEST := .venv-latest
 TOOLS := .venv-tools
 UV_VERSION := 0.13.9
 
-.PHONY: demo test test-latest lint typecheck pytest bench lock lock-upgrade clean
+.PHONY: demo test test-latest lint typecheck pytest browser screenshot bench lock lock-upgrade clean
 
 # The development environment holds exactly the versions in $(LOCK) (hash-checked), the project installed
 # editable on top without resolving anything. A changed lock or pyproject.toml rebuilds it from scratch, so
@@ -32,8 +32,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The run viewer is tested in headless Chromium from the distribution's packages: installed here where that is
+# possible (root with apt-get), never failing the build when it is not (the browser test then says what is missing).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing chromium (apt-get) for the run viewer's browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "Could not install chromium; the viewer's browser test will say so."; \
+	fi
+
+# Refreshes docs/viewer.png, the screenshot of the run viewer that the README shows.
+screenshot: $(STAMP) browser
+	MINIAGENTS_UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest -q tests/replay/inspection/test_viewer_in_browser.py
 
 # The whole test suite against the newest versions pyproject.toml allows, in a virtualenv of its own.
 test-latest:
@@ -42,6 +55,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[all,dev]'
 	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iE '^(openai|anthropic|httpx2?|pydantic|pytest|pytest-asyncio|aiosqlite|orjson|blake3)=='
+	$(MAKE) browser
 	$(LATEST)/bin/python -m pytest -q
 
 $(TOOLS)/bin/uv:

@@ -7,7 +7,8 @@ order things happen; a sink must not block (a store buffers and flushes in the b
 |-----------------|---------------------|-------------------------------|---------------------------------|
 | run_started     | -                   | -                             | `RunStartedPayload`             |
 | run_finished    | -                   | -                             | `RunFinishedPayload`            |
-| message         | the object's hash   | call that was current         | - (the object is in `Event.obj`)|
+| message         | the object's hash   | call that made the message /  | - (the object is in `Event.obj`)|
+|                 |                     | that call's parent call       | `MessagePayload` (sub-messages) |
 | stream          | the message's hash  | call that produced it         | `StreamPayload`                 |
 | call_started    | -                   | the call / its parent call    | `CallStartedPayload`            |
 | call_finished   | the AgentCallNode   | the call / its parent call    | `CallFinishedPayload`           |
@@ -503,6 +504,29 @@ class StreamPayload:
 
 
 @dataclass(frozen=True, slots=True)
+class MessagePayload:
+    """What a `message` event says besides its object: for a sub-message (a message nested in another one and
+    emitted with it), `parent`, the hash key of the message whose fields hold it. Only sub-messages' events have
+    data (`{"parent": ...}`); the `message` event of that parent follows theirs."""
+
+    KIND: ClassVar[EventKind] = EventKind.MESSAGE
+
+    parent: Optional[str] = None
+
+    @classmethod
+    def from_data(cls, data: Any) -> MessagePayload:
+        where = "message"
+        data = _mapping(data, where)
+        return cls(parent=_text(data, "parent", where))
+
+    def to_data(self) -> dict[str, Any]:
+        return {"parent": self.parent} if self.parent is not None else {}
+
+    def references(self) -> tuple[str, ...]:
+        return ()  # the parent is an object of the run by its own event (the next one), not through this one
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorPayload:
     """An exception traveled: raised by an agent (`where="agent"`), or breaking a reply's stream
     (`where="message"`, `position` = the chunks received before it, `partial` = the broken reply; stored
@@ -545,9 +569,15 @@ class ErrorPayload:
 
 
 EventPayload = Union[
-    RunStartedPayload, RunFinishedPayload, CallStartedPayload, CallFinishedPayload, StreamPayload, ErrorPayload
+    RunStartedPayload,
+    RunFinishedPayload,
+    CallStartedPayload,
+    CallFinishedPayload,
+    StreamPayload,
+    ErrorPayload,
+    MessagePayload,
 ]
-"""The typed data of an event (message events have none: their object is the point)."""
+"""The typed data of an event (a message event has data only when it is a sub-message's: `MessagePayload`)."""
 
 PAYLOAD_TYPES: dict[EventKind, type[EventPayload]] = {
     payload_type.KIND: payload_type
@@ -560,12 +590,15 @@ PAYLOAD_TYPES: dict[EventKind, type[EventPayload]] = {
         ErrorPayload,
     )
 }
-"""The payload type of each kind of event that has data."""
+"""The payload type of each kind of event that always has data (a `message` event has a `MessagePayload` only
+when it is a sub-message's)."""
 
 
 def payload_from_data(kind: EventKind, data: Any) -> Optional[EventPayload]:
-    """The typed payload of an event of `kind` stored with `data` (None for kinds without one); raises
+    """The typed payload of an event of `kind` stored with `data` (None for a message event without data); raises
     `EventDataError` when the data is not such a payload."""
+    if kind is EventKind.MESSAGE:
+        return None if data is None else MessagePayload.from_data(data)
     payload_type = PAYLOAD_TYPES.get(kind)
     if payload_type is None:
         return None
@@ -612,10 +645,10 @@ class Event:
 
     @property
     def payload(self) -> Optional[EventPayload]:
-        """`data` as its kind's typed payload (parsed once); None for message events. Raises `EventDataError` if
-        the data is not such a payload."""
+        """`data` as its kind's typed payload (parsed once); for a message event, a `MessagePayload` if it is a
+        sub-message's and None otherwise. Raises `EventDataError` if the data is not such a payload."""
         payload = self._payload
-        if payload is None and self.kind is not EventKind.MESSAGE:
+        if payload is None and (self.kind is not EventKind.MESSAGE or self.data is not None):
             payload = self._payload = payload_from_data(self.kind, self.data)
         return payload
 

@@ -336,6 +336,10 @@ class MessagePromise(StreamedPromise[str, Message]):
                 )
             self.preliminary_metadata = prefill_message
             self._chunk_times: Optional[list[float]] = None
+            from miniagents.miniagents import current_agent_call
+
+            self.producer_call: Optional[AgentCall] = current_agent_call()
+            """The agent call that made this message (None outside agents); its `message` event names it."""
             super().__init__(prefill_pieces=[str(prefill_message)], prefill_result=prefill_message)
             return
         if message_token_streamer is None:
@@ -348,7 +352,7 @@ class MessagePromise(StreamedPromise[str, Message]):
         self._message_class = message_class
         self._chunk_times = []
         self._stream_started_at = 0.0
-        self.producer_call: Optional[AgentCall] = current_agent_call()
+        self.producer_call = current_agent_call()
         super().__init__(start_asap=start_asap)
 
     @property

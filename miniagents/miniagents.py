@@ -180,8 +180,12 @@ class MiniAgents(PromisingContext):
         recorder = self._recorder
         if isinstance(result, Message):
             if recorder.sinks or self.on_persist_message_handlers:
-                call = _CURRENT_CALL.get()
-                recorder.persist(promise, result, call.call_id if call is not None else None)
+                # the call that made the message, not the one whose awaiting resolved it
+                if isinstance(promise, MessagePromise):
+                    call = getattr(promise, "producer_call", None)
+                else:
+                    call = _CURRENT_CALL.get()
+                recorder.persist(promise, result, call)
             if recorder.sinks and isinstance(promise, MessagePromise) and promise.is_streamed:
                 recorder.record_stream(promise, result)
         elif recorder.sinks and isinstance(result, BaseException) and isinstance(promise, MessagePromise):
@@ -454,7 +458,7 @@ class AgentCall:
         self._input_appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
         self._input_appender.open()
         self.input_sequence_promise = MessageSequencePromise(
-            streamer=_flattened(self._input_appender), resolver=collect_tuple, start_asap=False
+            streamer=_flattened(self._input_appender, producer=parent), resolver=collect_tuple, start_asap=False
         )
         self._reply_appender: StreamAppender[MessageType] = StreamAppender(capture_errors=True)
         self._started = False
@@ -497,7 +501,7 @@ class AgentCall:
 
     def _reply_stream(self, _: Any) -> AsyncIterator[MessagePromise]:
         self._start()  # the first consumer of a call started lazily starts it
-        return _Flattener(self._reply_appender, self)
+        return _Flattener(self._reply_appender, self, producer=self)
 
     async def _arun(self) -> None:
         context = self._context
@@ -761,9 +765,11 @@ class MessageSequence(FlatSequence[MessageType, MessagePromise]):
         return _Flattener(iter((zero_or_more_items,)), nested=self._flattener)
 
 
-def _flattened(appender: StreamAppender[MessageType]) -> PromiseStreamer[MessagePromise]:
+def _flattened(
+    appender: StreamAppender[MessageType], producer: Union[AgentCall, Sentinel, None] = DEFAULT
+) -> PromiseStreamer[MessagePromise]:
     def stream(_: Any) -> AsyncIterator[MessagePromise]:
-        return _Flattener(appender)
+        return _Flattener(appender, producer=producer)
 
     return stream
 
@@ -796,18 +802,22 @@ class _Flattener(AsyncIterator[MessagePromise]):
 
     :param call: the agent call that iterables and async iterables are pulled on behalf of (calls they make
         are its children), whichever task pulls.
+    :param producer: the agent call (None: the code outside agents) that made the messages turned into promises
+        here (strings, dicts, messages), whichever task pulls; by default the call current where they are pulled.
     """
 
-    __slots__ = ("_broken", "_call", "_nested", "_stack")
+    __slots__ = ("_broken", "_call", "_nested", "_producer", "_stack")
 
     def __init__(
         self,
         source: Any,
         call: Optional[AgentCall] = None,
         nested: Optional[Callable[[Any], AsyncIterator[MessagePromise]]] = None,
+        producer: Union[AgentCall, Sentinel, None] = DEFAULT,
     ) -> None:
         self._stack: list[Any] = [source]
         self._call = call
+        self._producer = producer
         self._nested = nested
         """What flattens each item nested in an iterable instead of this flattener (a `MessageSequence`
         subclass's `_flattener`)."""
@@ -853,15 +863,15 @@ class _Flattener(AsyncIterator[MessagePromise]):
         if isinstance(item, MessagePromise):
             return item
         if isinstance(item, Message):
-            return item.as_promise
+            return self._produced(item)
         if isinstance(item, str):
-            return Message(text=item).as_promise
+            return self._produced(Message(text=item))
         if isinstance(item, MessageSequencePromise):
             self._stack.append(item.__aiter__())
         elif isinstance(item, dict):
-            return Message(**item).as_promise
+            return self._produced(Message(**item))
         elif isinstance(item, BaseModel):
-            return Message(**item.model_dump()).as_promise
+            return self._produced(Message(**item.model_dump()))
         elif isinstance(item, BaseException):
             if not isinstance(item, Exception):  # a cancellation (say) ends the sequence: every later pull says so
                 self._broken = item
@@ -875,3 +885,13 @@ class _Flattener(AsyncIterator[MessagePromise]):
                 "pydantic model, exception, or a (async) iterable of those."
             )
         return None
+
+    def _produced(self, message: Message) -> MessagePromise:
+        """A resolved promise of `message`, made by this flattener's producer (when it has one)."""
+        if isinstance(self._producer, Sentinel):
+            return message.as_promise
+        token = _CURRENT_CALL.set(self._producer)  # a resolved promise is recorded as it is made
+        try:
+            return message.as_promise
+        finally:
+            _CURRENT_CALL.reset(token)

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
 from miniagents.errors import EventSinkError
@@ -20,6 +20,7 @@ from miniagents.events import (
     EventKind,
     EventPayload,
     EventSink,
+    MessagePayload,
     PartialReply,
     ReplyRecord,
     RunFinishedPayload,
@@ -159,25 +160,34 @@ class RunRecorder:
 
     # --------------------------------------------------------------------------------------------------- messages
 
-    def persist(self, promise: Any, message: Message, call_id: Optional[int]) -> None:
-        """Emit a resolved message and the sub-messages not emitted yet in this run (sub-messages first), and hand
-        each to the `on_persist_message` handlers."""
+    def persist(self, promise: Any, message: Message, call: Optional[AgentCall]) -> None:
+        """Emit a resolved message and the sub-messages not emitted yet in this run (sub-messages first, each
+        naming the message it is nested in), and hand each to the `on_persist_message` handlers. The events name
+        `call`, the agent call that made the message, and its parent call."""
         if self._emitted_here(message):
             return  # emitted already, and so were its sub-messages
+        call_id = call.call_id if call is not None else None
+        parent_call_id = call.parent_call_id if call is not None else None
         canonical_bytes: Optional[bytes] = None
         if self.sinks:
             _, canonical_bytes = message.hash_key_and_canonical_bytes()
         if canonical_bytes is None or may_reference_messages(canonical_bytes):  # most messages nest none
-            for sub_message in message.sub_messages():
-                if not self._emitted_here(sub_message):
-                    self._persist_one(promise, sub_message, call_id)
-        self._persist_one(promise, message, call_id, canonical_bytes)
+            sub_messages = [
+                sub_message for sub_message in message.sub_messages() if not self._emitted_here(sub_message)
+            ]
+            if sub_messages:
+                parents = _containing_messages(message) if self.sinks else {}
+                for sub_message in sub_messages:
+                    if not self._emitted_here(sub_message):  # a message nested twice is emitted once
+                        parent = parents.get(id(sub_message))
+                        self._persist_one(promise, sub_message, call_id, parent_call_id, parent=parent)
+        self._persist_one(promise, message, call_id, parent_call_id, canonical_bytes)
 
-    def record_object(self, obj: Message, call_id: Optional[int]) -> None:
-        """Emit an object that is a record, not a message of the run (sinks only, no handlers)."""
+    def record_object(self, obj: Message, call: AgentCall) -> None:
+        """Emit an object that is a record of `call`, not a message of the run (sinks only, no handlers)."""
         if self.sinks and self.run_id is not None:
             hash_key, canonical_bytes = obj.hash_key_and_canonical_bytes()
-            event = Event(EventKind.MESSAGE, self.run_id, self._now(), hash_key, call_id)
+            event = Event(EventKind.MESSAGE, self.run_id, self._now(), hash_key, call.call_id, call.parent_call_id)
             event.obj, event.canonical_bytes = obj, canonical_bytes
             self._append(event)
 
@@ -186,30 +196,39 @@ class RunRecorder:
         return emitted_by is not None and self._serial in emitted_by
 
     def _persist_one(
-        self, promise: Any, message: Message, call_id: Optional[int], canonical_bytes: Optional[bytes] = None
+        self,
+        promise: Any,
+        message: Message,
+        call_id: Optional[int],
+        parent_call_id: Optional[int],
+        canonical_bytes: Optional[bytes] = None,
+        parent: Optional[Message] = None,
     ) -> None:
         """Emit one message (sub-messages first is the caller's job); `canonical_bytes` if the caller encoded them
-        to hash the message."""
+        to hash the message; `parent`: the message it is nested in (for a sub-message)."""
         emitted_by = message.__dict__.get(_EMITTED_BY)
         message.__dict__[_EMITTED_BY] = (
             (self._serial,) if emitted_by is None else (*emitted_by[1 - _EMITTED_BY_KEPT :], self._serial)
         )
         if self.sinks and self.run_id is not None:
             hash_key, encoded = message.hash_key_and_canonical_bytes()
-            self._append(
-                Event(
-                    EventKind.MESSAGE,
-                    self.run_id,
-                    self._now(),
-                    hash_key,
-                    call_id,
-                    None,
-                    None,
-                    message,
-                    None,
-                    canonical_bytes or encoded,
-                )
+            event = Event(
+                EventKind.MESSAGE,
+                self.run_id,
+                self._now(),
+                hash_key,
+                call_id,
+                parent_call_id,
+                None,
+                message,
+                None,
+                canonical_bytes or encoded,
             )
+            if parent is not None:
+                payload = MessagePayload(parent=parent.hash_key)
+                event.data = payload.to_data()
+                event._payload = payload
+            self._append(event)
         if self._context.on_persist_message_handlers:
             self._persist_queue.append((promise, message))
             if self._persist_worker is None:
@@ -264,7 +283,7 @@ class RunRecorder:
         (emitted here as an object) and the input's error; its replies and the error its reply sequence raised."""
         call_node = call.call_node
         if partial_call_node is not None:
-            self.record_object(partial_call_node, call.call_id)
+            self.record_object(partial_call_node, call)
         payload = CallFinishedPayload(
             agent_alias=call.agent.alias,
             call_node=call_node.hash_key if call_node is not None else None,
@@ -300,6 +319,29 @@ def partial_reply(promise: MessagePromise, error: BaseException) -> PartialReply
 
 def _described(error: Optional[BaseException]) -> Optional[ErrorDescription]:
     return ErrorDescription.of(error) if error is not None else None
+
+
+def _containing_messages(message: Message) -> dict[int, Message]:
+    """For every message nested in `message` (at any depth): the message whose fields hold it directly, keyed by
+    the nested message's `id()` (the first such message found, when it is nested in several)."""
+    parents: dict[int, Message] = {}
+    pending = [message]
+    while pending:
+        container = pending.pop()
+        stack: list[Any] = list(container.frozen_fields_and_values().values())
+        while stack:
+            value = stack.pop()
+            if isinstance(value, Message):
+                if id(value) not in parents:
+                    parents[id(value)] = container
+                    pending.append(value)
+            elif isinstance(value, Frozen):
+                stack.extend(value.frozen_fields_and_values().values())
+            elif isinstance(value, tuple):
+                stack.extend(value)
+            elif isinstance(value, Mapping):
+                stack.extend(value.values())
+    return parents
 
 
 def _call_id(call: Optional[AgentCall]) -> Optional[int]:

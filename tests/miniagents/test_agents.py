@@ -274,7 +274,9 @@ async def test_events_of_a_run_in_order() -> None:
     assert call_node.messages == (Message(text="hi"),)
     assert call_node.style == "loud"  # type: ignore[attr-defined]
     assert hi.hash_key == Message(text="hi").hash_key
-    assert hi.call_id == 1  # the str became a message when ECHO's call took in its input
+    # "hi" was made outside any agent: its event names who made it, not ECHO, whose input resolved it
+    assert hi.call_id is None and hi.parent_call_id is None
+    assert call_node_event.call_id == 1 and reply_node_event.call_id == 1
     reply_node = reply_node_event.obj
     assert isinstance(reply_node, AgentReplyNode) and reply_node.agent_call is call_node
     assert finished.hash_key == call_node.hash_key

@@ -1,6 +1,8 @@
-"""The content-addressed, append-only event store: `SQLiteStore`, `MemoryStore`, `open_store` and what they return."""
+"""The content-addressed, append-only event store: `SQLiteStore`, `JSONLStore`, `MemoryStore`, `open_store`, `acopy`
+and what they return."""
 
 from store.base import EventStore, Problem, RunInfo, RunStatus, VerifyReport
+from store.copying import acopy
 from store.decoding import ObjectDecoder, is_stand_in_class
 from store.errors import (
     ForeignDatabaseError,
@@ -16,6 +18,7 @@ from store.errors import (
     UnknownHashError,
     UnknownRunError,
 )
+from store.jsonl import JSONLStore
 from store.memory import MemoryStore
 from store.opening import open_store, register_scheme, register_suffix
 from store.sqlite import SCHEMA_VERSION, SQLiteStore
@@ -24,6 +27,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "EventStore",
     "ForeignDatabaseError",
+    "JSONLStore",
     "MemoryStore",
     "ObjectDecoder",
     "Problem",
@@ -42,6 +46,7 @@ __all__ = [
     "UnknownHashError",
     "UnknownRunError",
     "VerifyReport",
+    "acopy",
     "is_stand_in_class",
     "open_store",
     "register_scheme",

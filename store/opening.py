@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from store.base import EventStore
 from store.errors import StoreUsageError
+from store.jsonl import JSONLStore
 from store.memory import MemoryStore
 from store.sqlite import SQLiteStore
 
@@ -82,3 +83,4 @@ def _sqlite_store(url: str, **options: Any) -> EventStore:
 
 register_scheme("memory", _memory_store)
 register_scheme("sqlite", _sqlite_store)
+register_suffix(".jsonl", JSONLStore)

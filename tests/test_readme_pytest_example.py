@@ -48,7 +48,7 @@ def test_the_readme_pytest_example_records_once_then_replays_offline(tmp_path: P
 
     recorded = run_pytest(project, "--record-mode=once")
     assert recorded.returncode == 0, recorded.stdout + recorded.stderr
-    recording = project / "tests" / "recordings" / "test_poet" / "test_poet.db"
+    recording = project / "tests" / "recordings" / "test_poet" / "test_poet.jsonl"
     assert recording.is_file()
     recorded_bytes = recording.read_bytes()
 

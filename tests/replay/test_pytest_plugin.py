@@ -47,7 +47,8 @@ def test_record_once_then_replay_without_calling_the_llm(pytester: pytest.Pytest
     pytester.makeini(INI)
     recorded = pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider")
     recorded.assert_outcomes(passed=1)
-    assert (pytester.path / "recordings" / "test_flow" / "test_llm_flow.db").exists()
+    assert (pytester.path / "recordings" / "test_flow" / "test_llm_flow.jsonl").exists()
+    assert not (pytester.path / "recordings" / "test_flow" / "test_llm_flow.db").exists()
     assert llm_calls(pytester) == 1
 
     replayed = pytester.runpytest("-p", "no:cacheprovider")
@@ -68,7 +69,9 @@ def test_a_missing_recording_fails_with_how_to_record_it(pytester: pytest.Pytest
 def test_the_option_is_listed_in_help(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     result = pytester.runpytest("--help")
-    result.stdout.fnmatch_lines(["*--record-mode*"])
+    result.stdout.fnmatch_lines(
+        ["*--record-mode*", "*--record-format*", "*--drop-unused-calls*", "*--remove-unused-recordings*"]
+    )
 
 
 COLLIDING_TESTS = """
@@ -108,10 +111,10 @@ def test_tests_in_other_classes_or_with_other_parameters_have_their_own_recordin
     pytester.makepyfile(test_prompts=COLLIDING_TESTS)
     pytester.makeini(INI)
     pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider").assert_outcomes(passed=4)
-    names = sorted(path.name for path in (pytester.path / "recordings" / "test_prompts").glob("*.db"))
+    names = sorted(path.name for path in (pytester.path / "recordings" / "test_prompts").glob("*.jsonl"))
     assert len(names) == 4
-    assert names[:2] == ["TestFrench.test_greeting.db", "TestGerman.test_greeting.db"]
-    assert all(re.fullmatch(r"test_llm_What_is_2_2-[0-9a-f]{8}\.db", name) for name in names[2:])
+    assert names[:2] == ["TestFrench.test_greeting.jsonl", "TestGerman.test_greeting.jsonl"]
+    assert all(re.fullmatch(r"test_llm_What_is_2_2-[0-9a-f]{8}\.jsonl", name) for name in names[2:])
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)  # each replays its own recording
 
 
@@ -171,7 +174,7 @@ def test_the_record_command_of_a_missing_recording_runs_when_pasted_into_a_shell
         )
         assert pasted.returncode == 0, pasted.stdout + pasted.stderr
         assert "1 passed" in pasted.stdout
-    assert len(list((pytester.path / "tests" / "flows" / "recordings" / "test_questions").glob("*.db"))) == 2
+    assert len(list((pytester.path / "tests" / "flows" / "recordings" / "test_questions").glob("*.jsonl"))) == 2
 
 
 LONG_ID_TEST = """
@@ -192,7 +195,112 @@ def test_a_test_id_too_long_for_a_file_name_gets_a_capped_name_of_its_own(pytest
     pytester.makepyfile(test_long=LONG_ID_TEST)
     pytester.makeini(INI)
     pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider").assert_outcomes(passed=2)
-    names = sorted(path.name for path in (pytester.path / "recordings" / "test_long").glob("*.db"))
+    names = sorted(path.name for path in (pytester.path / "recordings" / "test_long").glob("*.jsonl"))
     assert len(names) == 2  # ids that differ only after the cut still get recordings of their own
     assert all(len(name.encode()) <= 140 for name in names)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("opt_in", ["option", "ini"])
+def test_sqlite_recordings_are_an_opt_in(pytester: pytest.Pytester, opt_in: str) -> None:
+    pytester.makepyfile(test_flow=TEST_FILE)
+    pytester.makeini(INI + ("miniagents_record_format = sqlite\n" if opt_in == "ini" else ""))
+    options = ["--record-format=sqlite"] if opt_in == "option" else []
+    pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider", *options).assert_outcomes(passed=1)
+    folder = pytester.path / "recordings" / "test_flow"
+    assert (folder / "test_llm_flow.db").read_bytes().startswith(b"SQLite format 3")
+    assert not (folder / "test_llm_flow.jsonl").exists()
+    pytester.runpytest("-p", "no:cacheprovider", *options).assert_outcomes(passed=1)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)  # a .db recording still replays
+    assert llm_calls(pytester) == 1
+
+
+def test_a_wrong_record_format_setting_is_named(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_flow=TEST_FILE)
+    pytester.makeini(INI + "miniagents_record_format = yaml\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stderr.fnmatch_lines(["*miniagents_record_format = 'yaml' is not a recording format*"])
+
+
+def test_mode_all_leaves_one_run_and_an_unchanged_flow_writes_the_same_file(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_flow=TEST_FILE)
+    pytester.makeini(INI)
+    recording = pytester.path / "recordings" / "test_flow" / "test_llm_flow.jsonl"
+    pytester.runpytest("--record-mode=all", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    first = recording.read_bytes()
+    pytester.runpytest("--record-mode=new_episodes", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest("--record-mode=all", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert recording.read_bytes() == first
+    assert first.count(b'{"run":') == 1
+    assert llm_calls(pytester) == 2
+
+
+TWO_CALLS_TEST = """
+import os
+
+from miniagents import MiniAgents
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
+
+
+async def test_questions(agent_replay):
+    questions = ["first question", "second question"][: int(os.environ.get("QUESTIONS", "2"))]
+    async with MiniAgents(replay=agent_replay):
+        for question in questions:
+            await stand_in_llm_agent.inquire(question).aresolve_messages()
+"""
+
+
+@pytest.mark.parametrize("opt_in", ["option", "ini"])
+def test_drop_unused_calls_rewrites_a_recording_with_the_calls_used(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, opt_in: str
+) -> None:
+    pytester.makepyfile(test_questions=TWO_CALLS_TEST)
+    pytester.makeini(INI + ("miniagents_drop_unused_calls = true\n" if opt_in == "ini" else ""))
+    options = ["--drop-unused-calls"] if opt_in == "option" else []
+    recording = pytester.path / "recordings" / "test_questions" / "test_questions.jsonl"
+    pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert b"second question" in recording.read_bytes()
+    pytester.runpytest("-p", "no:cacheprovider", *options).assert_outcomes(passed=1)
+    assert b"second question" in recording.read_bytes()  # every call was used: nothing changes
+
+    monkeypatch.setenv("QUESTIONS", "1")
+    pytester.runpytest("-p", "no:cacheprovider", *options).assert_outcomes(passed=1)
+    content = recording.read_bytes()
+    assert b"first question" in content and b"second question" not in content
+    assert content.count(b'"event":"call_finished"') == 1
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)  # and it still replays
+    monkeypatch.setenv("QUESTIONS", "2")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(failed=1)  # the dropped call is gone
+
+
+def test_recordings_no_test_uses_are_listed_and_removed_on_request(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_flow=TEST_FILE)
+    pytester.makeini(INI)
+    pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    folder = pytester.path / "recordings" / "test_flow"
+    (folder / "test_renamed_away.jsonl").write_bytes((folder / "test_llm_flow.jsonl").read_bytes())
+    (pytester.path / "recordings" / "test_deleted_module").mkdir()
+    (pytester.path / "recordings" / "test_deleted_module" / "test_old.db").write_bytes(b"")
+
+    partial = pytester.runpytest("-p", "no:cacheprovider", "test_flow.py::test_llm_flow")
+    partial.assert_outcomes(passed=1)
+    assert "test_renamed_away" not in partial.stdout.str()  # not every test of the module ran: not told
+
+    listed = pytester.runpytest("-p", "no:cacheprovider")
+    listed.assert_outcomes(passed=1)
+    listed.stdout.fnmatch_lines(
+        [
+            "*miniagents: recordings no test uses*",
+            "recordings/test_deleted_module/test_old.db",
+            "recordings/test_flow/test_renamed_away.jsonl",
+            "(remove them with --remove-unused-recordings)",
+        ]
+    )
+    assert "test_llm_flow.jsonl" not in listed.stdout.str()
+    assert (folder / "test_renamed_away.jsonl").exists()
+
+    removed = pytester.runpytest("-p", "no:cacheprovider", "--remove-unused-recordings")
+    removed.stdout.fnmatch_lines(["removed recordings/test_flow/test_renamed_away.jsonl"])
+    assert sorted(path.name for path in folder.iterdir()) == ["test_llm_flow.jsonl"]
+    assert not (pytester.path / "recordings" / "test_deleted_module" / "test_old.db").exists()
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

@@ -109,6 +109,18 @@ class StoreConformance:
     separate_instances_share_data: ClassVar[bool] = False
     """Whether two store objects created by `make_store()` see the same data (one file) or not (memory)."""
 
+    normalizes_runs: ClassVar[bool] = False
+    """Whether a reopened store reads runs normalized (a stable text recording: run ids `run-1`, ..., no wall-clock
+    times), so what a test looks up by its original run id or start time is not there."""
+
+    numbers_events_by_place: ClassVar[bool] = False
+    """Whether a reopened store numbers events by their place (a text recording), so the events after a removed
+    one take the numbers one lower."""
+
+    names_objects_by_hash_key: ClassVar[bool] = True
+    """Whether the backend keeps each object under its hash key, so bytes changed behind its back are found under
+    the old key; a text recording names objects by their place in the file (a changed object is a changed line)."""
+
     tmp_path: Path
 
     @pytest.fixture(autouse=True)
@@ -154,8 +166,9 @@ class StoreConformance:
         assert run.metadata == {"purpose": "test"}
         assert run.library_version == miniagents.__version__
         assert run.event_count == len(events)
-        assert run.started_at is not None and before <= run.started_at <= time.time()
-        assert run.finished_at is not None and run.started_at <= run.finished_at <= time.time()
+        if not self.normalizes_runs:
+            assert run.started_at is not None and before <= run.started_at <= time.time()
+            assert run.finished_at is not None and run.started_at <= run.finished_at <= time.time()
         message_hashes = [event.hash_key for event in events if event.kind is EventKind.MESSAGE]
         assert {answer.hash_key for answer in answers} <= set(message_hashes)
         [finished] = [event for event in events if event.kind is EventKind.CALL_FINISHED]
@@ -353,11 +366,13 @@ class StoreConformance:
         async with MiniAgents(store=store, run_metadata=metadata) as context:
             pass
         async with self.reopened(store) as reader:
-            run = await reader.aget_run(str(context.run_id))
+            [run] = await reader.alist_runs()
             [started] = await reader.aget_events(run.run_id, kinds=[EventKind.RUN_STARTED])
         assert run.metadata == expected
         assert started.data is not None and started.data["metadata"] == expected
-        assert isinstance(run.started_at, float)
+        if not self.normalizes_runs:
+            assert run.run_id == context.run_id
+            assert isinstance(run.started_at, float)
         assert "sk-LEAK" not in repr(run) + repr(started)
 
     async def test_events_can_be_filtered_by_run_kind_and_seq(self) -> None:
@@ -568,6 +583,8 @@ class StoreConformance:
     # --------------------------------------------------------------------------------------------------- integrity
 
     async def test_a_tampered_object_is_an_integrity_error_and_a_verify_problem(self) -> None:
+        if not self.names_objects_by_hash_key:
+            pytest.skip("objects are named by their place, not their hash key: a changed object is a changed line")
         good, bad = Message(text="good"), Message(text="bad")
         async with self.make_store() as store:
             await store.astart_run("run")
@@ -663,7 +680,8 @@ class StoreConformance:
         removed, after = events[3], events[4]
         assert removed.seq is not None
         problems = await self.averify_after(store, removed.seq, "delete", None)
-        assert problems == [("changed_event", after.run_id, after.seq)]
+        named = removed.seq if self.numbers_events_by_place else after.seq  # the event after it, by its number
+        assert problems == [("changed_event", after.run_id, named)]
 
     async def test_removed_last_events_are_named_by_their_run(self) -> None:
         store, events = await self.arecord_linked_run()
@@ -697,6 +715,8 @@ class StoreConformance:
         assert len(runs) == 4 and all(run.event_count > 0 for run in runs)
 
     async def test_a_missing_sub_message_is_an_integrity_error_naming_it(self) -> None:
+        if not self.names_objects_by_hash_key:
+            pytest.skip("objects are named by their place, not their hash key: a removed object is a removed line")
         child = Message(text="child")
         parent = Message(text="parent", child=child)
         async with self.make_store() as store:
@@ -977,7 +997,7 @@ class StoreConformance:
             [run] = await reader.alist_runs()
         assert run.status == RunStatus.RUNNING and not run.is_finished
         assert run.event_count == 2
-        assert run.started_at == 5.0 and run.finished_at is None
+        assert run.started_at == (None if self.normalizes_runs else 5.0) and run.finished_at is None
 
     async def test_contents_survive_closing_and_reopening(self) -> None:
         store = self.make_store()

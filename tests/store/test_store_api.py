@@ -16,6 +16,7 @@ def test_exported_members() -> None:
         "SCHEMA_VERSION",
         "EventStore",
         "ForeignDatabaseError",
+        "JSONLStore",
         "MemoryStore",
         "ObjectDecoder",
         "Problem",
@@ -34,6 +35,7 @@ def test_exported_members() -> None:
         "UnknownHashError",
         "UnknownRunError",
         "VerifyReport",
+        "acopy",
         "is_stand_in_class",
         "open_store",
         "register_scheme",
@@ -65,9 +67,10 @@ def test_the_error_tree_is_rooted_in_store_error() -> None:
     assert issubclass(errors.UnknownRunError, LookupError)
 
 
-def test_both_stores_are_event_sinks() -> None:
+def test_every_store_is_an_event_sink() -> None:
     assert isinstance(store.MemoryStore(), EventSink)
     assert isinstance(store.SQLiteStore("unused.db"), EventSink)
+    assert isinstance(store.JSONLStore("unused.jsonl"), EventSink)
 
 
 @miniagent

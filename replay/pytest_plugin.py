@@ -1,8 +1,8 @@
 """pytest plugin of miniagents' replay: the `agent_replay` fixture, its options, and the unused recordings report.
 
 Options (and ini settings): `--record-mode` (none, once, new_episodes, all), `--record-format` / ini
-`miniagents_record_format` (jsonl, the default, or sqlite), `--drop-unused-calls` / ini
-`miniagents_drop_unused_calls`, `--remove-unused-recordings`.
+`miniagents_record_format` (jsonl, the default, or sqlite), `--record-timing` / ini `miniagents_record_timing`,
+`--drop-unused-calls` / ini `miniagents_drop_unused_calls`, `--remove-unused-recordings`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 if TYPE_CHECKING:
-    from miniagents.events import Event
+    from miniagents.events import Event, InterceptedCall
     from miniagents.miniagents import MiniAgents
     from replay.replay import Replay
     from store.base import EventStore
@@ -55,6 +55,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "ini: miniagents_record_format",
     )
     group.addoption(
+        "--record-timing",
+        action="store_true",
+        default=None,
+        help="keep event times and stream timing (rounded to milliseconds) in text recordings, for replays at the "
+        "recorded pace; ini: miniagents_record_timing",
+    )
+    group.addoption(
         "--drop-unused-calls",
         action="store_true",
         default=None,
@@ -68,6 +75,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="remove the recordings that no collected test uses (they are listed at the end of every session)",
     )
     parser.addini("miniagents_record_format", "format of new recordings: jsonl (default) or sqlite", default="jsonl")
+    parser.addini(
+        "miniagents_record_timing",
+        "keep event times and stream timing in text recordings",
+        type="bool",
+        default=False,
+    )
     parser.addini(
         "miniagents_drop_unused_calls",
         "rewrite a replayed recording with only the calls the test used",
@@ -85,6 +98,14 @@ def record_format(config: pytest.Config) -> str:
             f"miniagents_record_format = {chosen!r} is not a recording format; use one of {sorted(RECORD_FORMATS)}."
         )
     return chosen
+
+
+def record_timing(config: pytest.Config) -> bool:
+    """Whether text recordings keep times and stream timing: `--record-timing`, else the ini setting (False)."""
+    chosen = config.getoption("--record-timing")
+    if chosen is None:
+        chosen = config.getini("miniagents_record_timing")
+    return bool(chosen)
 
 
 def recording_path(request: pytest.FixtureRequest, chosen_format: Optional[str] = None) -> Path:
@@ -148,11 +169,11 @@ def _legacy_recording_paths(request: pytest.FixtureRequest) -> list[Path]:
     return [folder / f"{test_name}{suffix}" for suffix in RECORD_FORMATS.values()]
 
 
-def _open_recording(path: Path) -> EventStore:
+def _open_recording(path: Path, timing: bool = False) -> EventStore:
     from store.jsonl import JSONLStore
     from store.sqlite import SQLiteStore
 
-    return JSONLStore(path) if path.suffix == RECORD_FORMATS["jsonl"] else SQLiteStore(path)
+    return JSONLStore(path, timing=timing) if path.suffix == RECORD_FORMATS["jsonl"] else SQLiteStore(path)
 
 
 @pytest.fixture
@@ -182,10 +203,11 @@ def agent_replay(request: pytest.FixtureRequest) -> Iterator[Replay]:
     drop_unused = config.getoption("--drop-unused-calls")
     if drop_unused is None:
         drop_unused = bool(config.getini("miniagents_drop_unused_calls"))
-    replay = _plugin_replay_class()(_open_recording(path), mode=mode)
+    timing = record_timing(config)
+    replay = _plugin_replay_class()(_open_recording(path, timing), mode=mode)
     yield replay
     if drop_unused and request.node.stash.get(_PASSED, False) and getattr(replay, "used_only_the_recording", False):
-        _in_a_thread(adrop_unused_calls(_open_recording(path), getattr(replay, "used_calls", ())))
+        _in_a_thread(adrop_unused_calls(_open_recording(path, timing), getattr(replay, "used_calls", ())))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -201,18 +223,51 @@ def pytest_runtest_makereport(
 @functools.cache
 def _plugin_replay_class() -> type[Replay]:
     """The `Replay` the fixture gives (made on first use: the plugin is imported before the library is)."""
-    from replay.replay import Replay
+    from replay.replay import RecordMode, Replay
+    from store.base import RunStatus
 
     class PluginReplay(Replay):
-        """A `Replay` that also notes which recorded calls answered the run (for `--drop-unused-calls`)."""
+        """A `Replay` that also notes which recorded calls answered the run (for `--drop-unused-calls`), and keeps
+        a recording one run in mode `new_episodes`."""
 
         used_calls: set[tuple[str, Optional[str], int]]
         """(call key, position, occurrence) of every call answered from the recording."""
+        new_calls = 0
+        """Calls of the run that the recording did not have, run live and recorded (mode `new_episodes`)."""
 
         async def astart(self, mini_agents: MiniAgents) -> None:
             self.used_calls = set()
+            self.new_calls = 0
             await super().astart(mini_agents)
             mini_agents.add_event_sink(_ReplayedCalls(self.used_calls))
+
+        async def aanswer(self, call: InterceptedCall) -> Any:
+            answer = await super().aanswer(call)
+            if answer is None and self.replaying and self.recording:
+                self.new_calls += 1
+            return answer
+
+        async def afinish(self, mini_agents: MiniAgents, error: Optional[BaseException]) -> None:
+            run_id = mini_agents.run_id
+            if self.mode is RecordMode.NEW_EPISODES and self.recording and run_id is not None and self.store.is_open:
+                try:
+                    await self._akeep_one_run(run_id, error)
+                except BaseException:
+                    await super().afinish(mini_agents, error)  # closes the store
+                    raise
+            await super().afinish(mini_agents, error)
+
+        async def _akeep_one_run(self, run_id: str, error: Optional[BaseException]) -> None:
+            """Mode `new_episodes`: a run that finished ok and recorded new calls holds every call of the test
+            (those answered from the recording too), so it replaces the earlier runs (it is kept when there are
+            none); a run that recorded nothing new, or failed, is deleted, and the recording stays as it was."""
+            runs = await self.store.alist_runs()
+            new_run_ok = error is None and any(run.run_id == run_id and run.status == RunStatus.OK for run in runs)
+            earlier = [run.run_id for run in runs if run.run_id != run_id]
+            doomed = earlier if new_run_ok and (self.new_calls or not earlier) else [run_id]
+            for doomed_run_id in doomed:
+                await self.store.adelete_run(doomed_run_id, force=True)  # its own recording: even a killed run goes
+            await self.store.agc()
 
         @property
         def used_only_the_recording(self) -> bool:
@@ -311,7 +366,7 @@ async def adrop_unused_calls(store: EventStore, used: Iterable[tuple[str, Option
                 if (event.call_id in kept if event.call_id is not None else event.hash_key not in only_dropped)
             ]
             dropped += len({call_id for call_id in parents if call_id not in kept})
-            await store.adelete_run(run.run_id)
+            await store.adelete_run(run.run_id, force=True)
             await store.astart_run(run.run_id)
             for event in keep:
                 store.append(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import secrets
 import sys
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
@@ -21,7 +23,6 @@ except ImportError as _error:  # without the extra (a test hides click to check 
 
 import orjson
 
-import store as store_package
 from miniagents.errors import MiniAgentsError
 from replay.inspection.chrome_trace import chrome_trace
 from replay.inspection.diff import diff_runs
@@ -37,8 +38,9 @@ from replay.inspection.reading import (
     verify_report_lines,
 )
 from replay.inspection.text import format_seconds, tree_lines
-from store.errors import StoreError, StoreUsageError, UnknownHashError, UnknownRunError
-from store.opening import open_store
+from store.copying import acopy
+from store.errors import ForeignDatabaseError, StoreError, StoreUsageError, UnknownHashError, UnknownRunError
+from store.jsonl import JSONLStore
 
 T = TypeVar("T")
 
@@ -48,7 +50,8 @@ FORMATS = ("jsonl", "otlp-json", "chrome-trace")
 PROGRESS_DELAY = 1.0
 """Seconds of work after which a terminal shows a progress indicator."""
 
-_USAGE_ERRORS = (StoreUsageError, UnknownRunError, UnknownHashError)
+_USAGE_ERRORS = (StoreUsageError, UnknownRunError, UnknownHashError, ForeignDatabaseError)
+"""Errors in what the command was given (exit code 2): no such store, run or hash, a file that is no store."""
 _RUN_SUFFIX = re.compile(r"^(?P<store>.+):(?P<run>[A-Za-z0-9_-]+)$")
 
 
@@ -316,6 +319,8 @@ def export(
         raise click.UsageError(f"export --format {format_} needs -o FILE.")
     if format_ == "jsonl":
         assert output is not None
+        if os.path.exists(store) and output.exists() and os.path.samefile(store, output):
+            raise click.UsageError(f"-o {output} is the store being read; write the text recording to another file.")
         _run(aexport_jsonl(store, run, output))
     elif format_ == "chrome-trace":
         assert output is not None
@@ -328,16 +333,16 @@ def export(
 
 
 async def aexport_jsonl(target: str, run: Optional[str], output: Path) -> None:
-    """Copy one run of a store into a JSON Lines text recording (`store.acopy`)."""
-    acopy = getattr(store_package, "acopy", None)
-    if acopy is None:
-        raise StoreUsageError(
-            "--format jsonl needs store.acopy (the text-recording backend), which this installation of miniagents "
-            "does not have yet; use --format otlp-json or chrome-trace."
-        )
+    """Write one run of a store as a text recording into `output` (`store.acopy` into a `store.JSONLStore`),
+    replacing the file if there is one: written beside it, then renamed, so a failed export leaves it as it was."""
     async with open_existing_store(target) as source, _progress(f"Copying a run of {target}"):
         run_id = await aresolve_run_id(source, run)
-        await acopy(source, open_store(output), run_ids=[run_id])
+        temporary = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.export.jsonl")
+        try:
+            await acopy(source, JSONLStore(temporary), run_ids=[run_id])
+            os.replace(temporary, output)
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 async def aexport_otlp(

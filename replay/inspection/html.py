@@ -86,6 +86,7 @@ def viewer_data(run: RecordedRun) -> dict[str, Any]:
             "status": info.status,
             "started": started,
             "duration": run.duration,
+            "timed": run.timed,
             "events": info.event_count,
             "error": str(info.error) if info.error is not None else None,
             "usage": {"input": usage.input_tokens, "output": usage.output_tokens},
@@ -233,7 +234,7 @@ _SCRIPT = r"""
     header.appendChild(el("span", "title", "Run " + run.id));
     header.appendChild(el("span", "status-" + run.status, run.status));
     if (run.started) header.appendChild(el("span", "", "started " + run.started));
-    header.appendChild(el("span", "", "duration " + ms(run.duration)));
+    header.appendChild(el("span", "", run.timed ? "duration " + ms(run.duration) : "no times recorded"));
     header.appendChild(el("span", "", calls.length + " calls, " + run.events + " events"));
     var reported = calls.some(function (call) { return call.usage; });
     var totals = el("span", "", reported ? "tokens: " + tokens(run.usage) + " (" + (run.usage.input +
@@ -258,8 +259,8 @@ _SCRIPT = r"""
       row.appendChild(el("span", "pos", call.position));
       row.appendChild(el("span", "agent", call.agent));
       if (call.llm) row.appendChild(el("span", "badge llm", call.model || "llm"));
-      var meta = [ms(call.duration)];
-      if (call.ttft !== null) meta.push("first token " + ms(call.ttft));
+      var meta = run.timed ? [ms(call.duration)] : [];
+      if (run.timed && call.ttft !== null) meta.push("first token " + ms(call.ttft));
       if (call.usage) meta.push(tokens(call.usage));
       row.appendChild(el("span", "meta", meta.filter(Boolean).join(" · ")));
       if (call.replayed) row.appendChild(el("span", "badge replayed", "replayed"));
@@ -277,6 +278,11 @@ _SCRIPT = r"""
 
   function waterfall() {
     var container = document.getElementById("waterfall");
+    if (!run.timed) {
+      container.appendChild(el("p", "wf-untimed", "This recording holds no times (a text recording made without " +
+        "timing=True), so there is no waterfall."));
+      return;
+    }
     var end = run.duration || 0;
     calls.forEach(function (call) {
       (call.streams || []).forEach(function (stream) {

@@ -231,6 +231,11 @@ class RecordedRun:
         return max([recorded, *ends])
 
     @property
+    def timed(self) -> bool:
+        """Whether the recording holds times (a text recording leaves them out unless made with `timing=True`)."""
+        return bool(self.info.started_at) or any(moment for call in self.calls for moment in _moments(call))
+
+    @property
     def usage(self) -> Usage:
         """The tokens of every call, added up."""
         total = Usage()
@@ -261,7 +266,8 @@ async def alatest_run_id(store: EventStore) -> str:
     runs = await store.alist_runs()
     if not runs:
         raise StoreUsageError(f"{store.location} holds no runs yet; record one with `MiniAgents(store=...)`.")
-    return max(runs, key=lambda run: run.started_at or 0.0).run_id
+    # the store lists runs oldest first: of runs without a recorded start (a stable text recording), the last one
+    return max(enumerate(runs), key=lambda item: (item[1].started_at or 0.0, item[0]))[1].run_id
 
 
 async def aresolve_run_id(store: EventStore, run: Optional[str]) -> str:

@@ -25,6 +25,8 @@ def open_existing_store(target: Union[str, os.PathLike[str], EventStore]) -> Eve
     text = os.fspath(target)
     if "://" not in text and not os.path.exists(text):
         raise StoreUsageError(f"No store at {text!r}: no such file; give the path of a recording or a store URL.")
+    if "://" not in text and os.path.isdir(text):
+        raise StoreUsageError(f"No store at {text!r}: it is a folder; give the path of a recording or a store URL.")
     return open_store(text)
 
 

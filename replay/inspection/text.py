@@ -33,13 +33,15 @@ def _short(text: str, full: bool, limit: int = 40) -> str:
     return text if full or len(text) <= limit else text[: limit - 1] + "…"
 
 
-def call_lines(call: RunCall, full: bool = False) -> list[str]:
+def call_lines(call: RunCall, full: bool = False, timed: bool = True) -> list[str]:
     """The lines of one call (not of its children): position, agent, kwargs, duration and flags; then its inputs
-    (`<`), replies (`>`), broken replies, time to first token, token usage, model and errors (`!!`)."""
+    (`<`), replies (`>`), broken replies, time to first token, token usage, model and errors (`!!`); without
+    durations and time to first token when not `timed` (a recording that holds no times)."""
     pad = "  " * call.depth
     kwargs = ", ".join(f"{name}={_short(repr(value), full)}" for name, value in sorted(call.kwargs.items()))
     flags = (" [replayed]" if call.node.replayed else "") + ("" if call.node.finished else " [unfinished]")
-    lines = [f"{pad}{call.position} {call.agent_alias}({kwargs}) {format_seconds(call.duration)}{flags}"]
+    duration = f" {format_seconds(call.duration)}" if timed else ""
+    lines = [f"{pad}{call.position} {call.agent_alias}({kwargs}){duration}{flags}"]
     inner = pad + "  "
     for message in call.inputs:
         lines.extend(_text_lines(str(message), inner, "<", full))
@@ -49,7 +51,7 @@ def call_lines(call: RunCall, full: bool = False) -> list[str]:
         lines.extend(_text_lines(partial.text, inner, ">", full))
         lines.append(f"{inner}!! broken reply: {partial.error}")
     facts = []
-    if call.time_to_first_token is not None:
+    if timed and call.time_to_first_token is not None:
         facts.append(f"first token {format_seconds(call.time_to_first_token)}")
     usage = call.usage
     if usage is not None:
@@ -67,14 +69,17 @@ def call_lines(call: RunCall, full: bool = False) -> list[str]:
 
 def tree_lines(run: RecordedRun, full: bool = False) -> list[str]:
     """The whole call tree of a run as text: a header (run id, status, duration, token usage), then every call,
-    depth first, indented by depth; texts cut to one line of `SHORT_TEXT` characters unless `full`."""
+    depth first, indented by depth; texts cut to one line of `SHORT_TEXT` characters unless `full`. A run whose
+    recording holds no times (a text recording made without `timing=True`) shows no durations."""
     usage = run.usage
-    header = f"run {run.run_id} {run.info.status} {format_seconds(run.duration)}, {len(run.calls)} calls"
+    timed = run.timed
+    duration = format_seconds(run.duration) if timed else "(no times recorded)"
+    header = f"run {run.run_id} {run.info.status} {duration}, {len(run.calls)} calls"
     if usage.total_tokens:
         header += f", tokens {usage.input_tokens} in / {usage.output_tokens} out"
     lines = [header]
     if run.info.error is not None:
         lines.append(f"!! {run.info.error}")
     for call in run.calls:
-        lines.extend(call_lines(call, full))
+        lines.extend(call_lines(call, full, timed))
     return lines

@@ -70,7 +70,13 @@ def test_the_option_is_listed_in_help(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(
-        ["*--record-mode*", "*--record-format*", "*--drop-unused-calls*", "*--remove-unused-recordings*"]
+        [
+            "*--record-mode*",
+            "*--record-format*",
+            "*--record-timing*",
+            "*--drop-unused-calls*",
+            "*--remove-unused-recordings*",
+        ]
     )
 
 
@@ -303,4 +309,110 @@ def test_recordings_no_test_uses_are_listed_and_removed_on_request(pytester: pyt
     removed.stdout.fnmatch_lines(["removed recordings/test_flow/test_renamed_away.jsonl"])
     assert sorted(path.name for path in folder.iterdir()) == ["test_llm_flow.jsonl"]
     assert not (pytester.path / "recordings" / "test_deleted_module" / "test_old.db").exists()
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_new_episodes_keeps_a_recording_one_run_with_the_new_calls(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_questions=TWO_CALLS_TEST)
+    pytester.makeini(INI)
+    recording = pytester.path / "recordings" / "test_questions" / "test_questions.jsonl"
+    monkeypatch.setenv("QUESTIONS", "1")
+    pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert b"second question" not in recording.read_bytes()
+
+    monkeypatch.setenv("QUESTIONS", "2")
+    pytester.runpytest("--record-mode=new_episodes", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    extended = recording.read_bytes()
+    assert extended.count(b'{"run":') == 1 and b'{"run":"run-1"' in extended
+    assert extended.count(b'"event":"call_finished"') == 2 and b"second question" in extended
+    pytester.runpytest("--record-mode=new_episodes", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert recording.read_bytes() == extended  # nothing new: the recording stays as it was
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)  # both calls replay offline
+
+
+def test_new_episodes_keeps_a_sqlite_recording_one_run_too(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_questions=TWO_CALLS_TEST)
+    pytester.makeini(INI + "miniagents_record_format = sqlite\n")
+    monkeypatch.setenv("QUESTIONS", "1")
+    pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    monkeypatch.setenv("QUESTIONS", "2")
+    pytester.runpytest("--record-mode=new_episodes", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest("--record-mode=new_episodes", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    result = subprocess.run(
+        [sys.executable, "-m", "replay", "runs", "recordings/test_questions/test_questions.db"],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("opt_in", ["option", "ini", "neither"])
+def test_record_timing_keeps_times_in_text_recordings(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, opt_in: str
+) -> None:
+    pytester.makepyfile(
+        test_flow="""
+import os
+import time
+
+from miniagents import MiniAgents
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
+
+
+async def test_slow(agent_replay):
+    agent_replay.speed = 1.0 if os.environ.get("AT_PACE") else None
+    llm = stand_in_llm_agent.fork(token_delay=0.01)
+    start = time.monotonic()
+    async with MiniAgents(replay=agent_replay):
+        await llm.inquire("question", reply="one two three four").aresolve_messages()
+    assert time.monotonic() - start >= float(os.environ.get("AT_PACE", "0"))
+"""
+    )
+    pytester.makeini(INI + ("miniagents_record_timing = true\n" if opt_in == "ini" else ""))
+    options = ["--record-timing"] if opt_in == "option" else []
+    pytester.runpytest("--record-mode=once", "-p", "no:cacheprovider", *options).assert_outcomes(passed=1)
+    content = (pytester.path / "recordings" / "test_flow" / "test_slow.jsonl").read_text()
+    streams = [line for line in content.splitlines() if line.startswith('{"event":"stream"')]
+    assert len(streams) == 1
+    if opt_in == "neither":
+        assert '"offsets":[]' in streams[0] and '"t":' not in content
+    else:
+        offsets = re.search(r'"offsets":\[([^\]]*)\]', streams[0])
+        assert offsets is not None and len(offsets[1].split(",")) >= 4
+        assert all(len(item.split(".")[-1]) <= 3 for item in offsets[1].split(","))  # rounded to milliseconds
+        assert '"t":' in content
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    if opt_in != "neither":
+        monkeypatch.setenv("AT_PACE", "0.025")  # the replay follows the recorded pace (4 tokens, 10 ms apart)
+        pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_new_episodes_records_a_test_without_llm_calls_once(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_plain="""
+from miniagents import InteractionContext, MiniAgents, miniagent
+
+
+@miniagent
+async def echo(ctx: InteractionContext) -> None:
+    ctx.reply(ctx.messages)
+
+
+async def test_echo(agent_replay):
+    async with MiniAgents(replay=agent_replay):
+        assert [str(reply) for reply in await echo.inquire("hi").aresolve_messages()] == ["hi"]
+"""
+    )
+    pytester.makeini(INI)
+    pytester.runpytest("--record-mode=new_episodes", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    recording = pytester.path / "recordings" / "test_plain" / "test_echo.jsonl"
+    assert recording.read_bytes().count(b'{"run":') == 1
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

@@ -15,7 +15,6 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import FIRST_ANSWER, LONG_ANSWER, SECOND_ANSWER, Recordings
 
-import store
 from replay.inspection.cli import cli, split_store_and_run
 from store import SQLiteStore
 
@@ -194,15 +193,6 @@ def test_otlp_json_export_is_the_same_file_twice(recordings: Recordings, tmp_pat
     assert b"gen_ai.input.messages" in with_content.read_bytes()
 
 
-def test_jsonl_export_without_the_text_recording_backend_says_what_it_needs(
-    recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delattr(store, "acopy", raising=False)
-    result = invoke("export", recordings.path, "--format", "jsonl", "-o", tmp_path / "run.jsonl")
-    one_line_error(result, 2, "jsonl needs store.acopy")
-    assert not (tmp_path / "run.jsonl").exists()
-
-
 def test_view_writes_one_self_contained_html_file(recordings: Recordings, tmp_path: Path) -> None:
     output = tmp_path / "run.html"
     result = invoke("view", recordings.path, recordings.first_run_id, "-o", output)
@@ -237,6 +227,12 @@ def test_usage_errors_are_one_line_with_exit_code_2(recordings: Recordings, tmp_
     one_line_error(invoke("export", recordings.path, "--format", "svg", "-o", tmp_path / "x"), 2, "'svg'")
     one_line_error(invoke("export", recordings.path, "--format", "chrome-trace"), 2, "needs -o FILE")
     one_line_error(invoke("frobnicate"), 2, "No such command 'frobnicate'")
+    (tmp_path / "notes.txt").write_text("not a store\n")
+    one_line_error(invoke("runs", tmp_path / "notes.txt"), 2, "notes.txt is not a SQLite database")
+    (tmp_path / "notes.jsonl").write_text('{"not": "a recording"}\n')
+    one_line_error(invoke("tree", tmp_path / "notes.jsonl"), 2, "notes.jsonl is not a miniagents text recording")
+    one_line_error(invoke("verify", tmp_path), 2, "it is a folder")
+    assert (tmp_path / "notes.txt").read_text() == "not a store\n"
     one_line_error(
         invoke("export", recordings.path, "--format", "chrome-trace", "-o", tmp_path / "no" / "dir.json"),
         1,

@@ -3,6 +3,7 @@ fake LLM server)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,21 @@ def test_every_command_reads_the_demo_recording(tmp_path: Path) -> None:
     }
     assert providers == {"openai"}
     assert invoke("gc", db) == "deleted 0 objects\n"
+
+    # the same recording as a text recording: every command reads it, and it is the same run
+    text = tmp_path / "agents.jsonl"
+    invoke("export", db, "-f", "jsonl", "-o", text)
+    assert invoke("runs", text).split("\t")[:2] == ["run-1", "ok"]
+    text_tree = invoke("tree", text)
+    assert text_tree.startswith("run run-1 ok (no times recorded), 5 calls")
+    untimed = [re.sub(r"( \d+(\.\d+)? m?s$|first token \d+(\.\d+)? m?s · )", "", line) for line in tree.splitlines()]
+    assert text_tree.splitlines()[1:] == untimed[1:]  # the same tree, without the times a text recording leaves out
+    text_events = [orjson.loads(line) for line in invoke("events", text).splitlines()]
+    assert [event["kind"] for event in text_events].count("call_finished") == 5
+    assert orjson.loads(invoke("show", text, reply["hash_key"]))["class_"] == "OpenAIMessage"
+    assert invoke("verify", text).endswith("no problems\n")
+    assert invoke("diff", db, text).strip().endswith("5 calls compared, no differences")
+    invoke("view", text, "-o", tmp_path / "demo-text.html")
+    invoke("export", text, "-f", "chrome-trace", "-o", tmp_path / "trace-text.json")
+    invoke("export", text, "-f", "otlp-json", "-o", tmp_path / "spans-text.json")
+    assert invoke("gc", text) == "deleted 0 objects\n"

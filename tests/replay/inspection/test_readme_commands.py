@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ from conftest import Recordings
 
 import store
 from replay.inspection.cli import cli
+from store import JSONLStore, SQLiteStore
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 
@@ -28,23 +30,33 @@ def test_the_readme_shows_every_command() -> None:
     assert set(cli.commands) == shown
 
 
+@pytest.mark.parametrize("form", ["sqlite", "jsonl"])
 def test_every_command_of_the_readme_runs(
-    recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
 ) -> None:
-    shutil.copy(recordings.path, tmp_path / "agents.db")
+    """On the SQLite store, and on the same runs as a text recording (whose runs are numbered `run-1`, ...)."""
+    if form == "sqlite":
+        shutil.copy(recordings.path, tmp_path / "agents.db")
+        run_id = recordings.first_run_id
+    else:
+        asyncio.run(store.acopy(SQLiteStore(recordings.path), JSONLStore(tmp_path / "agents.jsonl")))
+        run_id = "run-1"
     monkeypatch.chdir(tmp_path)
     [reply] = recordings.first.call_at("0.0.0").replies
     for command in readme_commands():
-        words = shlex.split(command.replace("RUN", recordings.first_run_id).replace("HASH", reply.hash_key))
+        if form == "jsonl":
+            command = command.replace("agents.db", "agents.jsonl")
+        words = shlex.split(command.replace("RUN", run_id).replace("HASH", reply.hash_key))
         assert words[0] == "miniagents"
         result = CliRunner().invoke(cli, words[1:], catch_exceptions=False)
-        if words[1] == "diff":
-            expected = 1  # the first run against the latest: they differ
-        elif "jsonl" in words:
-            expected = 0 if hasattr(store, "acopy") else 2  # needs the text-recording backend
-        else:
-            expected = 0
+        expected = 1 if words[1] == "diff" else 0  # diff: the first run against the latest, they differ
         assert result.exit_code == expected, f"{command}: {result.output}"
         assert result.stdout or result.stderr, command
     assert (tmp_path / "run.html").exists() and (tmp_path / "trace.json").exists()
     assert (tmp_path / "spans.json").exists()
+
+    async def aexported() -> tuple[list[str], bool]:
+        async with JSONLStore(tmp_path / "run.jsonl") as exported:
+            return [run.run_id for run in await exported.alist_runs()], (await exported.averify()).ok
+
+    assert asyncio.run(aexported()) == (["run-1"], True)  # the latest run, as a text recording

@@ -4,6 +4,7 @@ screenshot is taken (the one the README shows is `docs/viewer.png`; `make screen
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import struct
@@ -16,7 +17,8 @@ from typing import Optional
 import pytest
 from conftest import LONG_ANSWER, Recordings
 
-from replay.inspection import render_viewer, write_viewer
+from replay.inspection import RecordedRun, aload_run, render_viewer, write_viewer
+from store import JSONLStore, SQLiteStore, acopy
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "viewer.png"
 WINDOW = (1400, 900)
@@ -207,3 +209,25 @@ def test_a_screenshot_of_the_viewer_is_saved(recordings: Recordings, tmp_path: P
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, DOCS_SCREENSHOT)
     assert _png_size(DOCS_SCREENSHOT) == WINDOW
+
+
+def test_a_text_recording_without_times_shows_its_tree_and_says_it_has_no_waterfall(
+    recordings: Recordings, tmp_path: Path
+) -> None:
+    recording = tmp_path / "flow.jsonl"
+    asyncio.run(acopy(SQLiteStore(recordings.path), JSONLStore(recording), [recordings.first_run_id]))
+
+    async def aread() -> RecordedRun:
+        async with JSONLStore(recording) as store:
+            return await aload_run(store)
+
+    run = asyncio.run(aread())
+    assert not run.timed
+    done = run_chromium(write_viewer(run, tmp_path / "run.html"), tmp_path, "--dump-dom")
+    assert console_messages(done.stderr) == []
+    body = parse(done.stdout)
+    assert len(body.find("tree-node")) == len(run.calls)
+    assert "no times recorded" in body.by_id("summary").all_text()
+    waterfall = body.by_id("waterfall")
+    assert waterfall.find("wf-row") == [] and "holds no times" in waterfall.all_text()
+    assert " ms" not in "".join(node.all_text() for node in body.find("tree-row"))

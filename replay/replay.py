@@ -230,7 +230,7 @@ class Replay:
             )
             doomed = [run.run_id for run in runs if run.run_id == run_id]
         for doomed_run_id in doomed:
-            await self.store.adelete_run(doomed_run_id)
+            await self.store.adelete_run(doomed_run_id, force=True)  # its own recording: even a killed run goes
         await self.store.agc()
 
     async def _aclose_if_opened(self) -> None:

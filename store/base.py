@@ -11,6 +11,7 @@ import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Container, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -57,7 +58,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 1_000
 DEFAULT_FLUSH_INTERVAL = 0.1
+DEFAULT_MAX_PENDING_EVENTS = 10_000
+DEFAULT_MAX_PENDING_BYTES = 32 * 2**20
 _MAX_RETRY_DELAY = 5.0
+_FINISHED_RUNS_KEPT = 10_000
+_BACKPRESSURE_SLICE = 0.1
+"""Backpressure waits in slices this long (seconds), so that signals such as Ctrl-C get through meanwhile."""
 _RECENTLY_STORED_LIMIT = 1_000_000
 _MAX_BATCH_SIZE = 20_000
 """The most events one handed-over batch holds (a flush of a larger buffer hands over several batches)."""
@@ -287,6 +293,8 @@ class Batch:
     again (see `EventStore.nested_objects_to_restore`)."""
     written_generation: Optional[int] = None
     """The gc generation of the store when the batch was written (set by the backend)."""
+    size_bytes: int = 0
+    """The bytes the batch brings (objects and event data): what it holds in memory until it is written."""
 
     def __len__(self) -> int:
         return len(self.events)
@@ -309,6 +317,7 @@ class Batch:
             for hash_key, body in batch.objects.items():
                 merged.objects.setdefault(hash_key, body)
             merged.run_updates.extend(batch.run_updates)
+            merged.size_bytes += batch.size_bytes
             for run_id, count in batch.counts.items():
                 merged.counts[run_id] = merged.counts.get(run_id, 0) + count
         return merged
@@ -362,16 +371,36 @@ class EventStore(abc.ABC):
     raise `StoreWriteError`.
     """
 
-    def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, flush_interval: float = DEFAULT_FLUSH_INTERVAL):
+    def __init__(
+        self,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    ):
         if batch_size < 1:
             raise StoreUsageError(f"batch_size must be at least 1, got {batch_size}.")
         if not flush_interval > 0:
             raise StoreUsageError(f"flush_interval must be a positive number of seconds, got {flush_interval}.")
+        if max_pending_events < batch_size:
+            raise StoreUsageError(
+                f"max_pending_events ({max_pending_events}) must be at least batch_size ({batch_size})."
+            )
+        if max_pending_bytes < 1:
+            raise StoreUsageError(f"max_pending_bytes must be a positive number of bytes, got {max_pending_bytes}.")
         self._batch_size = batch_size
         self._flush_interval = flush_interval
+        self._max_pending_events = max_pending_events
+        self._max_pending_bytes = max_pending_bytes
+        self._in_flight_events = 0
+        self._in_flight_bytes = 0
         self._buffer: list[Event] = []
         self._finished_at: dict[str, float] = {}
         self._run_links: dict[str, bytes] = {}
+        self._finished_runs: dict[str, None] = {}
+        """Runs whose end this store object saw (`afinish_run`), oldest first, bounded: they may be deleted even if
+        no `run_finished` event marked them finished."""
         """Per run this store object writes: the link of its last event handed over (see `store.chain`)."""
         self._recently_stored: set[str] = set()
         """Hash keys this store object wrote (bounded): messages nested in later objects need no second look."""
@@ -496,7 +525,7 @@ class EventStore(abc.ABC):
     def pending_count(self) -> int:
         """How many appended events are not written yet (buffered, or handed over and still being written)."""
         self._settle()
-        return len(self._buffer) + sum(len(batch) for batch, _ in self._in_flight)
+        return len(self._buffer) + self._in_flight_events
 
     async def aopen(self: _StoreT) -> _StoreT:
         """Open the store (idempotent) and start its writer task."""
@@ -703,6 +732,32 @@ class EventStore(abc.ABC):
                 except Exception:  # the events stay buffered; the writer task's flush reports why
                     self._failing = True
                     self._wake_writer()
+                else:
+                    self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        """Backpressure: while more than `max_pending_events` events (or `max_pending_bytes` bytes) are handed over
+        and not written, block until the writer has written the oldest batch.
+
+        A producer that outruns the disk is slowed down to the disk's pace here instead of filling memory, and the
+        age of the oldest unwritten event stays bounded (a crash loses at most that much). The wait blocks the
+        event loop's thread, which is what lets a writer thread run: it no longer competes for the interpreter.
+        Only writers that do not need the event loop are waited for (`BatchWriter.writes_elsewhere`); a failed
+        write ends the wait (the events stay buffered, and flushing raises as usual).
+        """
+        writer = self._batch_writer
+        if writer is None or not writer.writes_elsewhere:
+            return
+        in_flight = self._in_flight
+        while in_flight and (
+            self._in_flight_events > self._max_pending_events or self._in_flight_bytes > self._max_pending_bytes
+        ):
+            future = in_flight[0][1]
+            if not future.done():
+                wait_futures([future], timeout=_BACKPRESSURE_SLICE)
+            self._settle()
+            if self._failing:
+                return
 
     @staticmethod
     def _check_event_hash_key(event: Event, hash_key: object, obj: Optional[Frozen] = None) -> None:
@@ -726,6 +781,9 @@ class EventStore(abc.ABC):
         cancelled flush still closes a store the run opened.
         """
         self._active_runs.discard(run_id)
+        self._finished_runs[run_id] = None
+        if len(self._finished_runs) > _FINISHED_RUNS_KEPT:
+            del self._finished_runs[next(iter(self._finished_runs))]
         try:
             await self.aflush()
         except BaseException as error:
@@ -1003,13 +1061,29 @@ class EventStore(abc.ABC):
             return [Problem("unreadable_object", f"Object {key} is not valid JSON.", hash_key=key)]
         return []
 
-    async def adelete_run(self, run_id: str) -> None:
-        """Delete a run and its events (not the objects: `agc()` removes those no run needs any more)."""
+    async def adelete_run(self, run_id: str, *, force: bool = False) -> None:
+        """Delete a run and its events (not the objects: `agc()` removes those no run needs any more).
+
+        A run still marked running that this store object did not see finish (its `MiniAgents` context has not
+        exited, in another process, or it was killed) is refused: deleting it would leave its writer a half run.
+        Pass `force=True` for a run whose process died (a killed run stays running); if its writer is in fact
+        alive, its next write fails with `StoreWriteError`.
+        """
         if run_id in self._active_runs:
             raise StoreUsageError(
                 f"Run {run_id!r} is still running in {self.location}; delete it after its MiniAgents context exits."
             )
         await self.aflush()
+        if (
+            not force
+            and run_id not in self._finished_runs
+            and (await self.aget_run(run_id)).status == RunStatus.RUNNING
+        ):
+            raise StoreUsageError(
+                f"Run {run_id!r} in {self.location} is still running (in another process, or it was killed): "
+                "deleting it now would cut it in half. Delete it once it finished, or with `force=True` if the "
+                "process that ran it is gone."
+            )
         async with self._flush_lock:
             if not await self._adelete_run_events(run_id):
                 raise self._unknown_run(run_id)
@@ -1155,6 +1229,8 @@ class EventStore(abc.ABC):
         while buffer:
             batch = self._prepare_batch(buffer[: self._max_batch_size])
             self._in_flight.append((batch, writer.submit(batch, self._generation)))
+            self._in_flight_events += len(batch)
+            self._in_flight_bytes += batch.size_bytes
             del buffer[: len(batch)]
 
     def _settle(self) -> Optional[BaseException]:
@@ -1169,6 +1245,8 @@ class EventStore(abc.ABC):
             error = future.exception()
             if error is None:
                 in_flight.popleft()
+                self._in_flight_events -= len(batch)
+                self._in_flight_bytes -= batch.size_bytes
                 self._note_written(batch)
                 continue
             self._failing = True  # nothing more is handed over until a flush tries again
@@ -1178,6 +1256,7 @@ class EventStore(abc.ABC):
             for failed, _ in reversed(in_flight):  # the chains resume where the first failed batch started them
                 self._run_links.update(failed.link_starts)
             in_flight.clear()
+            self._in_flight_events = self._in_flight_bytes = 0
             self._generation += 1
             return error
         return None
@@ -1220,11 +1299,14 @@ class EventStore(abc.ABC):
         generation = self._cache_generation if self._recently_stored else None
         batch = Batch(list(events), [], [], {}, [], {}, cache_generation=generation)
         objects, counts, links, run_links = batch.objects, batch.counts, batch.links, self._run_links
+        size = 0
         for event in events:
             hash_key, run_id, kind = event.hash_key, event.run_id, event.kind
             batch.hash_keys.append(hash_key)
             data = None if event.data is None else encode_data(event.data)
             batch.data.append(data)
+            if data is not None:
+                size += len(data)
             counts[run_id] = counts.get(run_id, 0) + 1
             previous = run_links.get(run_id)
             if previous is None:  # a run no `astart_run` of this store object announced
@@ -1239,14 +1321,18 @@ class EventStore(abc.ABC):
             if obj is not None and hash_key is not None and hash_key not in objects:
                 body = event.canonical_bytes or obj.encode_canonical()
                 objects[hash_key] = body
+                size += len(body)
                 if may_reference_messages(body):
                     known = _EitherContainer(objects, self._recently_stored)
                     for nested_key, nested_body in _nested_messages(obj, known):
-                        objects.setdefault(nested_key, nested_body)
+                        if nested_key not in objects:
+                            objects[nested_key] = nested_body
+                            size += len(nested_body)
             if kind is EventKind.RUN_STARTED or kind is EventKind.RUN_FINISHED:
                 update = run_update(event, data, self._finished_at.get(run_id))
                 if update is not None:
                     batch.run_updates.append((run_id, kind, update))
+        batch.size_bytes = size
         return batch
 
     async def _arun_writer(self) -> None:

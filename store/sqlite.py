@@ -28,6 +28,8 @@ from miniagents.promising.ext.frozen import CANONICAL_FORM_VERSION, HASH_ALGORIT
 from store.base import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_PENDING_EVENTS,
     Batch,
     EventStore,
     Problem,
@@ -217,6 +219,10 @@ class SQLiteStore(EventStore):
         for reading only, and only writing raises (`StoreWriteError`).
     :param batch_size: flush as soon as this many events are buffered.
     :param flush_interval: flush buffered events at least this often (seconds).
+    :param max_pending_events: at most this many events wait for the writer thread (handed over, not written);
+        beyond it `append` blocks until the writer caught up (backpressure), which bounds both the memory they hold
+        and how old the oldest unwritten event gets (what a crash can lose).
+    :param max_pending_bytes: the same bound in bytes of objects and event data.
     :param busy_timeout: how long (seconds) to keep retrying while other connections hold the write lock before
         a write fails with `StoreWriteError`.
     :param synchronous: SQLite's `synchronous` setting; `"NORMAL"` (default) survives process crashes, `"FULL"`
@@ -233,11 +239,18 @@ class SQLiteStore(EventStore):
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         busy_timeout: float = 60.0,
         synchronous: str = "NORMAL",
         inline_lookups: bool = True,
     ) -> None:
-        super().__init__(batch_size=batch_size, flush_interval=flush_interval)
+        super().__init__(
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_pending_events=max_pending_events,
+            max_pending_bytes=max_pending_bytes,
+        )
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
             raise StoreUsageError(
                 f"SQLiteStore needs a file path, got {str(path)!r}; use MemoryStore for a store in memory."
@@ -250,6 +263,9 @@ class SQLiteStore(EventStore):
         """How the reading connections open the file (`_LOCKED`, or `_IMMUTABLE` for a store that cannot be
         written here and has no `-shm` file)."""
         self._read_only: Optional[str] = None
+        self._run_rowids: dict[str, int] = {}
+        """Row ids of the runs this store object registered: the writer needs no statement to find them, and finds
+        out when one of them was deleted while it ran."""
         """Why the store cannot be written here, if it was opened for reading only."""
         self._open_key: Optional[tuple[int, int]] = None
         self._busy_timeout = busy_timeout
@@ -772,6 +788,7 @@ class SQLiteStore(EventStore):
             cursor = await db.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (run_id,))
             if cursor.rowcount == 0:
                 raise StoreUsageError(f"{self.path} already holds a run {run_id!r}; run ids must be unique.")
+            self._run_rowids[run_id] = int(cursor.lastrowid or 0)
 
         await self._atransaction(work, f"record the start of run {run_id!r}")
 
@@ -851,7 +868,7 @@ class SQLiteStore(EventStore):
             try:
                 row = connection.execute("SELECT value FROM meta WHERE key = 'gc_generation'").fetchone()
                 restored = nested_objects_to_restore(batches, int(row[0]) if row else 0)
-                rowids = _resolve_runs(connection, batch.counts)
+                rowids = _resolve_runs(connection, batch.counts, self._run_rowids)
                 for object_group in object_parameters:
                     connection.execute(_INSERT_OBJECTS, object_group)
                 for object_group in _object_parameters(restored) if restored else ():
@@ -869,10 +886,9 @@ class SQLiteStore(EventStore):
                             "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
                             (update.status, update.finished_at, update.error, rowids[run_id]),
                         )
-                connection.executemany(
-                    "UPDATE runs SET event_count = event_count + ? WHERE id = ?",
-                    [(count, rowids[run_id]) for run_id, count in batch.counts.items()],
-                )
+                counts = orjson.dumps([(rowids[run_id], count) for run_id, count in batch.counts.items()])
+                if connection.execute(_COUNT_EVENTS, (counts,)).rowcount != len(batch.counts):
+                    raise _RunDeleted(_missing_runs(connection, rowids))
                 _advance_chain(connection)
                 connection.execute("COMMIT")
             except BaseException:
@@ -892,6 +908,14 @@ class SQLiteStore(EventStore):
                 f"write {len(batch)} events",
                 "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
             ) from error
+        except _RunDeleted as deleted:
+            raise StoreWriteError(
+                f"Cannot write {len(batch)} events to {self.path}: run {', '.join(map(repr, deleted.runs))} was "
+                "deleted from the store while it was running (`adelete_run(..., force=True)`, maybe in another "
+                "process), so nothing of the batch was written. Finish the run in another store, or stop deleting "
+                "running runs.",
+                str(self.path),
+            ) from None
         self._writer_thread_state.checkpointer.note_written(
             event_bytes + sum(len(group["bodies"]) for group in object_parameters)
         )
@@ -1193,12 +1217,42 @@ def _busy_backoff(timeout: float) -> Iterator[Optional[float]]:
     yield None
 
 
-def _resolve_runs(connection: sqlite3.Connection, run_ids: Iterable[str]) -> dict[str, int]:
-    """The row ids of these runs, registering those that are missing (events of a run no `astart_run` announced)."""
-    wanted = list(run_ids)
+class _RunDeleted(Exception):
+    """Runs this store object registered are no longer in the file (deleted while running)."""
+
+    def __init__(self, runs: list[str]) -> None:
+        super().__init__(", ".join(runs))
+        self.runs = runs
+
+
+def _missing_runs(connection: sqlite3.Connection, rowids: dict[str, int]) -> list[str]:
+    present = {
+        row[0]
+        for row in connection.execute(
+            f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(rowids))})", list(rowids.values())
+        )
+    }
+    return sorted(run_id for run_id, rowid in rowids.items() if rowid not in present)
+
+
+_COUNT_EVENTS = """
+    UPDATE runs SET event_count = event_count + c.value ->> 1
+    FROM json_each(?) AS c WHERE runs.id = c.value ->> 0
+"""
+"""Adds each run's new events to its count, for every run of a transaction in one statement (one round trip to
+the interpreter, however many runs); fewer rows changed than runs given means a run row is gone."""
+
+
+def _resolve_runs(connection: sqlite3.Connection, run_ids: Iterable[str], known: dict[str, int]) -> dict[str, int]:
+    """The row ids of these runs: those this store object registered from `known` (no statement needed), the others
+    looked up, and registered if missing (events of a run no `astart_run` announced)."""
+    rowids = {run_id: known[run_id] for run_id in run_ids if run_id in known}
+    wanted = [run_id for run_id in run_ids if run_id not in rowids]
+    if not wanted:
+        return rowids
     placeholders = ", ".join("?" * len(wanted))
     rows = connection.execute(f"SELECT run_id, id FROM runs WHERE run_id IN ({placeholders})", wanted).fetchall()
-    rowids = {str(run_id): int(rowid) for run_id, rowid in rows}
+    rowids.update((str(run_id), int(rowid)) for run_id, rowid in rows)
     for run_id in wanted:
         if run_id not in rowids:
             cursor = connection.execute("INSERT INTO runs (run_id) VALUES (?)", (run_id,))

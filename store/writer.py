@@ -6,7 +6,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable, Sized
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Generic, Optional, TypeVar, Union
 
@@ -29,6 +29,10 @@ class BatchWriter(Generic[_BatchT]):
     :param write_batches: writes the batches it is given atomically (all of them or none), or raises.
     """
 
+    writes_elsewhere = False
+    """Whether batches are written without the event loop's thread (so a store may block that thread to wait for
+    them: backpressure)."""
+
     def __init__(self, write_batches: Callable[[list[_BatchT]], None]) -> None:
         self._write_batches = write_batches
         self._failed_generation: Optional[int] = None
@@ -46,20 +50,23 @@ class BatchWriter(Generic[_BatchT]):
         raise NotImplementedError
 
     def _write(self, batches: list[_BatchT], futures: list[Future[None]], generation: int) -> None:
-        """Write batches that were submitted one after another in one go, and settle their futures."""
+        """Write batches that were submitted one after another in one go, and settle their futures (a batch whose
+        future was cancelled is written all the same: the log's order does not depend on who still waits)."""
+        for future in futures:
+            future.set_running_or_notify_cancel()
         if self._failed_generation == generation:
             for future in futures:
-                future.set_exception(SkippedAfterFailure())
+                _settle(future, SkippedAfterFailure())
             return
         try:
             self._write_batches(batches)
         except BaseException as error:  # every failure reaches the store through the futures
             self._failed_generation = generation
             for future in futures:
-                future.set_exception(error)
+                _settle(future, error)
         else:
             for future in futures:
-                future.set_result(None)
+                _settle(future, None)
 
 
 class InlineBatchWriter(BatchWriter[_BatchT]):
@@ -72,10 +79,7 @@ class InlineBatchWriter(BatchWriter[_BatchT]):
 
     def call(self, function: Callable[[], _T]) -> Future[_T]:
         future: Future[_T] = Future()
-        try:
-            future.set_result(function())
-        except Exception as error:
-            future.set_exception(error)
+        _run_call(_CallJob(function, future))
         return future
 
     def stop(self) -> Future[None]:
@@ -113,6 +117,8 @@ class ThreadedBatchWriter(BatchWriter[_BatchT]):
     thread keeps up with a producer that holds the interpreter most of the time: it needs the interpreter a few
     times per transaction, however many batches that transaction holds.
     """
+
+    writes_elsewhere = True
 
     def __init__(
         self,
@@ -162,7 +168,7 @@ class ThreadedBatchWriter(BatchWriter[_BatchT]):
                     continue
                 job = self._write_from(job)
         finally:
-            self._stopped.set_result(None)
+            _settle(self._stopped, None)
 
     def _write_from(self, first: _BatchJob[_BatchT]) -> Optional[_Job[_BatchT]]:
         """Write `first` with the batches of its generation queued right behind it; return the job that ended the
@@ -186,10 +192,29 @@ class ThreadedBatchWriter(BatchWriter[_BatchT]):
 
 
 def _run_call(job: _CallJob) -> None:
+    """Run a call unless its future was cancelled before it started (then nothing of it happens)."""
+    if not job.future.set_running_or_notify_cancel():
+        return
     try:
-        job.future.set_result(job.function())
+        result = job.function()
     except BaseException as error:
         job.future.set_exception(error)
+    else:
+        job.future.set_result(result)
+
+
+def _settle(future: Future[Any], outcome: Any) -> None:
+    """Set a future's result, or its exception if `outcome` is one, unless it was cancelled (a waiter that gave up
+    must not make the writer thread fail)."""
+    if future.cancelled():
+        return
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:  # cancelled meanwhile
+        pass
 
 
 def weak_method(method: Callable[..., _T]) -> Callable[..., _T]:

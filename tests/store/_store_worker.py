@@ -64,6 +64,37 @@ async def acrash(path: str, run_id: str) -> None:
         print(appended - store.pending_count, flush=True)
 
 
+async def arun_until_told(path: str, run_id: str) -> None:
+    """Run a flow that keeps appending; print "running" once events are on disk, finish when stdin says so, and
+    print how the run's end went ("finished" or the error, on one line)."""
+    store = SQLiteStore(path, flush_interval=0.01)
+    stop = asyncio.Event()
+
+    async def aproduce() -> None:
+        index = 0
+        while not stop.is_set():
+            message = Message(text=f"message {index}")
+            store.append(Event(EventKind.MESSAGE, run_id, index / 1000, hash_key=message.hash_key, obj=message))
+            index += 1
+            await asyncio.sleep(0.001)
+
+    await store.astart_run(run_id)
+    producing = asyncio.ensure_future(aproduce())
+    await asyncio.sleep(0.2)
+    await store.aflush()
+    print("running", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    stop.set()
+    await producing
+    store.append(Event(EventKind.RUN_FINISHED, run_id, 9.0, data={"status": "ok", "error": None}))
+    try:
+        await store.afinish_run(run_id)
+    except StoreError as error:
+        print(f"{type(error).__name__}: {error}".replace("\n", " "), flush=True)
+    else:
+        print("finished", flush=True)
+
+
 async def aclasses(path: str) -> None:
     """Store messages of classes only this process defines; print their hash keys."""
     owner = Message(text="owner")
@@ -134,7 +165,7 @@ async def aread_only(path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["append", "crash", "classes", "create", "read-only"])
+    parser.add_argument("mode", choices=["append", "crash", "classes", "create", "read-only", "run-until-told"])
     parser.add_argument("path")
     parser.add_argument("--run-id", default="run")
     parser.add_argument("--count", type=int, default=2000)
@@ -146,6 +177,8 @@ def main() -> None:
         asyncio.run(aread_only(args.path))
     elif args.mode == "create":
         asyncio.run(acreate(args.run_id, args.repeat))
+    elif args.mode == "run-until-told":
+        asyncio.run(arun_until_told(args.path, args.run_id))
     elif args.mode == "crash":
         asyncio.run(acrash(args.path, args.run_id))
     else:

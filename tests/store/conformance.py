@@ -1069,7 +1069,10 @@ class StoreConformance:
         writer = await self.make_store().aopen()
         admin = await self.make_store().aopen() if self.separate_instances_share_data else writer
         try:
-            await arecord_events(writer, "old", [message_event("old", Message(text="old parent", ref=inner))])
+            finished = Event(EventKind.RUN_FINISHED, "old", 1.0, data={"status": "ok", "error": None})
+            await arecord_events(
+                writer, "old", [message_event("old", Message(text="old parent", ref=inner)), finished]
+            )
             await admin.adelete_run("old")
             assert await admin.agc() == 2  # the old parent and `inner`, which `writer` remembers having stored
             parent = Message(text="new parent", ref=inner)

@@ -27,6 +27,7 @@ from store import (
     SQLiteStore,
     StoreCorruptedError,
     StoreOpenError,
+    StoreUsageError,
     StoreWriteError,
     is_stand_in_class,
 )
@@ -581,3 +582,75 @@ async def test_a_store_of_schema_1_gets_its_events_linked_when_migrated(tmp_path
     async with SQLiteStore(path) as store:
         report = await store.averify()
     assert [(problem.kind, problem.seq) for problem in report.problems] == [("changed_event", middle.seq)]
+
+
+async def test_a_run_running_in_another_process_is_not_deleted_nor_left_half_and_ok(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    worker = run_worker("run-until-told", str(path), "--run-id", "busy")
+    assert worker.stdout is not None and worker.stdin is not None
+    try:
+        assert (await asyncio.to_thread(worker.stdout.readline)).strip() == "running"
+        async with SQLiteStore(path) as store:
+            with pytest.raises(StoreUsageError, match=r"'busy'.*still running.*force=True"):
+                await store.adelete_run("busy")
+            assert (await store.aget_run("busy")).event_count > 0  # untouched
+            await store.adelete_run("busy", force=True)  # as for a run whose process died
+            await store.agc()
+        worker.stdin.write("finish\n")
+        worker.stdin.flush()
+        outcome = (await asyncio.to_thread(worker.stdout.readline)).strip()
+    finally:
+        worker.kill()
+        worker.communicate()
+    assert (
+        outcome.startswith("StoreWriteError") and "'busy' was deleted from the store while it was running" in outcome
+    )
+    async with SQLiteStore(path) as store:
+        assert await store.alist_runs() == []  # not brought back with the events written after the deletion
+        assert (await store.averify()).ok
+
+
+# ------------------------------------------------------------------------------------------------------ backpressure
+
+
+async def test_a_producer_that_outruns_the_writer_is_slowed_down_not_buffered_without_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(tmp_path / "store.db", batch_size=100, max_pending_events=500, flush_interval=60)
+    real_write = store._write_batches
+
+    def slow_write(batches: Any) -> None:
+        time.sleep(0.02)  # a disk far slower than the producer
+        real_write(batches)
+
+    monkeypatch.setattr(store, "_write_batches", slow_write)
+    most_pending = 0
+    async with store:
+        await store.astart_run("run")
+        for index in range(3_000):  # no await: a producer that never yields
+            store.append(message_event("run", Message(text=f"message {index}")))
+            most_pending = max(most_pending, store.pending_count)
+        await store.afinish_run("run")
+        assert (await store.aget_run("run")).event_count == 3_000
+    assert most_pending <= 500 + 100  # the bound, plus the batch being filled (without it: all 3,000)
+
+
+async def test_the_pending_bound_in_bytes_holds_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteStore(tmp_path / "store.db", batch_size=10, max_pending_bytes=50_000, flush_interval=60)
+    real_write = store._write_batches
+    monkeypatch.setattr(store, "_write_batches", lambda batches: (time.sleep(0.005), real_write(batches)))
+    most_bytes = 0
+    async with store:
+        await store.astart_run("run")
+        for index in range(400):
+            store.append(message_event("run", Message(text=f"{index} " + "x" * 1_000)))
+            most_bytes = max(most_bytes, store._in_flight_bytes)
+        await store.afinish_run("run")
+    assert 0 < most_bytes <= 50_000 + 10 * 1_200  # the bound, plus one batch of ~1.1 KB messages
+
+
+def test_pending_bounds_are_checked() -> None:
+    with pytest.raises(StoreUsageError, match=r"max_pending_events \(10\) must be at least batch_size \(100\)"):
+        SQLiteStore("x.db", batch_size=100, max_pending_events=10)
+    with pytest.raises(StoreUsageError, match="max_pending_bytes must be a positive number of bytes, got 0"):
+        SQLiteStore("x.db", max_pending_bytes=0)

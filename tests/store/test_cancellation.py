@@ -1,0 +1,135 @@
+"""Cancelling a store while it opens or closes, at every point: no thread dies, none is left behind, and the store
+opens cleanly afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conformance import message_event
+
+from miniagents import Message
+from store import SQLiteStore
+
+
+@contextmanager
+def thread_failures() -> Iterator[list[str]]:
+    """Collect what any thread dies of while the block runs."""
+    failures: list[str] = []
+    previous = threading.excepthook
+
+    def hook(arguments: threading.ExceptHookArgs) -> None:
+        thread = arguments.thread.name if arguments.thread is not None else "?"
+        failures.append(f"{thread}: {arguments.exc_type.__name__}: {arguments.exc_value}")
+
+    threading.excepthook = hook
+    try:
+        yield failures
+    finally:
+        threading.excepthook = previous
+
+
+def store_threads() -> list[str]:
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith("miniagents store")]
+
+
+async def anothing_left(deadline: float = 5.0) -> list[str]:
+    """The store threads still alive once they had `deadline` seconds to stop."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("miniagents store"):
+            await asyncio.to_thread(thread.join, deadline)
+    return store_threads()
+
+
+async def acancel_at_every_point(step: Callable[[], Awaitable[object]]) -> int:
+    """Run `step` again and again, cancelling it after ever more loop iterations and time, until it finishes
+    before the cancellation; return how many runs were cancelled."""
+    cancelled = 0
+    for attempt in range(400):
+        task = asyncio.ensure_future(step())
+        for _ in range(attempt % 40):
+            await asyncio.sleep(0)
+        if attempt >= 40:  # then ever longer waits: 0.2 ms growing by 5 % per attempt (0.5 s by attempt 200)
+            await asyncio.sleep(0.0002 * 1.05 ** (attempt - 40))
+        if task.done():
+            await task
+            return cancelled
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            cancelled += 1
+    raise AssertionError("the step never finished before its cancellation")
+
+
+async def test_cancelling_an_opening_store_leaks_no_thread_and_kills_none(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SQLiteStore(path):
+        pass  # created: the openings below only open
+    stores: list[SQLiteStore] = []
+
+    async def aopen() -> None:
+        store = SQLiteStore(path)
+        stores.append(store)
+        await store.aopen()
+
+    with thread_failures() as failures:
+        cancelled = await acancel_at_every_point(aopen)
+        for store in stores:
+            await store.aclose()
+        assert await anothing_left() == []
+    assert failures == []
+    assert cancelled > 0
+    async with SQLiteStore(path) as store:
+        assert (await store.averify()).ok
+
+
+async def test_cancelling_a_closing_store_leaks_no_thread_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    stores: list[SQLiteStore] = []
+    appended: list[str] = []
+
+    async def arecord_and_close() -> None:
+        store = SQLiteStore(path, flush_interval=60)
+        stores.append(store)
+        await store.aopen()
+        run_id = f"run {len(stores)}"
+        await store.astart_run(run_id)
+        message = Message(text=f"message {len(stores)}")
+        store.append(message_event(run_id, message))
+        appended.append(message.hash_key)
+        await store.aclose()  # the close writes the buffered event, whenever it is cancelled
+
+    with thread_failures() as failures:
+        cancelled = await acancel_at_every_point(arecord_and_close)
+        for store in stores:
+            await store.aclose()
+        assert await anothing_left() == []
+    assert failures == []
+    assert cancelled > 0 and appended
+    async with SQLiteStore(path) as store:
+        assert (await store.averify()).ok
+        stored = {event.hash_key for event in await store.aget_events()}
+    assert set(appended) <= stored
+
+
+@pytest.mark.parametrize("times", [1, 3])
+async def test_a_cancelled_wait_for_a_write_does_not_stop_the_writer(tmp_path: Path, times: int) -> None:
+    with thread_failures() as failures:
+        async with SQLiteStore(tmp_path / "store.db", flush_interval=60) as store:
+            await store.astart_run("run")
+            for index in range(times):
+                store.append(message_event("run", Message(text=f"m{index}")))
+                flush = asyncio.ensure_future(store.aflush())
+                await asyncio.sleep(0)
+                flush.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await flush
+            await store.afinish_run("run")
+            assert len(await store.aget_events("run")) == times
+        assert await anothing_left() == []
+    assert failures == []

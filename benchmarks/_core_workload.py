@@ -21,7 +21,9 @@ from typing import Any
 #   "pypi14": the 0.0.14 wheel on PyPI: `agent.inquire(...)`, but `ctx.message_promises` and `await reply.aresolve()`
 #             (there is no `aresolve_messages()` in the published wheel)
 #   "v35":    MiniAgents 0.0.35: `agent.trigger(...)`, `ctx.message_promises`, `await reply.aresolve()`
-APIS = ("seed14", "pypi14", "v35")
+#   "asyncio": no framework: the same echo call written with a plain asyncio task and queue (the floor a framework
+#             is read against)
+APIS = ("seed14", "pypi14", "v35", "asyncio")
 PAYLOAD_1KB = "x" * 1024
 
 
@@ -64,8 +66,85 @@ def _incoming_promises(ctx: Any) -> Any:
     return ctx.message_promises
 
 
+class _PlainMessage:
+    """A message as plain asyncio code would pass one: text and fields, hashed like a `Message`."""
+
+    def __init__(self, text: str, **fields: Any) -> None:
+        self.text = text
+        self.fields = fields
+
+    @property
+    def hash_key(self) -> str:
+        import blake3
+        import orjson
+
+        body = orjson.dumps({"text": self.text, **self.fields}, option=orjson.OPT_SORT_KEYS)
+        return blake3.blake3(body).hexdigest()[:40]
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _PlainContext:
+    """What an agent function gets in plain asyncio: its input and a queue for its replies."""
+
+    def __init__(self, messages: Any, replies: asyncio.Queue[Any]) -> None:
+        self.messages = messages
+        self.replies = replies
+
+    def reply(self, message: Any) -> None:
+        self.replies.put_nowait(message)
+
+
+class _PlainCall:
+    """One agent call: a task running the agent, the replies it queued, None when it is done."""
+
+    def __init__(self, agent: Callable[[_PlainContext], Awaitable[None]], messages: Any) -> None:
+        self.replies: asyncio.Queue[Any] = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._arun(agent, messages))
+
+    async def _arun(self, agent: Callable[[_PlainContext], Awaitable[None]], messages: Any) -> None:
+        try:
+            await agent(_PlainContext(messages, self.replies))
+        finally:
+            self.replies.put_nowait(None)
+
+    async def aresolve(self) -> tuple[Any, ...]:
+        collected = []
+        while (message := await self.replies.get()) is not None:
+            collected.append(message)
+        return tuple(collected)
+
+
+class _NoContext:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        return None
+
+
+def _plain_asyncio_api() -> Api:
+    async def echo(ctx: _PlainContext) -> None:
+        ctx.reply(ctx.messages)
+
+    return Api(
+        miniagents_cls=_NoContext,
+        message_cls=_PlainMessage,
+        miniagent=lambda function: function,
+        echo=echo,
+        call=lambda agent, messages: _PlainCall(agent, messages),
+        resolve=lambda call: call.aresolve(),
+        incoming=lambda ctx: ctx.messages,
+        module_file="(plain asyncio)",
+        version=sys.version.split()[0],
+    )
+
+
 def load_api(api: str) -> Api:
     """Import the library under test and build an echo agent using the requested API flavour."""
+    if api == "asyncio":
+        return _plain_asyncio_api()
     # imported dynamically: which `miniagents` this is depends on the interpreter / PYTHONPATH of the subprocess
     package = importlib.import_module("miniagents")
     messages_module = importlib.import_module("miniagents.messages")

@@ -14,7 +14,7 @@ from miniagents import InteractionContext, Message, MiniAgents, miniagent
 from miniagents.ext.llm.stand_in import stand_in_llm_agent
 from miniagents.redaction import REDACTION, name_words
 from replay import aload_tree
-from store import SQLiteStore
+from store import open_store
 
 
 class Planted:
@@ -45,8 +45,9 @@ def store_bytes(path: Path) -> bytes:
     return b"".join(file.read_bytes() for file in sorted(path.parent.glob(path.name + "*")))
 
 
+@pytest.mark.parametrize("file_name", ["secrets.db", "secrets.jsonl"])  # a SQLite store, a text recording
 async def test_secrets_planted_in_more_than_30_places_never_reach_the_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_name: str
 ) -> None:
     plant = Planted()
     monkeypatch.setenv("OPENAI_API_KEY", plant("environment: OPENAI_API_KEY", "sk-proj-"))
@@ -80,8 +81,8 @@ async def test_secrets_planted_in_more_than_30_places_never_reach_the_store(
         "headers": {"x-api-key": plant("metadata: x-api-key header")},
         "auth": plant("metadata: auth"),
     }
-    path = tmp_path / "secrets.db"
-    async with MiniAgents(store=SQLiteStore(path), run_metadata=metadata):
+    path = tmp_path / file_name
+    async with MiniAgents(store=open_store(path), run_metadata=metadata):
         messages = [
             Message("plain", api_key=plant("field: api_key")),
             Message("camel", openaiApiKey=plant("field: openaiApiKey")),
@@ -121,7 +122,7 @@ async def test_secrets_planted_in_more_than_30_places_never_reach_the_store(
     assert found == [], found
 
     # what is not secret is kept, and the store still verifies
-    async with SQLiteStore(path) as store:
+    async with open_store(path) as store:
         assert (await store.averify()).ok
         [run] = await store.alist_runs()
         assert run.metadata["argv"][3:] == ["--model", "m"]

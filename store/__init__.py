@@ -1,5 +1,5 @@
-"""The content-addressed, append-only event store: `SQLiteStore`, `JSONLStore`, `MemoryStore`, `open_store`, `acopy`
-and what they return."""
+"""The content-addressed, append-only event store: `SQLiteStore`, `JSONLStore`, `PostgresStore`, `MemoryStore`,
+`open_store`, `acopy` and what they return."""
 
 from store.base import EventStore, Problem, RunInfo, RunStatus, VerifyReport
 from store.copying import acopy
@@ -21,6 +21,7 @@ from store.errors import (
 from store.jsonl import JSONLStore
 from store.memory import MemoryStore
 from store.opening import open_store, register_scheme, register_suffix
+from store.postgres import PostgresStore
 from store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "JSONLStore",
     "MemoryStore",
     "ObjectDecoder",
+    "PostgresStore",
     "Problem",
     "RunInfo",
     "RunStatus",

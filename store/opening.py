@@ -12,6 +12,7 @@ from store.base import EventStore
 from store.errors import StoreUsageError
 from store.jsonl import JSONLStore
 from store.memory import MemoryStore
+from store.postgres import PostgresStore
 from store.sqlite import SQLiteStore
 
 StoreFactory = Callable[..., EventStore]
@@ -36,8 +37,10 @@ def open_store(target: Union[str, os.PathLike[str], EventStore], **options: Any)
     to `MiniAgents(store=...)` (which opens and closes it).
 
     `target` is a URL or a path: `memory://` (a `MemoryStore`), `sqlite:///relative.db` or `sqlite:////abs.db`,
-    a path ending in a suffix a backend registered (`*.jsonl`: a text recording), or any other path (a
-    `SQLiteStore`). An `EventStore` is returned as it is. `options` go to the store's constructor.
+    `postgresql://user:password@host:5432/database` or `postgres://...` (a `PostgresStore`; `?schema=name` picks
+    the PostgreSQL schema of its tables, `miniagents` by default), a path ending in a suffix a backend registered
+    (`*.jsonl`: a text recording), or any other path (a `SQLiteStore`). An `EventStore` is returned as it is.
+    `options` go to the store's constructor.
     """
     if isinstance(target, EventStore):
         if options:
@@ -83,4 +86,6 @@ def _sqlite_store(url: str, **options: Any) -> EventStore:
 
 register_scheme("memory", _memory_store)
 register_scheme("sqlite", _sqlite_store)
+register_scheme("postgresql", PostgresStore)
+register_scheme("postgres", PostgresStore)
 register_suffix(".jsonl", JSONLStore)

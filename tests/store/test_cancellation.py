@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,16 +34,21 @@ def thread_failures() -> Iterator[list[str]]:
         threading.excepthook = previous
 
 
-def store_threads() -> list[str]:
-    return [thread.name for thread in threading.enumerate() if thread.name.startswith("miniagents store")]
+def store_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """The store threads started since `before` was taken (threads other tests left are not this test's)."""
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread.name.startswith("miniagents store") and thread not in before
+    ]
 
 
-async def anothing_left(deadline: float = 5.0) -> list[str]:
-    """The store threads still alive once they had `deadline` seconds to stop."""
-    for thread in threading.enumerate():
-        if thread.name.startswith("miniagents store"):
-            await asyncio.to_thread(thread.join, deadline)
-    return store_threads()
+async def anothing_left(before: set[threading.Thread], deadline: float = 5.0) -> list[str]:
+    """The names of the store threads started since `before` that are still alive after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    for thread in store_threads(before):
+        await asyncio.to_thread(thread.join, max(0.0, end - time.monotonic()))
+    return [thread.name for thread in store_threads(before)]
 
 
 async def acancel_at_every_point(step: Callable[[], Awaitable[object]]) -> int:
@@ -77,11 +83,12 @@ async def test_cancelling_an_opening_store_leaks_no_thread_and_kills_none(tmp_pa
         stores.append(store)
         await store.aopen()
 
+    before = set(threading.enumerate())
     with thread_failures() as failures:
         cancelled = await acancel_at_every_point(aopen)
         for store in stores:
             await store.aclose()
-        assert await anothing_left() == []
+        assert await anothing_left(before) == []
     assert failures == []
     assert cancelled > 0
     async with SQLiteStore(path) as store:
@@ -104,11 +111,12 @@ async def test_cancelling_a_closing_store_leaks_no_thread_and_loses_nothing(tmp_
         appended.append(message.hash_key)
         await store.aclose()  # the close writes the buffered event, whenever it is cancelled
 
+    before = set(threading.enumerate())
     with thread_failures() as failures:
         cancelled = await acancel_at_every_point(arecord_and_close)
         for store in stores:
             await store.aclose()
-        assert await anothing_left() == []
+        assert await anothing_left(before) == []
     assert failures == []
     assert cancelled > 0 and appended
     async with SQLiteStore(path) as store:
@@ -119,6 +127,7 @@ async def test_cancelling_a_closing_store_leaks_no_thread_and_loses_nothing(tmp_
 
 @pytest.mark.parametrize("times", [1, 3])
 async def test_a_cancelled_wait_for_a_write_does_not_stop_the_writer(tmp_path: Path, times: int) -> None:
+    before = set(threading.enumerate())
     with thread_failures() as failures:
         async with SQLiteStore(tmp_path / "store.db", flush_interval=60) as store:
             await store.astart_run("run")
@@ -131,5 +140,5 @@ async def test_a_cancelled_wait_for_a_write_does_not_stop_the_writer(tmp_path: P
                     await flush
             await store.afinish_run("run")
             assert len(await store.aget_events("run")) == times
-        assert await anothing_left() == []
+        assert await anothing_left(before) == []
     assert failures == []

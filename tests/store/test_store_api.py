@@ -19,6 +19,7 @@ def test_exported_members() -> None:
         "JSONLStore",
         "MemoryStore",
         "ObjectDecoder",
+        "PostgresStore",
         "Problem",
         "RunInfo",
         "RunStatus",

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conformance import message_event
 
 from miniagents import Message
 from store import SQLiteStore
+from store.testing import message_event
 
 
 @contextmanager

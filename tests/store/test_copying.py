@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conformance import arecord_events, message_event, replier
 
 from miniagents import Message, MiniAgents
 from miniagents.events import Event, EventKind
@@ -21,6 +20,7 @@ from store import (
     acopy,
     open_store,
 )
+from store.testing import arecord_events, message_event, replier
 
 
 async def arecorded(store: EventStore, runs: int = 2) -> list[str]:

@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 import orjson
 import pytest
-from conformance import StoreConformance, arecord_events, message_event
 
 from miniagents import InteractionContext, Message, MiniAgents, miniagent
 from miniagents.events import Event, EventKind
@@ -29,6 +28,7 @@ from store import (
     StoreWriteError,
 )
 from store.jsonl_format import parse, split_text
+from store.testing import StoreConformance, arecord_events, message_event
 
 
 def file_lines(path: Path) -> list[bytes]:

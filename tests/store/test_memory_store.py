@@ -2,17 +2,13 @@
 
 from typing import Any, Optional
 
-from conformance import StoreConformance
-
 from store import EventStore, MemoryStore
+from store.testing import StoreConformance
 
 
 class TestMemoryStore(StoreConformance):
     def make_store(self, **options: Any) -> EventStore:
         return MemoryStore(**options)
-
-    def reopened(self, store: EventStore) -> EventStore:
-        return store
 
     async def acorrupt_object(self, store: EventStore, hash_key: str, body: Optional[bytes]) -> None:
         assert isinstance(store, MemoryStore)

@@ -14,7 +14,6 @@ from typing import Any, Optional
 
 import asyncpg
 import pytest
-from conformance import StoreConformance, arecord_events, arun_flow, message_event
 from test_cancellation import acancel_at_every_point, anothing_left, thread_failures
 
 import miniagents
@@ -32,6 +31,7 @@ from store import (
     open_store,
 )
 from store import postgres as postgres_module
+from store.testing import StoreConformance, arecord_events, arun_flow, message_event
 
 WORKER = Path(__file__).with_name("_postgres_worker.py")
 

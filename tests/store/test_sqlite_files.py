@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conformance import message_event
 from test_sqlite_store import WORKER, akill_writer_after, query, store_files
 
 from miniagents import Message, MiniAgents
@@ -26,6 +25,7 @@ from miniagents.ext.llm.stand_in import stand_in_llm_agent
 from replay import Replay
 from store import SQLiteStore, StoreCorruptedError, StoreOpenError, StoreWriteError
 from store import sqlite as sqlite_module
+from store.testing import message_event
 
 RECORDED_LLM = stand_in_llm_agent.fork(reply="a recorded answer")
 """The same fork as `_store_worker.RECORDED_LLM` (not imported: no test imports the worker)."""

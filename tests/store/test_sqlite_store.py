@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conformance import StoreConformance, arecord_events, arun_flow, message_event
 
 import miniagents
 from miniagents import EventSinkError, InteractionContext, Message, MiniAgents, miniagent
@@ -32,6 +31,7 @@ from store import (
     is_stand_in_class,
 )
 from store import sqlite as sqlite_module
+from store.testing import StoreConformance, arecord_events, arun_flow, message_event
 
 WORKER = Path(__file__).with_name("_store_worker.py")
 
@@ -41,10 +41,6 @@ class TestSQLiteStore(StoreConformance):
 
     def make_store(self, **options: Any) -> EventStore:
         return SQLiteStore(self.tmp_path / "store.db", **options)
-
-    def reopened(self, store: EventStore) -> EventStore:
-        assert isinstance(store, SQLiteStore)
-        return SQLiteStore(store.path)
 
     async def acorrupt_object(self, store: EventStore, hash_key: str, body: Optional[bytes]) -> None:
         assert isinstance(store, SQLiteStore)

@@ -15,7 +15,7 @@ from concurrent.futures import wait as wait_futures
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, Union
 
 import orjson
 
@@ -61,7 +61,10 @@ DEFAULT_FLUSH_INTERVAL = 0.1
 DEFAULT_MAX_PENDING_EVENTS = 10_000
 DEFAULT_MAX_PENDING_BYTES = 32 * 2**20
 _MAX_RETRY_DELAY = 5.0
-_FINISHED_RUNS_KEPT = 10_000
+_RUNS_REMEMBERED = 10_000
+"""How many runs a store object remembers the last link and the end of (the oldest are forgotten first)."""
+_BACKPRESSURE_MAX_WAIT = 1.0
+"""The longest one backpressure wait blocks the event loop (seconds)."""
 _BACKPRESSURE_SLICE = 0.1
 """Backpressure waits in slices this long (seconds), so that signals such as Ctrl-C get through meanwhile."""
 _RECENTLY_STORED_LIMIT = 1_000_000
@@ -398,10 +401,11 @@ class EventStore(abc.ABC):
         self._buffer: list[Event] = []
         self._finished_at: dict[str, float] = {}
         self._run_links: dict[str, bytes] = {}
+        """Per run this store object writes: the link of its last event handed over (see `store.chain`); the oldest
+        runs are forgotten beyond `_RUNS_REMEMBERED`."""
         self._finished_runs: dict[str, None] = {}
         """Runs whose end this store object saw (`afinish_run`), oldest first, bounded: they may be deleted even if
         no `run_finished` event marked them finished."""
-        """Per run this store object writes: the link of its last event handed over (see `store.chain`)."""
         self._recently_stored: set[str] = set()
         """Hash keys this store object wrote (bounded): messages nested in later objects need no second look."""
         self._cache_generation: Optional[int] = None
@@ -558,7 +562,7 @@ class EventStore(abc.ABC):
             except BaseException:
                 await self._aclose_storage()
                 raise
-            self._in_flight.clear()
+            self._forget_in_flight()
             self._flush_lock = asyncio.Lock()
             self._stopping = False
             self._failing = False
@@ -615,7 +619,7 @@ class EventStore(abc.ABC):
             lost = self.pending_count
             self._is_open = False  # from here on `append` refuses: nothing more can slip into the buffer
             self._buffer = []
-            self._in_flight.clear()
+            self._forget_in_flight()
             batch_writer, self._batch_writer = self._batch_writer, None
             self._opened_by_run = False
             self._active_runs.clear()
@@ -741,23 +745,35 @@ class EventStore(abc.ABC):
 
         A producer that outruns the disk is slowed down to the disk's pace here instead of filling memory, and the
         age of the oldest unwritten event stays bounded (a crash loses at most that much). The wait blocks the
-        event loop's thread, which is what lets a writer thread run: it no longer competes for the interpreter.
-        Only writers that do not need the event loop are waited for (`BatchWriter.writes_elsewhere`); a failed
-        write ends the wait (the events stay buffered, and flushing raises as usual).
+        event loop's thread (every agent of the process waits), which is what lets a writer thread run: it no
+        longer competes for the interpreter. Only writers that do not need the event loop are waited for
+        (`BatchWriter.writes_elsewhere`), never while this store holds a transaction that needs the loop to end
+        (`_holds_loop_transaction`: the writer would wait for it), and at most `_BACKPRESSURE_MAX_WAIT` seconds at a
+        time (a writer held up by another connection's lock must not freeze the loop); a failed write ends the wait
+        (the events stay buffered, and flushing raises as usual).
         """
         writer = self._batch_writer
-        if writer is None or not writer.writes_elsewhere:
+        if writer is None or not writer.writes_elsewhere or self._holds_loop_transaction():
             return
         in_flight = self._in_flight
+        deadline = time.monotonic() + _BACKPRESSURE_MAX_WAIT
         while in_flight and (
             self._in_flight_events > self._max_pending_events or self._in_flight_bytes > self._max_pending_bytes
         ):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
             future = in_flight[0][1]
             if not future.done():
-                wait_futures([future], timeout=_BACKPRESSURE_SLICE)
+                wait_futures([future], timeout=min(left, _BACKPRESSURE_SLICE))
             self._settle()
             if self._failing:
                 return
+
+    def _holds_loop_transaction(self) -> bool:
+        """Whether this store has a write transaction open that only the event loop can finish (a backend that
+        writes some transactions from the loop says so: backpressure must not block the loop then)."""
+        return False
 
     @staticmethod
     def _check_event_hash_key(event: Event, hash_key: object, obj: Optional[Frozen] = None) -> None:
@@ -782,7 +798,7 @@ class EventStore(abc.ABC):
         """
         self._active_runs.discard(run_id)
         self._finished_runs[run_id] = None
-        if len(self._finished_runs) > _FINISHED_RUNS_KEPT:
+        if len(self._finished_runs) > _RUNS_REMEMBERED:
             del self._finished_runs[next(iter(self._finished_runs))]
         try:
             await self.aflush()
@@ -1030,11 +1046,15 @@ class EventStore(abc.ABC):
     def _event_problems(event: StoredEvent, problems: list[Problem]) -> list[str]:
         """The hash keys the event's data names; a problem added if its data is not its kind's payload."""
         try:
-            refs, malformed = event_references(event.kind, event.data)
+            refs, malformed = event_references(_known_kind(event.kind), event.data)
         except orjson.JSONDecodeError as error:
             refs, malformed = [], f"it is not valid JSON ({error})"
         if malformed is not None:
-            kind = event.kind.value if event.kind is not None else "of an unknown kind"
+            kind = (
+                event.kind.value
+                if isinstance(event.kind, EventKind)
+                else f"{event.kind}, a kind this library does not know"
+            )
             problems.append(
                 Problem(
                     "malformed_event",
@@ -1103,7 +1123,7 @@ class EventStore(abc.ABC):
                     if event.hash_key is not None:
                         reachable.add(event.hash_key)
                     try:
-                        reachable.update(event_references(event.kind, event.data)[0])
+                        reachable.update(event_references(_known_kind(event.kind), event.data)[0])
                     except orjson.JSONDecodeError:
                         raise StoreReadError(
                             f"Event {event.seq} in {self.location} has data that is not valid JSON, so what it refers "
@@ -1255,11 +1275,15 @@ class EventStore(abc.ABC):
             self._buffer[:0] = [event for failed, _ in in_flight for event in failed.events]
             for failed, _ in reversed(in_flight):  # the chains resume where the first failed batch started them
                 self._run_links.update(failed.link_starts)
-            in_flight.clear()
-            self._in_flight_events = self._in_flight_bytes = 0
+            self._forget_in_flight()
             self._generation += 1
             return error
         return None
+
+    def _forget_in_flight(self) -> None:
+        """No batch is in flight any more (they came back to the buffer, or the store closed): so say the counts."""
+        self._in_flight.clear()
+        self._in_flight_events = self._in_flight_bytes = 0
 
     def _note_written(self, batch: Batch) -> None:
         generation = batch.written_generation
@@ -1276,8 +1300,6 @@ class EventStore(abc.ABC):
         for event in batch.events:
             if event.kind is EventKind.RUN_FINISHED:
                 self._finished_at.pop(event.run_id, None)
-                if event.run_id not in self._active_runs:
-                    self._run_links.pop(event.run_id, None)
 
     def _flush_error(self, error: BaseException) -> StoreError:
         """What a failed flush raises: the store's own error with the number of events still unwritten."""
@@ -1313,9 +1335,11 @@ class EventStore(abc.ABC):
                 previous = first_link(run_id)
             if run_id not in batch.link_starts:
                 batch.link_starts[run_id] = previous
-            link = run_links[run_id] = next_link(
-                previous, kind, event.t, hash_key, event.call_id, event.parent_call_id, data
-            )
+            link = next_link(previous, kind, event.t, hash_key, event.call_id, event.parent_call_id, data)
+            run_links.pop(run_id, None)  # the newest run last: the oldest is forgotten first
+            run_links[run_id] = link
+            if len(run_links) > _RUNS_REMEMBERED:
+                del run_links[next(iter(run_links))]
             links.append(link)
             obj = event.obj
             if obj is not None and hash_key is not None and hash_key not in objects:
@@ -1360,6 +1384,10 @@ class EventStore(abc.ABC):
             except StoreError as error:
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
                 logger.warning("%s; retrying in %.1f s", error, delay)
+
+
+def _known_kind(kind: Union[EventKind, str]) -> Optional[EventKind]:
+    return kind if isinstance(kind, EventKind) else None
 
 
 def _chain_problems(found: Iterable[ChainProblem]) -> list[Problem]:

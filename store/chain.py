@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import orjson
 from blake3 import blake3
@@ -24,11 +24,11 @@ LINK_SIZE = 16
 
 
 class StoredEvent(NamedTuple):
-    """One event as a backend stores it (`kind` None: a kind this library does not know)."""
+    """One event as a backend stores it (`kind`: the name as stored for a kind this library does not know)."""
 
     seq: int
     run_id: str
-    kind: Optional[EventKind]
+    kind: Union[EventKind, str]
     t: float
     hash_key: Optional[str]
     call_id: Optional[int]
@@ -44,16 +44,19 @@ def first_link(run_id: str) -> bytes:
 
 def next_link(
     previous: bytes,
-    kind: EventKind,
-    t: float,
+    kind: Union[EventKind, str],
+    t: Optional[float],
     hash_key: Optional[str],
     call_id: Optional[int],
     parent_call_id: Optional[int],
     data: Optional[bytes],
 ) -> bytes:
-    """The link of an event that follows `previous` in its run. `t` counts to the nanosecond (a backend may keep
-    it as a decimal number); `data` is hashed as stored, after a header that cannot contain a newline."""
-    header = orjson.dumps((kind.value, f"{t:.9f}", hash_key, call_id, parent_call_id, data is not None))
+    """The link of an event that follows `previous` in its run: its kind by name (so kinds a later version adds
+    are linked too), `t` to the nanosecond (a backend may keep it as a decimal number; -0.0 as 0.0; None for a
+    time that is not a number), and `data` as stored, after a header that cannot contain a newline."""
+    name = kind.value if isinstance(kind, EventKind) else kind
+    time = None if t is None else f"{t + 0.0:.9f}"
+    header = orjson.dumps((name, time, hash_key, call_id, parent_call_id, data is not None))
     return blake3(previous + header + b"\n" + (data or b"")).digest()[:LINK_SIZE]
 
 
@@ -63,8 +66,6 @@ class _RunState:
     count: int = 0
     broken_at: Optional[int] = None
     """Seq of the first event whose link did not hold (later events are not reported again)."""
-    unchecked: bool = False
-    """An event of an unknown kind came: the links after it cannot be checked by this library."""
 
 
 @dataclass
@@ -90,10 +91,7 @@ class ChainCheck:
             if state is None:
                 state = runs[event.run_id] = _RunState(first_link(event.run_id))
             state.count += 1
-            if state.broken_at is not None or state.unchecked:
-                continue
-            if event.kind is None:
-                state.unchecked = True
+            if state.broken_at is not None:
                 continue
             expected = next_link(
                 state.link, event.kind, event.t, event.hash_key, event.call_id, event.parent_call_id, event.data
@@ -101,11 +99,12 @@ class ChainCheck:
             if event.link != expected:
                 state.broken_at = event.seq
                 what = "has no link" if event.link is None else "does not match its link"
+                kind = event.kind.value if isinstance(event.kind, EventKind) else event.kind
                 self.problems.append(
                     ChainProblem(
                         event.run_id,
                         event.seq,
-                        f"Event {event.seq} of run {event.run_id!r} ({event.kind.value}) {what}: it, or an event "
+                        f"Event {event.seq} of run {event.run_id!r} ({kind}) {what}: it, or an event "
                         "of the run before it, was changed, removed or inserted after it was written.",
                     )
                 )

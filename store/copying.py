@@ -11,7 +11,7 @@ from miniagents.events import Event
 from miniagents.promising.ext.frozen import Frozen
 from store.base import EventStore, event_references
 from store.decoding import body_references
-from store.errors import StoreUsageError, UnknownHashError
+from store.errors import StoreIntegrityError, StoreUsageError, UnknownHashError
 
 
 async def acopy(source: EventStore, target: EventStore, run_ids: Optional[Iterable[str]] = None) -> list[str]:
@@ -21,8 +21,10 @@ async def acopy(source: EventStore, target: EventStore, run_ids: Optional[Iterab
     Objects keep their canonical bytes, so every hash key, call key and run fingerprint is the same in `target`
     (a text recording then writes runs as it writes every run: see `JSONLStore`). A store that is not open is
     opened for the copy and closed after it. Refused before anything is written: a run id `target` already holds
-    (`StoreUsageError`), and a run whose event data names a stored object that none of its events carries
-    (`UnknownHashError`: a store writes objects only with the events that carry them).
+    (`StoreUsageError`), a run whose events in `source` are not as they were written (`StoreIntegrityError`, from
+    `source.averify_run`: a changed run must not become a clean-looking copy), and a run whose event data names a
+    stored object that none of its events carries (`UnknownHashError`: a store writes objects only with the events
+    that carry them).
     """
     opened = [store for store in dict.fromkeys((source, target)) if not store.is_open]
     for store in opened:
@@ -52,8 +54,25 @@ async def acopy(source: EventStore, target: EventStore, run_ids: Optional[Iterab
 async def _aread_run(
     source: EventStore, target: EventStore, run_id: str, available: set[str]
 ) -> tuple[list[Event], dict[str, Frozen]]:
+    await _acheck_run(source, run_id)
     events = await source.aget_events(run_id)
     return events, await _aobjects_carried(source, target, events, available)
+
+
+async def _acheck_run(source: EventStore, run_id: str) -> None:
+    """Raise `StoreIntegrityError` naming the run and its first problem if its events in `source` are not as they
+    were written (see `EventStore.averify_run`)."""
+    report = await source.averify_run(run_id)
+    if not report.ok:
+        first = report.problems[0]
+        more = f" ({len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+        raise StoreIntegrityError(
+            f"Run {run_id!r} of {source.location} was changed after it was written, so it is not copied (nothing "
+            f"was written to the target): {first}{more} Restore the source from a backup, or copy the other runs "
+            "with run_ids=[...].",
+            run_id=run_id,
+            seq=first.seq,
+        )
 
 
 async def _awrite_run(target: EventStore, run_id: str, events: list[Event], carried: dict[str, Frozen]) -> None:

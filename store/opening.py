@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,8 @@ def register_scheme(scheme: str, factory: StoreFactory) -> None:
 
 
 def register_suffix(suffix: str, factory: StoreFactory) -> None:
-    """Open plain paths ending in `suffix` (say `.jsonl`) with `factory(path, **options)`."""
+    """Open plain paths ending in `suffix` (say `.jsonl`) with `factory(path, **options)`; the longest registered
+    suffix a path ends in wins (`.tar.jsonl` over `.jsonl`)."""
     _SUFFIXES[suffix.lower()] = factory
 
 
@@ -48,9 +50,16 @@ def open_store(target: Union[str, os.PathLike[str], EventStore], **options: Any)
                 f"open_store() got a store object and options {sorted(options)}; pass one or the other."
             )
         return target
+    if not isinstance(target, (str, os.PathLike)):
+        raise StoreUsageError(
+            f"open_store() needs a path, URL or store, got {target!r} ({type(target).__name__}); pass a file path "
+            "such as runs.db, a URL such as sqlite:///runs.db or memory://, or an EventStore."
+        )
     text = os.fspath(target)
     if not isinstance(text, str):
-        raise StoreUsageError(f"open_store() needs a path or URL as text, got {target!r}.")
+        raise StoreUsageError(
+            f"open_store() needs a path, URL or store, with the path as text, got {target!r}; decode it first."
+        )
     if not text:
         raise StoreUsageError("open_store() got an empty path; pass a file path or a URL such as memory://.")
     scheme, separator, _ = text.partition("://")
@@ -61,27 +70,74 @@ def open_store(target: Union[str, os.PathLike[str], EventStore], **options: Any)
             raise StoreUsageError(
                 f"open_store() does not know the URL scheme {scheme!r} of {text!r}; it opens {known}, and file paths."
             )
-        return factory(text, **options)
-    for suffix, factory in _SUFFIXES.items():
-        if text.lower().endswith(suffix):
-            return factory(text, **options)
-    return SQLiteStore(text, **options)
+        return _construct(factory, text, **options)
+    path = _expand_user(text, text)
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if path.lower().endswith(suffix):
+            return _construct(_SUFFIXES[suffix], path, **options)
+    return _construct(SQLiteStore, path, **options)
+
+
+def _expand_user(path: str, given: str) -> str:
+    """`path` with a leading `~` or `~user` made the home directory (`Path.expanduser`), else as it is."""
+    if not path.startswith("~"):
+        return path
+    try:
+        return str(Path(path).expanduser())
+    except RuntimeError as error:
+        raise StoreUsageError(
+            f"open_store() cannot expand the ~ of {given!r} ({error}); give the path without ~."
+        ) from None
+
+
+def _construct(factory: StoreFactory, *args: Any, **options: Any) -> EventStore:
+    """`factory(*args, **options)`, with options its signature does not take refused as a `StoreUsageError` that
+    names the backend, the options and what it takes (not a bare `TypeError` from the constructor)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to check against: let the factory say
+        return factory(*args, **options)
+    try:
+        signature.bind(*args, **options)
+    except TypeError as error:
+        name = getattr(factory, "__qualname__", None) or repr(factory)
+        by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        filled = [p.name for p in signature.parameters.values() if p.kind in positional][: len(args)]
+        takes = [p.name for p in signature.parameters.values() if p.kind in by_keyword and p.name not in filled]
+        unknown = [option for option in options if option not in takes]
+        what = f"the options {unknown}" if unknown else f"these options ({error})"
+        taken = f"it takes {', '.join(takes)}" if takes else "it takes no options"
+        target = f" (for {os.fspath(args[0])!r})" if args and isinstance(args[0], (str, os.PathLike)) else ""
+        raise StoreUsageError(
+            f"open_store() cannot pass {what} to {name}{target}: {taken}; correct or drop the option."
+        ) from None
+    return factory(*args, **options)
 
 
 def _memory_store(url: str, **options: Any) -> EventStore:
     rest = url.partition("://")[2]
     if rest:
         raise StoreUsageError(f"A memory store URL is just memory://, got {url!r}; every call opens a new store.")
-    return MemoryStore(**options)
+    return _construct(MemoryStore, **options)
 
 
 def _sqlite_store(url: str, **options: Any) -> EventStore:
     parts = urlsplit(url)
-    if parts.netloc or parts.query or parts.fragment or not parts.path.startswith("/") or parts.path == "/":
+    forms = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    if parts.query:
         raise StoreUsageError(
-            f"A SQLite store URL is sqlite:///relative/path.db or sqlite:////absolute/path.db, got {url!r}."
+            f"A SQLite store URL is {forms}, got {url!r}: query strings such as ?mode=ro are not supported; pass "
+            "store options to open_store() as keyword arguments."
         )
-    return SQLiteStore(Path(unquote(parts.path[1:])), **options)
+    if parts.netloc or parts.fragment or not parts.path.startswith("/"):
+        raise StoreUsageError(f"A SQLite store URL is {forms}, got {url!r}.")
+    path = unquote(parts.path[1:])
+    if not path or path.endswith("/") or Path(path).name in ("", ".", ".."):
+        raise StoreUsageError(
+            f"A SQLite store URL is {forms}, got {url!r}, whose path names no file; add the database file name."
+        )
+    return _construct(SQLiteStore, Path(_expand_user(path, url)), **options)
 
 
 register_scheme("memory", _memory_store)

@@ -274,6 +274,7 @@ class PostgresStore(EventStore):
         self._pool: Any = None
         self._kind_codes: dict[EventKind, int] = {}
         self._kinds_by_code: dict[int, EventKind] = {}
+        self._kind_names: dict[int, str] = {}
         self._writer_state: Optional[_WriterState] = None
         self._writer_lock = threading.Lock()
         quoted = _quote_identifier(schema)
@@ -446,6 +447,7 @@ class PostgresStore(EventStore):
         return inspection
 
     def _set_kinds(self, kinds: dict[int, str]) -> None:
+        self._kind_names = dict(kinds)
         self._kinds_by_code = {
             code: EventKind(name) for code, name in kinds.items() if name in EventKind._value2member_map_
         }
@@ -955,11 +957,12 @@ class PostgresStore(EventStore):
             if not rows:
                 return
             kinds_by_code = await self._akinds_of(row[2] for row in rows)
+            names = self._kind_names
             yield [
                 StoredEvent(
                     seq,
                     run,
-                    kinds_by_code.get(kind),
+                    kinds_by_code.get(kind) or names.get(kind, f"kind code {kind}"),
                     t,
                     None if hash_value is None else bytes(hash_value).hex(),
                     call_id,

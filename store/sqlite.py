@@ -278,6 +278,8 @@ class SQLiteStore(EventStore):
         self._maintenance_open = False
         self._kind_codes: dict[EventKind, int] = {}
         self._kinds_by_code: dict[int, EventKind] = {}
+        self._kind_names: dict[int, str] = {}
+        """Every kind code of the store by its stored name (a newer version's kinds included)."""
         self._writer_thread_state = threading.local()
         """Holds `connection`, which batches are written through, and its `checkpointer`: opened, used and closed
         on the thread of the batch writer (each opening of the store has its own thread)."""
@@ -419,6 +421,7 @@ class SQLiteStore(EventStore):
             self._lookup = None
 
     def _set_kinds(self, kinds: dict[int, str]) -> None:
+        self._kind_names = dict(kinds)
         self._kinds_by_code = {code: EventKind(name) for code, name in kinds.items() if _known(name)}
         self._kind_codes = {kind: code for code, kind in self._kinds_by_code.items()}
 
@@ -789,6 +792,8 @@ class SQLiteStore(EventStore):
             if cursor.rowcount == 0:
                 raise StoreUsageError(f"{self.path} already holds a run {run_id!r}; run ids must be unique.")
             self._run_rowids[run_id] = int(cursor.lastrowid or 0)
+            if len(self._run_rowids) > 10_000:  # the oldest runs are done; the writer looks them up if need be
+                del self._run_rowids[next(iter(self._run_rowids))]
 
         await self._atransaction(work, f"record the start of run {run_id!r}")
 
@@ -811,6 +816,10 @@ class SQLiteStore(EventStore):
                 raise self._open_error(error) from error
             raise
         return writer
+
+    def _holds_loop_transaction(self) -> bool:
+        # registering a run, deleting one and gc hold the write lock across awaits of the event loop
+        return self._maintenance_open or self._transaction_lock.locked()
 
     def _writing_pragmas(self, page_size: int) -> list[str]:
         """The settings of a connection that writes to this store."""
@@ -886,7 +895,7 @@ class SQLiteStore(EventStore):
                             "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
                             (update.status, update.finished_at, update.error, rowids[run_id]),
                         )
-                counts = orjson.dumps([(rowids[run_id], count) for run_id, count in batch.counts.items()])
+                counts = orjson.dumps([(rowids[run_id], count, run_id) for run_id, count in batch.counts.items()])
                 if connection.execute(_COUNT_EVENTS, (counts,)).rowcount != len(batch.counts):
                     raise _RunDeleted(_missing_runs(connection, rowids))
                 _advance_chain(connection)
@@ -1085,7 +1094,10 @@ class SQLiteStore(EventStore):
         else:
             source = "events AS e LEFT JOIN runs AS r ON r.id = e.run"  # each event's run name from its row
         run_column = "e.run" if run_id is not None else "coalesce(r.run_id, '')"
-        columns = f"SELECT e.seq, {run_column}, e.kind, e.t, e.hash, e.call_id, e.parent_call_id, e.data FROM {source}"
+        columns = (
+            f"SELECT e.seq, {run_column}, e.kind, e.t, CAST(e.hash AS BLOB), e.call_id, e.parent_call_id, e.data "
+            f"FROM {source}"
+        )
         if kinds is not None:
             codes = [self._kind_codes[kind] for kind in kinds if kind in self._kind_codes]
             conditions += f" AND e.kind IN ({', '.join('?' * len(codes))})"
@@ -1172,7 +1184,12 @@ class SQLiteStore(EventStore):
             last = rows[-1][0]
 
     async def _aiter_stored_chunks(self, run_id: Optional[str] = None) -> AsyncIterator[list[StoredEvent]]:
-        columns = "e.seq, coalesce(r.run_id, ''), e.kind, e.t, e.hash, e.call_id, e.parent_call_id, e.data, e.link"
+        # read as what they should be, so that a hand edit that stored text (an UPDATE in the sqlite3 shell) is
+        # reported as a changed event instead of failing the check
+        columns = (
+            "e.seq, coalesce(r.run_id, ''), e.kind, CASE WHEN typeof(e.t) IN ('real', 'integer') THEN e.t END, "
+            "CAST(e.hash AS BLOB), e.call_id, e.parent_call_id, CAST(e.data AS BLOB), CAST(e.link AS BLOB)"
+        )
         source = "events AS e LEFT JOIN runs AS r ON r.id = e.run"
         condition, parameters = "", []
         if run_id is not None:
@@ -1188,12 +1205,12 @@ class SQLiteStore(EventStore):
                 return
             if not {row[2] for row in rows} <= self._kinds_by_code.keys():
                 await self._areload_kinds()
-            kinds_by_code = self._kinds_by_code
+            kinds_by_code, names = self._kinds_by_code, self._kind_names
             yield [
                 StoredEvent(
                     seq,
                     run,
-                    kinds_by_code.get(kind),
+                    kinds_by_code.get(kind) or names.get(kind, f"kind code {kind}"),
                     t,
                     None if hash_blob is None else hash_blob.hex(),
                     call_id,
@@ -1226,21 +1243,22 @@ class _RunDeleted(Exception):
 
 
 def _missing_runs(connection: sqlite3.Connection, rowids: dict[str, int]) -> list[str]:
-    present = {
-        row[0]
-        for row in connection.execute(
-            f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(rowids))})", list(rowids.values())
+    """Which of these runs no longer have their row (deleted, or the row id went to another run since)."""
+    present = set(
+        connection.execute(
+            f"SELECT run_id, id FROM runs WHERE id IN ({', '.join('?' * len(rowids))})", list(rowids.values())
         )
-    }
-    return sorted(run_id for run_id, rowid in rowids.items() if rowid not in present)
+    )
+    return sorted(run_id for run_id, rowid in rowids.items() if (run_id, rowid) not in present)
 
 
 _COUNT_EVENTS = """
     UPDATE runs SET event_count = event_count + c.value ->> 1
-    FROM json_each(?) AS c WHERE runs.id = c.value ->> 0
+    FROM json_each(?) AS c WHERE runs.id = c.value ->> 0 AND runs.run_id = c.value ->> 2
 """
 """Adds each run's new events to its count, for every run of a transaction in one statement (one round trip to
-the interpreter, however many runs); fewer rows changed than runs given means a run row is gone."""
+the interpreter, however many runs); fewer rows changed than runs given means a run row is gone (or its row id
+was taken by another run since: checked by the run id)."""
 
 
 def _resolve_runs(connection: sqlite3.Connection, run_ids: Iterable[str], known: dict[str, int]) -> dict[str, int]:
@@ -1314,16 +1332,17 @@ def _event_parameters(batch: Batch, rowids: dict[str, int], kind_codes: dict[Eve
 
 async def _alink_existing_events(db: aiosqlite.Connection) -> None:
     """Link the events of a store written before events had links, run by run, as they are now (in the migration's
-    transaction); events of a kind this library does not know end their run's chain (left without links)."""
+    transaction), with the same reading as `_aiter_stored_chunks` (kinds by their stored names)."""
     kinds = {int(code): str(name) for code, name in await db.execute_fetchall("SELECT code, name FROM kinds")}
-    links: dict[int, Optional[bytes]] = {}
+    links: dict[int, bytes] = {}
     last = 0
     while True:
         rows = list(
             await db.execute_fetchall(
-                "SELECT e.seq, e.run, coalesce(r.run_id, ''), e.kind, e.t, e.hash, e.call_id, e.parent_call_id, "
-                "e.data FROM events AS e LEFT JOIN runs AS r ON r.id = e.run WHERE e.seq > ? ORDER BY e.seq "
-                f"LIMIT {_CHUNK}",
+                "SELECT e.seq, e.run, coalesce(r.run_id, ''), e.kind, "
+                "CASE WHEN typeof(e.t) IN ('real', 'integer') THEN e.t END, CAST(e.hash AS BLOB), e.call_id, "
+                "e.parent_call_id, CAST(e.data AS BLOB) FROM events AS e LEFT JOIN runs AS r ON r.id = e.run "
+                f"WHERE e.seq > ? ORDER BY e.seq LIMIT {_CHUNK}",
                 (last,),
             )
         )
@@ -1332,13 +1351,10 @@ async def _alink_existing_events(db: aiosqlite.Connection) -> None:
         updates: list[tuple[bytes, int]] = []
         for seq, run, run_id, code, t, hash_blob, call_id, parent_call_id, data in rows:
             previous = links[run] if run in links else first_link(run_id)
-            name = kinds.get(code)
-            if previous is None or name is None or not _known(name):
-                links[run] = None
-                continue
+            name = kinds.get(code, f"kind code {code}")
             link = links[run] = next_link(
                 previous,
-                EventKind(name),
+                EventKind(name) if _known(name) else name,
                 t,
                 None if hash_blob is None else hash_blob.hex(),
                 call_id,

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from miniagents import Message, MiniAgents
 from miniagents.events import Event, EventKind
+from miniagents.ext.llm.stand_in import stand_in_llm_agent
+from replay import Replay
 from replay.fingerprint import afingerprint
 from store import (
     EventStore,
     JSONLStore,
     MemoryStore,
     SQLiteStore,
+    StoreIntegrityError,
     StoreUsageError,
     UnknownHashError,
     UnknownRunError,
@@ -98,6 +103,34 @@ async def test_an_object_only_event_data_names_is_refused(tmp_path: Path) -> Non
     await acopy(source, target)  # with run a, which carries it
     async with target:
         assert await target.aget(node.hash_key) == node
+
+
+@pytest.mark.parametrize("target_kind", ["memory", "jsonl"])
+async def test_a_changed_run_is_refused_and_not_copied(tmp_path: Path, target_kind: str) -> None:
+    path = tmp_path / "source.db"
+    async with MiniAgents(replay=Replay(SQLiteStore(path), mode="once")):
+        for word in ("Alpha", "Beta"):
+            await stand_in_llm_agent.inquire(word).aresolve_messages()
+    async with SQLiteStore(path) as store:
+        [run] = await store.alist_runs()
+        finished = await store.aget_events(run.run_id, kinds=[EventKind.CALL_FINISHED])
+    first, second = (event.data["replies"][0]["hash"] for event in finished if event.data)
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(  # the first call's recorded reply now names the second call's reply
+            "UPDATE events SET data = CAST(replace(CAST(data AS TEXT), ?, ?) AS BLOB) WHERE seq = ?",
+            (first, second, finished[0].seq),
+        )
+    target: EventStore = MemoryStore() if target_kind == "memory" else JSONLStore(tmp_path / "copy.jsonl")
+
+    for run_ids in (None, [run.run_id]):
+        with pytest.raises(StoreIntegrityError) as caught:
+            await acopy(SQLiteStore(path), target, run_ids=run_ids)
+        assert caught.value.run_id == run.run_id and caught.value.seq == finished[0].seq
+        message = str(caught.value)
+        assert f"Run {run.run_id!r} of {SQLiteStore(path).location}" in message
+        assert f"Event {finished[0].seq}" in message and "not copied" in message
+        async with target:
+            assert await target.alist_runs() == []
 
 
 async def test_open_store_opens_text_recordings_by_their_suffix(tmp_path: Path) -> None:

@@ -650,3 +650,73 @@ def test_pending_bounds_are_checked() -> None:
         SQLiteStore("x.db", batch_size=100, max_pending_events=10)
     with pytest.raises(StoreUsageError, match="max_pending_bytes must be a positive number of bytes, got 0"):
         SQLiteStore("x.db", max_pending_bytes=0)
+
+
+# ------------------------------------------------------------------------------------------- event links, edge cases
+
+
+async def arecord_three(path: Path) -> list[Event]:
+    async with SQLiteStore(path) as store:
+        await arecord_events(store, "run", [message_event("run", Message(text=f"m{i}"), t=i / 10) for i in range(3)])
+        return await store.aget_events("run")
+
+
+async def test_an_event_changed_to_a_kind_this_library_does_not_know_is_still_checked(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    events = await arecord_three(path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("INSERT INTO kinds (code, name) VALUES (99, 'from_the_future')")
+        db.execute("UPDATE events SET kind = 99 WHERE seq = ?", (events[1].seq,))
+    async with SQLiteStore(path) as store:
+        report = await store.averify()
+    assert [(problem.kind, problem.seq) for problem in report.problems] == [("changed_event", events[1].seq)]
+    assert "(from_the_future)" in str(report.problems[0])
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("data", "CAST('{\"chunks\":[1]}' AS TEXT)"), ("hash", "hex(hash)"), ("t", "'soon'")],
+)
+async def test_hand_edits_that_store_text_are_reported_not_raised(tmp_path: Path, column: str, value: str) -> None:
+    path = tmp_path / "store.db"
+    events = await arecord_three(path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(f"UPDATE events SET {column} = {value} WHERE seq = ?", (events[2].seq,))
+    async with SQLiteStore(path) as store:
+        report = await store.averify()
+        run_report = await store.averify_run("run")
+    assert ("changed_event", events[2].seq) in [(problem.kind, problem.seq) for problem in report.problems]
+    assert not run_report.ok
+
+
+async def test_events_after_a_written_run_finished_and_at_minus_zero_keep_their_links(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "store.db") as store:
+        await store.astart_run("run")
+        store.append(message_event("run", Message(text="at -0.0"), t=-0.0))
+        store.append(Event(EventKind.RUN_FINISHED, "run", 1.0, data={"status": "ok", "error": None}))
+        await store.afinish_run("run")  # written: the store object has seen the run end
+        store.append(message_event("run", Message(text="late"), t=2.0))
+        await store.aflush()
+        report = await store.averify()
+    assert report.ok, report.problems
+
+
+async def test_a_run_row_id_taken_by_a_new_run_does_not_receive_a_deleted_runs_events(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SQLiteStore(path, flush_interval=60) as writer:
+        await writer.astart_run("x")
+        writer.append(message_event("x", Message(text="first")))
+        await writer.aflush()
+        async with SQLiteStore(path) as other:
+            await other.adelete_run("x", force=True)
+            await other.astart_run("y")  # may take x's row id
+            await other.afinish_run("y")
+        writer.append(message_event("x", Message(text="after the deletion")))
+        with pytest.raises(StoreWriteError, match="'x' was deleted from the store while it was running"):
+            await writer.aflush()
+        writer._buffer.clear()  # nothing to lose at close
+        writer._active_runs.clear()
+    async with SQLiteStore(path) as store:
+        assert [run.run_id for run in await store.alist_runs()] == ["y"]
+        assert await store.aget_events("y") == []
+        assert (await store.averify()).ok

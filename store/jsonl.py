@@ -495,8 +495,8 @@ class JSONLStore(EventStore):
     async def averify(self) -> VerifyReport:
         return self._name_changed_lines(await super().averify())
 
-    async def averify_run(self, run_id: str) -> VerifyReport:
-        return self._name_changed_lines(await super().averify_run(run_id))
+    async def averify_run(self, run_id: str, *, payloads: bool = True) -> VerifyReport:
+        return self._name_changed_lines(await super().averify_run(run_id, payloads=payloads))
 
     def _name_changed_lines(self, report: VerifyReport) -> VerifyReport:
         """Say which line of the file is not as written for each changed event found by its (computed) link."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shlex
 import socket
 import sys
 import time
@@ -267,7 +268,9 @@ async def arecord_and_replay(
         f"   HTTP requests: {live_requests.count} live, {replay_requests.count} during the replay, which answered "
         f"{replayed.replayed_calls} LLM calls from the recording; store verified: {report.ok}."
     )
-    print(f"   Inspect it: async with SQLiteStore({str(path)!r}) as store: await store.alist_runs()")
+    shown = shlex.quote(str(path))
+    print(f"   Look at it: .venv/bin/miniagents tree {shown}")
+    print(f"   or in a browser: .venv/bin/miniagents view {shown} -o run.html")
     return DemoOutcome(
         run_id=run.run_id,
         recorded_fingerprint=recording.fingerprint,

@@ -302,6 +302,20 @@ class Batch:
     def __len__(self) -> int:
         return len(self.events)
 
+    def without_runs(self, run_ids: Container[str]) -> Batch:
+        """This batch without the events of these runs (their objects stay: a later gc drops what nothing needs)."""
+        kept = [index for index, event in enumerate(self.events) if event.run_id not in run_ids]
+        return dataclasses.replace(
+            self,
+            events=[self.events[index] for index in kept],
+            hash_keys=[self.hash_keys[index] for index in kept],
+            data=[self.data[index] for index in kept],
+            links=[self.links[index] for index in kept],
+            run_updates=[update for update in self.run_updates if update[0] not in run_ids],
+            counts={run_id: count for run_id, count in self.counts.items() if run_id not in run_ids},
+            link_starts={run_id: link for run_id, link in self.link_starts.items() if run_id not in run_ids},
+        )
+
     @classmethod
     def merged(cls, batches: list[Batch]) -> Batch:
         """One batch with the events of `batches`, in order (what one transaction writes)."""
@@ -404,6 +418,9 @@ class EventStore(abc.ABC):
         """Per run this store object writes: the link of its last event handed over (see `store.chain`); the oldest
         runs are forgotten beyond `_RUNS_REMEMBERED`."""
         self._finished_runs: dict[str, None] = {}
+        self._lost_runs: dict[str, StoreError] = {}
+        """Runs whose events the backend could not write and dropped (see `_note_run_lost`), with the error
+        `afinish_run` raises for them."""
         """Runs whose end this store object saw (`afinish_run`), oldest first, bounded: they may be deleted even if
         no `run_finished` event marked them finished."""
         self._recently_stored: set[str] = set()
@@ -813,6 +830,15 @@ class EventStore(abc.ABC):
             return
         if self._closes_after_run():
             await self.aclose()
+        lost = self._lost_runs.pop(run_id, None)
+        if lost is not None:
+            raise lost
+
+    def _note_run_lost(self, run_id: str, error: StoreError) -> None:
+        """A backend dropped events of this run that can never be written (its run was deleted from the store
+        while it ran), so that the other runs' events are written: `afinish_run` raises `error` for it. Any
+        thread may call this."""
+        self._lost_runs.setdefault(run_id, error)
 
     def _closes_after_run(self) -> bool:
         """Whether the run that just finished has to close the store (it opened it, and no other run is active)."""
@@ -1088,7 +1114,7 @@ class EventStore(abc.ABC):
         A run still marked running that this store object did not see finish (its `MiniAgents` context has not
         exited, in another process, or it was killed) is refused: deleting it would leave its writer a half run.
         Pass `force=True` for a run whose process died (a killed run stays running); if its writer is in fact
-        alive, its next write fails with `StoreWriteError`.
+        alive, the run's later events are not written and its `afinish_run` raises `StoreWriteError`.
         """
         if run_id in self._active_runs:
             raise StoreUsageError(

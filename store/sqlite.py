@@ -264,6 +264,8 @@ class SQLiteStore(EventStore):
         written here and has no `-shm` file)."""
         self._read_only: Optional[str] = None
         self._run_rowids: dict[str, int] = {}
+        self._deleted_runs: set[str] = set()
+        """Runs this store object wrote that were deleted while they ran: their events are dropped, not written."""
         """Row ids of the runs this store object registered: the writer needs no statement to find them, and finds
         out when one of them was deleted while it ran."""
         """Why the store cannot be written here, if it was opened for reading only."""
@@ -868,6 +870,8 @@ class SQLiteStore(EventStore):
         # as `executemany` does, which would starve this thread while the event loop is busy.
         batch = Batch.merged(batches)
         self._check_writable(f"write {len(batch)} events")
+        if self._deleted_runs.intersection(batch.counts):
+            batch = batch.without_runs(self._deleted_runs)
         connection = self._writer_thread_connection()
         object_parameters = _object_parameters(batch.objects)
         kind_codes = self._kind_codes
@@ -909,22 +913,30 @@ class SQLiteStore(EventStore):
                 raise
             return len(event_parameters["data"]) + len(event_parameters["hashes"]) + len(event_parameters["rows"])
 
-        try:
-            event_bytes = self._retry(work)
-        except sqlite3.Error as error:
-            raise self._write_error(
-                error,
-                f"write {len(batch)} events",
-                "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
-            ) from error
-        except _RunDeleted as deleted:
-            raise StoreWriteError(
-                f"Cannot write {len(batch)} events to {self.path}: run {', '.join(map(repr, deleted.runs))} was "
-                "deleted from the store while it was running (`adelete_run(..., force=True)`, maybe in another "
-                "process), so nothing of the batch was written. Finish the run in another store, or stop deleting "
-                "running runs.",
-                str(self.path),
-            ) from None
+        while True:
+            try:
+                event_bytes = self._retry(work)
+                break
+            except sqlite3.Error as error:
+                raise self._write_error(
+                    error,
+                    f"write {len(batch)} events",
+                    "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
+                ) from error
+            except _RunDeleted as deleted:  # drop that run's events (now and later), write the other runs'
+                for run_id in deleted.runs:
+                    self._deleted_runs.add(run_id)
+                    self._run_rowids.pop(run_id, None)
+                    self._note_run_lost(
+                        run_id,
+                        StoreWriteError(
+                            f"Run {run_id!r} was deleted from {self.path} while it was running "
+                            "(`adelete_run(..., force=True)`, maybe in another process), so its events from then on "
+                            "were not written (the other runs' were). Record the run again if it is needed.",
+                            str(self.path),
+                        ),
+                    )
+                batch = batch.without_runs(self._deleted_runs)
         self._writer_thread_state.checkpointer.note_written(
             event_bytes + sum(len(group["bodies"]) for group in object_parameters)
         )

@@ -598,9 +598,7 @@ async def test_a_run_running_in_another_process_is_not_deleted_nor_left_half_and
     finally:
         worker.kill()
         worker.communicate()
-    assert (
-        outcome.startswith("StoreWriteError") and "'busy' was deleted from the store while it was running" in outcome
-    )
+    assert outcome.startswith("StoreWriteError") and "Run 'busy' was deleted from" in outcome
     async with SQLiteStore(path) as store:
         assert await store.alist_runs() == []  # not brought back with the events written after the deletion
         assert (await store.averify()).ok
@@ -712,11 +710,32 @@ async def test_a_run_row_id_taken_by_a_new_run_does_not_receive_a_deleted_runs_e
             await other.astart_run("y")  # may take x's row id
             await other.afinish_run("y")
         writer.append(message_event("x", Message(text="after the deletion")))
-        with pytest.raises(StoreWriteError, match="'x' was deleted from the store while it was running"):
-            await writer.aflush()
-        writer._buffer.clear()  # nothing to lose at close
-        writer._active_runs.clear()
+        with pytest.raises(StoreWriteError, match=r"Run 'x' was deleted from .* while it was running"):
+            await writer.afinish_run("x")
     async with SQLiteStore(path) as store:
         assert [run.run_id for run in await store.alist_runs()] == ["y"]
         assert await store.aget_events("y") == []
+        assert (await store.averify()).ok
+
+
+async def test_a_run_deleted_while_running_does_not_hold_up_the_other_runs_of_its_store(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    async with SQLiteStore(path, flush_interval=60) as writer:
+        for run_id in ("x", "y"):
+            await writer.astart_run(run_id)
+            writer.append(message_event(run_id, Message(text=f"{run_id} before")))
+        await writer.aflush()
+        async with SQLiteStore(path) as other:
+            await other.adelete_run("x", force=True)
+        for index in range(3):  # the two runs' events share the writer's transactions
+            for run_id in ("x", "y"):
+                writer.append(message_event(run_id, Message(text=f"{run_id} after {index}")))
+            await writer.aflush()  # the other run's events are written
+        with pytest.raises(StoreWriteError, match=r"Run 'x' was deleted"):
+            await writer.afinish_run("x")
+        writer.append(Event(EventKind.RUN_FINISHED, "y", 9.0, data={"status": "ok", "error": None}))
+        await writer.afinish_run("y")
+    async with SQLiteStore(path) as store:
+        assert [run.run_id for run in await store.alist_runs()] == ["y"]
+        assert len(await store.aget_events("y")) == 5
         assert (await store.averify()).ok

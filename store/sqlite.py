@@ -116,6 +116,9 @@ _EVENT_LINKS = ("ALTER TABLE events ADD COLUMN link BLOB",)
 linked as the migration finds them (`_link_existing_events`)."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1, 2: _EVENT_LINKS}
+_READABLE_UNMIGRATED = (1, SCHEMA_VERSION)
+"""Schema versions read as they are where a store cannot be migrated (version 1: its events have no links, so
+they are read unverified)."""
 """Statements that take a store from version `n - 1` to version `n` (version 0 is an empty file)."""
 
 KIND_CODES: dict[EventKind, int] = {
@@ -265,6 +268,9 @@ class SQLiteStore(EventStore):
         self._read_only: Optional[str] = None
         self._run_rowids: dict[str, int] = {}
         self._deleted_runs: set[str] = set()
+        self._linked = True
+        """Whether the open file's events have links (a store of schema 1 read where it cannot be migrated has
+        none)."""
         """Runs this store object wrote that were deleted while they ran: their events are dropped, not written."""
         """Row ids of the runs this store object registered: the writer needs no statement to find them, and finds
         out when one of them was deleted while it ran."""
@@ -368,6 +374,7 @@ class SQLiteStore(EventStore):
             raise
         self._db, self._reader = db, reader
         self._read_only = None
+        self._linked = True  # migrated if it was older
         self._transaction_lock = asyncio.Lock()
         self._open_lookup()
         return inspection
@@ -384,13 +391,14 @@ class SQLiteStore(EventStore):
                 path,
             )
         version = self._classify(inspection)
-        if version != SCHEMA_VERSION:
+        if version not in _READABLE_UNMIGRATED:
             raise StoreOpenError(
                 f"Cannot open the store {path}: it has store schema version {version} and must be migrated to "
                 f"version {SCHEMA_VERSION}, which writes to it, but {not_writable}. Open it once where it can be "
                 "written.",
                 path,
             )
+        self._linked = version >= 2
         query = await asyncio.to_thread(_reading_query, self.path)
         try:
             reader = await aiosqlite.connect(self._uri + query, uri=True, isolation_level=None)
@@ -819,6 +827,10 @@ class SQLiteStore(EventStore):
             raise
         return writer
 
+    @property
+    def _events_have_links(self) -> bool:
+        return self._linked
+
     def _holds_loop_transaction(self) -> bool:
         # registering a run, deleting one and gc hold the write lock across awaits of the event loop
         return self._maintenance_open or self._transaction_lock.locked()
@@ -1200,7 +1212,8 @@ class SQLiteStore(EventStore):
         # reported as a changed event instead of failing the check
         columns = (
             "e.seq, coalesce(r.run_id, ''), e.kind, CASE WHEN typeof(e.t) IN ('real', 'integer') THEN e.t END, "
-            "CAST(e.hash AS BLOB), e.call_id, e.parent_call_id, CAST(e.data AS BLOB), CAST(e.link AS BLOB)"
+            "CAST(e.hash AS BLOB), e.call_id, e.parent_call_id, CAST(e.data AS BLOB), "
+            + ("CAST(e.link AS BLOB)" if self._linked else "NULL")
         )
         source = "events AS e LEFT JOIN runs AS r ON r.id = e.run"
         condition, parameters = "", []

@@ -606,3 +606,21 @@ async def test_processes_creating_the_same_new_stores_at_once_all_open_them(tmp_
             report = await store.averify()
         assert runs == sorted(f"p{index}-0" for index in range(processes))
         assert report.ok, report.problems
+
+
+async def test_a_store_of_schema_1_in_a_read_only_place_is_read_and_replayed_unmigrated(tmp_path: Path) -> None:
+    directory = tmp_path / "locked"
+    directory.mkdir()
+    path = directory / "old.db"
+    fixture = Path(__file__).parent.parent / "replay" / "data" / "recorded_before_kwargs_were_kept_apart.db"
+    shutil.copyfile(fixture, path)
+    before = store_files(path)
+    with read_only(directory, path):
+        async with SQLiteStore(path) as store:
+            runs = await store.alist_runs()
+            events = await store.aget_events(runs[0].run_id)
+            report = await store.averify()
+            run_report = await store.averify_run(runs[0].run_id)
+    assert runs and events
+    assert report.ok and run_report.ok, (report.problems, run_report.problems)  # no links to check: read as is
+    assert store_files(path) == before  # not migrated, not touched

@@ -266,15 +266,15 @@ class SQLiteStore(EventStore):
         """How the reading connections open the file (`_LOCKED`, or `_IMMUTABLE` for a store that cannot be
         written here and has no `-shm` file)."""
         self._read_only: Optional[str] = None
+        """Why the store cannot be written here, if it was opened for reading only."""
         self._run_rowids: dict[str, int] = {}
+        """Row ids of the runs this store object registered: the writer needs no statement to find them, and finds
+        out when one of them was deleted while it ran."""
         self._deleted_runs: set[str] = set()
+        """Runs this store object wrote that were deleted while they ran: their events are dropped, not written."""
         self._linked = True
         """Whether the open file's events have links (a store of schema 1 read where it cannot be migrated has
         none)."""
-        """Runs this store object wrote that were deleted while they ran: their events are dropped, not written."""
-        """Row ids of the runs this store object registered: the writer needs no statement to find them, and finds
-        out when one of them was deleted while it ran."""
-        """Why the store cannot be written here, if it was opened for reading only."""
         self._open_key: Optional[tuple[int, int]] = None
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()

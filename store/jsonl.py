@@ -19,11 +19,8 @@ from store.base import (
     EventStore,
     Problem,
     RunInfo,
-    RunStatus,
-    RunUpdate,
     VerifyReport,
     decode_data,
-    decode_run_error,
     nested_objects_to_restore,
     run_update,
 )
@@ -49,6 +46,7 @@ from store.jsonl_format import (
     RunToWrite,
     parse,
 )
+from store.memory import EventRow, RunRecord
 
 _CHUNK = 2_000
 _BROKEN_LINK = b"\x00" * LINK_SIZE
@@ -56,70 +54,13 @@ _BROKEN_LINK = b"\x00" * LINK_SIZE
 
 
 @dataclass
-class _Run:
-    run_id: str
-    status: str = RunStatus.RUNNING
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
-    library_version: Optional[str] = None
-    metadata: Optional[bytes] = None
-    error: Optional[bytes] = None
-    seqs: list[int] = field(default_factory=list)
-    event_count: int = 0
-
-    def info(self) -> RunInfo:
-        return RunInfo(
-            run_id=self.run_id,
-            status=self.status,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            library_version=self.library_version,
-            metadata=decode_data(self.metadata) or {},
-            error=decode_run_error(self.error),
-            event_count=self.event_count,
-        )
-
-    def copy(self) -> _Run:
-        return dataclasses.replace(self, seqs=list(self.seqs))
-
-
-@dataclass(slots=True)
-class _Row:
-    run_id: str
-    kind: EventKind
-    t: float
-    hash_key: Optional[str]
-    call_id: Optional[int]
-    parent_call_id: Optional[int]
-    data: Optional[bytes]
-    link: bytes
-
-    def stored(self, seq: int) -> StoredEvent:
-        return StoredEvent(
-            seq, self.run_id, self.kind, self.t, self.hash_key, self.call_id, self.parent_call_id, self.data, self.link
-        )
-
-    def event(self, seq: int) -> Event:
-        return Event(
-            kind=self.kind,
-            run_id=self.run_id,
-            t=self.t,
-            hash_key=self.hash_key,
-            call_id=self.call_id,
-            parent_call_id=self.parent_call_id,
-            data=decode_data(self.data),
-            seq=seq,
-        )
-
-
-@dataclass
 class _State:
     """Everything the file holds, as this store object knows it (changed on a copy, kept once written)."""
 
     objects: dict[str, bytes] = field(default_factory=dict)
-    events: dict[int, _Row] = field(default_factory=dict)
+    events: dict[int, EventRow] = field(default_factory=dict)
     seqs_by_hash: dict[str, list[int]] = field(default_factory=dict)
-    runs: dict[str, _Run] = field(default_factory=dict)
+    runs: dict[str, RunRecord] = field(default_factory=dict)
     last_seq: int = 0
     gc_generation: int = 0
 
@@ -133,13 +74,13 @@ class _State:
             self.gc_generation,
         )
 
-    def add_event(self, row: _Row) -> int:
+    def add_event(self, row: EventRow) -> int:
         self.last_seq += 1
         seq = self.last_seq
         self.events[seq] = row
         run = self.runs.get(row.run_id)
         if run is None:
-            run = self.runs[row.run_id] = _Run(row.run_id)
+            run = self.runs[row.run_id] = RunRecord(row.run_id)
         run.seqs.append(seq)
         run.event_count += 1
         if row.hash_key is not None:
@@ -254,7 +195,7 @@ class JSONLStore(EventStore):
             state.objects.setdefault(obj.hash_key, obj.body)
         changed_runs: dict[str, dict[int, str]] = {}
         for index, read_run in enumerate(parsed.runs):
-            run = state.runs[read_run.run_id] = _Run(read_run.run_id)
+            run = state.runs[read_run.run_id] = RunRecord(read_run.run_id)
             link = first_link(read_run.run_id)
             for event in read_run.events:
                 link = next_link(
@@ -262,7 +203,7 @@ class JSONLStore(EventStore):
                 )
                 stored_link = link if event.changed_note is None else _BROKEN_LINK
                 seq = state.add_event(
-                    _Row(
+                    EventRow(
                         run.run_id,
                         event.kind,
                         event.t,
@@ -282,7 +223,7 @@ class JSONLStore(EventStore):
                         read_run.finished_at,
                     )
                     if update is not None:
-                        _apply_update(run, event.kind, update)
+                        run.apply(event.kind, update)
             run.event_count = read_run.event_count
             if index in parsed.runs_missing_last_events and run.event_count <= len(run.seqs):
                 run.event_count = len(run.seqs) + 1  # its count was changed too: the removed events still show
@@ -366,7 +307,7 @@ class JSONLStore(EventStore):
         self._refuse_writing_if_damaged()
         if run_id in self._state.runs:
             raise StoreUsageError(f"{self.location} already holds a run {run_id!r}; run ids must be unique.")
-        self._state.runs[run_id] = _Run(run_id)
+        self._state.runs[run_id] = RunRecord(run_id)
 
     def _write_batches(self, batches: list[Batch]) -> None:
         self._refuse_writing_if_damaged(StoreWriteError)
@@ -381,10 +322,12 @@ class JSONLStore(EventStore):
                 batch.events, batch.hash_keys, batch.data, batch.links, strict=True
             ):
                 state.add_event(
-                    _Row(event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link)
+                    EventRow(
+                        event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link
+                    )
                 )
             for run_id, kind, update in batch.run_updates:
-                _apply_update(state.runs[run_id], kind, update)
+                state.runs[run_id].apply(kind, update)
         self._write(state)
 
     async def _abump_gc_generation(self) -> None:
@@ -513,17 +456,6 @@ class JSONLStore(EventStore):
                 f"{note} (by hand, or by a merge).",
             )
         return report
-
-
-def _apply_update(run: _Run, kind: EventKind, update: RunUpdate) -> None:
-    if kind is EventKind.RUN_STARTED:
-        run.started_at = update.started_at
-        run.library_version = update.library_version
-        run.metadata = update.metadata
-    else:
-        run.status = update.status or RunStatus.OK
-        run.finished_at = update.finished_at
-        run.error = update.error
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:

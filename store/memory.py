@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -14,6 +15,7 @@ from store.base import (
     EventStore,
     RunInfo,
     RunStatus,
+    RunUpdate,
     decode_data,
     decode_run_error,
     nested_objects_to_restore,
@@ -25,7 +27,9 @@ _CHUNK = 2_000
 
 
 @dataclass
-class _Run:
+class RunRecord:
+    """A run as a backend that keeps runs in Python objects holds it (memory, text recordings)."""
+
     run_id: str
     status: str = RunStatus.RUNNING
     started_at: Optional[float] = None
@@ -49,9 +53,25 @@ class _Run:
             event_count=self.event_count,
         )
 
+    def copy(self) -> RunRecord:
+        return dataclasses.replace(self, seqs=list(self.seqs))
+
+    def apply(self, kind: EventKind, update: RunUpdate) -> None:
+        """What a written `run_started` / `run_finished` event says about the run."""
+        if kind is EventKind.RUN_STARTED:
+            self.started_at = update.started_at
+            self.library_version = update.library_version
+            self.metadata = update.metadata
+        else:
+            self.status = update.status or RunStatus.OK
+            self.finished_at = update.finished_at
+            self.error = update.error
+
 
 @dataclass(slots=True)
-class _Row:
+class EventRow:
+    """An event as such a backend holds it: its fields as stored, and its link."""
+
     run_id: str
     kind: EventKind
     t: float
@@ -90,9 +110,9 @@ class MemoryStore(EventStore):
     def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, flush_interval: float = DEFAULT_FLUSH_INTERVAL):
         super().__init__(batch_size=batch_size, flush_interval=flush_interval)
         self._objects: dict[str, bytes] = {}
-        self._events: dict[int, _Row] = {}
+        self._events: dict[int, EventRow] = {}
         self._seqs_by_hash: dict[str, list[int]] = {}
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, RunRecord] = {}
         self._last_seq = 0
         self._gc_generation = 0
 
@@ -109,7 +129,7 @@ class MemoryStore(EventStore):
     async def _aregister_run(self, run_id: str) -> None:
         if run_id in self._runs:
             raise StoreUsageError(f"{self.location} already holds a run {run_id!r}; run ids must be unique.")
-        self._runs[run_id] = _Run(run_id)
+        self._runs[run_id] = RunRecord(run_id)
 
     def _write_batches(self, batches: list[Batch]) -> None:
         restored = nested_objects_to_restore(batches, self._gc_generation)
@@ -128,27 +148,19 @@ class MemoryStore(EventStore):
         seq = self._last_seq
         for event, event_key, data, link in zip(batch.events, batch.hash_keys, batch.data, batch.links, strict=True):
             seq += 1
-            self._events[seq] = _Row(
+            self._events[seq] = EventRow(
                 event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link
             )
             run = runs.get(event.run_id)
             if run is None:
-                run = runs[event.run_id] = _Run(event.run_id)
+                run = runs[event.run_id] = RunRecord(event.run_id)
             run.seqs.append(seq)
             run.event_count += 1
             if event_key is not None:
                 self._seqs_by_hash.setdefault(event_key, []).append(seq)
         self._last_seq = seq
         for run_id, kind, update in batch.run_updates:
-            run = runs[run_id]
-            if kind is EventKind.RUN_STARTED:
-                run.started_at = update.started_at
-                run.library_version = update.library_version
-                run.metadata = update.metadata
-            else:
-                run.status = update.status or RunStatus.OK
-                run.finished_at = update.finished_at
-                run.error = update.error
+            runs[run_id].apply(kind, update)
 
     async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
         if run_id is None:

@@ -224,7 +224,7 @@ def pytest_runtest_makereport(
 def _plugin_replay_class() -> type[Replay]:
     """The `Replay` the fixture gives (made on first use: the plugin is imported before the library is)."""
     from replay.replay import RecordMode, Replay
-    from store.base import RunStatus
+    from store.results import RunStatus
 
     class PluginReplay(Replay):
         """A `Replay` that also notes which recorded calls answered the run (for `--drop-unused-calls`), and keeps
@@ -388,8 +388,8 @@ async def adrop_unused_calls(store: EventStore, used: Iterable[tuple[str, Option
 
 async def _aobjects_used(store: EventStore, events: list[Event]) -> set[str]:
     """The hash keys of the objects the events name, and of everything those reference."""
-    from store.base import event_references
     from store.decoding import body_references
+    from store.encoding import event_references
 
     found: set[str] = set()
     stack = [event.hash_key for event in events if event.hash_key is not None]

@@ -12,8 +12,9 @@ from miniagents.messages import Message, MessagePromise
 from miniagents.miniagents import AgentCallNode
 from replay.matching import CallMatcher
 from replay.streams import Pacing, rebuild_error, replayed_failure, replayed_message, replayed_sequence
-from store.base import EventStore, RunInfo, RunStatus
+from store.base import EventStore
 from store.errors import StoreIntegrityError
+from store.results import RunInfo, RunStatus
 
 
 @dataclass(frozen=True)

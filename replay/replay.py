@@ -17,8 +17,9 @@ from replay.matching import CallMatcher, CallToMatch, Normalizer, legacy_call_ke
 from replay.ordering import CompletionClock
 from replay.recording import RecordedCall, Recording, unique_calls
 from replay.streams import replayed_sequence
-from store.base import EventStore, RunInfo, RunStatus
+from store.base import EventStore
 from store.errors import UnknownHashError
+from store.results import RunInfo, RunStatus
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The content-addressed, append-only event store: `SQLiteStore`, `JSONLStore`, `PostgresStore`, `MemoryStore`,
 `open_store`, `acopy` and what they return."""
 
-from store.base import EventStore, Problem, RunInfo, RunStatus, VerifyReport
+from store.base import EventStore
 from store.copying import acopy
 from store.decoding import ObjectDecoder, is_stand_in_class
 from store.errors import (
@@ -22,6 +22,7 @@ from store.jsonl import JSONLStore
 from store.memory import MemoryStore
 from store.opening import open_store, register_scheme, register_suffix
 from store.postgres import PostgresStore
+from store.results import Problem, RunInfo, RunStatus, VerifyReport
 from store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 __all__ = [

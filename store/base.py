@@ -1,47 +1,32 @@
-"""The abstract event store: buffering and handing batches over, the `EventSink` methods, reading and checks."""
+"""The store facade: `EventStore`, the public API every backend shares (an `EventSink` for `MiniAgents(store=...)`,
+reads, checks, deletion and gc), on the backend contract of `store.backend` and the write buffer of `store.buffer`."""
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import dataclasses
 import logging
-import time
 import warnings
-from collections import deque
-from collections.abc import AsyncIterator, Container, Iterable, Mapping, Sequence
-from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
-from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Optional, TypeVar, Union
+from typing import Optional, TypeVar, Union
 
 import orjson
 
-from miniagents.errors import EventDataError
-from miniagents.events import (
-    ErrorDescription,
-    Event,
-    EventKind,
-    RunFinishedPayload,
-    RunStartedPayload,
-    describe_error,
-    payload_from_data,
-)
-from miniagents.messages import Message, may_reference_messages
+from miniagents.events import Event, EventKind
 from miniagents.promising.ext.frozen import Frozen
-from miniagents.redaction import REDACTION
-from store.chain import ChainCheck, ChainProblem, StoredEvent, first_link, next_link
-from store.decoding import (
-    LazyObjects,
-    LoadedObjects,
-    ObjectDecoder,
-    body_references,
-    find_hash_keys,
-    hash_matches,
-    is_hash_key,
+from store.backend import Backend
+from store.buffer import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_PENDING_EVENTS,
+    Batch,
+    WriteBuffer,
 )
+from store.chain import ChainCheck, ChainProblem, StoredEvent
+from store.decoding import LazyObjects, LoadedObjects, ObjectDecoder, body_references, hash_matches, is_hash_key
+from store.encoding import INT64_MAX, INT64_MIN, event_references
 from store.errors import (
     StoreClosedError,
     StoreError,
@@ -52,332 +37,30 @@ from store.errors import (
     UnknownHashError,
     UnknownRunError,
 )
+from store.results import Problem, RunInfo, RunStatus, VerifyReport
 from store.writer import BatchWriter, InlineBatchWriter
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_FLUSH_INTERVAL",
+    "DEFAULT_MAX_PENDING_BYTES",
+    "DEFAULT_MAX_PENDING_EVENTS",
+    "EventStore",
+    "Problem",
+    "RunInfo",
+    "RunStatus",
+    "VerifyReport",
+]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 1_000
-DEFAULT_FLUSH_INTERVAL = 0.1
-DEFAULT_MAX_PENDING_EVENTS = 10_000
-DEFAULT_MAX_PENDING_BYTES = 32 * 2**20
-_MAX_RETRY_DELAY = 5.0
 _RUNS_REMEMBERED = 10_000
-"""How many runs a store object remembers the last link and the end of (the oldest are forgotten first)."""
-_BACKPRESSURE_MAX_WAIT = 1.0
-"""The longest one backpressure wait blocks the event loop (seconds)."""
-_BACKPRESSURE_SLICE = 0.1
-"""Backpressure waits in slices this long (seconds), so that signals such as Ctrl-C get through meanwhile."""
-_RECENTLY_STORED_LIMIT = 1_000_000
-_MAX_BATCH_SIZE = 20_000
-"""The most events one handed-over batch holds (a flush of a larger buffer hands over several batches)."""
-_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+"""How many runs a store object remembers the end of (the oldest are forgotten first)."""
 
 _StoreT = TypeVar("_StoreT", bound="EventStore")
 
 
-class RunStatus:
-    """Values of `RunInfo.status`."""
-
-    RUNNING = "running"
-    """Started and not finished: still running, or its process died before the run finished."""
-    OK = "ok"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a store knows about one run."""
-
-    run_id: str
-    status: str
-    """`"running"` until the run finishes (forever, if its process died), then `"ok"` or `"failed"`."""
-    started_at: Optional[float]
-    """Wall-clock start, seconds since the epoch."""
-    finished_at: Optional[float]
-    library_version: Optional[str]
-    metadata: dict[str, Any]
-    error: Optional[ErrorDescription]
-    """What the `MiniAgents` block raised, for a run that failed."""
-    event_count: int
-
-    @property
-    def is_finished(self) -> bool:
-        """Whether the run's `run_finished` event was stored."""
-        return self.status != RunStatus.RUNNING
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing `averify()` found wrong; names the object (`hash_key`) and/or the event (`seq`)."""
-
-    kind: str
-    """`"hash_mismatch"`, `"unreadable_object"`, `"dangling_reference"`, `"missing_object"`, `"malformed_event"`
-    (event data that is not its kind's payload, see `miniagents.events`), `"changed_event"` (an event, or the
-    events of a run, not as they were written: see `store.chain`) or `"storage"`."""
-    message: str
-    hash_key: Optional[str] = None
-    seq: Optional[int] = None
-    run_id: Optional[str] = None
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass
-class VerifyReport:
-    """The outcome of `averify()`."""
-
-    checked_objects: int = 0
-    checked_events: int = 0
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Whether nothing is wrong."""
-        return not self.problems
-
-    @property
-    def checked(self) -> int:
-        """How many objects and events were checked."""
-        return self.checked_objects + self.checked_events
-
-
-def encode_data(data: Optional[dict[str, Any]]) -> Optional[bytes]:
-    """Event data as stored: compact JSON, secret-looking fields redacted; None stays None.
-
-    Redaction works on the encoded form, parsed back (plain dicts and lists, whatever the data held: dataclasses,
-    `Frozen` values, tuples...), so every item of every list and every nested object is looked at. A value JSON
-    cannot hold (an integer beyond 64 bits) is replaced by its text; the rest of the data is kept.
-    """
-    if data is None:
-        return None
-    try:
-        encoded = orjson.dumps(data, default=_json_default, option=_JSON_OPTIONS)
-    except TypeError as error:  # e.g. an integer beyond 64 bits: keep the event, describe what could not be kept
-        try:
-            encoded = orjson.dumps(_encodable(data), default=_json_default, option=_JSON_OPTIONS)
-        except TypeError:
-            return orjson.dumps({"unencodable": sorted(map(str, data)), "reason": str(error)})
-    if REDACTION.might_hold_secrets(encoded.decode()):
-        encoded = orjson.dumps(REDACTION.redact(orjson.loads(encoded)), option=_JSON_OPTIONS)
-    return encoded
-
-
-def decode_data(data: Optional[bytes]) -> Optional[dict[str, Any]]:
-    """Stored event data back into a dict."""
-    return None if data is None else orjson.loads(data)
-
-
-def decode_run_error(data: Optional[bytes]) -> Optional[ErrorDescription]:
-    """A run's stored error (see `run_update`) back into its description."""
-    if data is None:
-        return None
-    try:
-        return ErrorDescription.from_data(orjson.loads(data))
-    except (EventDataError, orjson.JSONDecodeError):  # a run row edited by hand: its text, not a misread
-        text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else str(data)
-        return ErrorDescription("Exception", None, text)
-
-
-_INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
-
-
-def _encodable(value: Any) -> Any:
-    """`value` with what JSON cannot hold (integers beyond 64 bits) replaced by its text (the slow path of
-    `encode_data`, taken only after encoding failed)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value if _INT64_MIN <= value <= _UINT64_MAX else str(value)
-    if isinstance(value, dict):
-        return {key: _encodable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encodable(item) for item in value]
-    if isinstance(value, (set, frozenset)):
-        return [_encodable(item) for item in sorted(value, key=repr)]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {item.name: _encodable(getattr(value, item.name)) for item in dataclasses.fields(value)}
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Frozen):
-        return value.serialize()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=repr)
-    if isinstance(value, BaseException):  # described as the events describe errors: secrets redacted
-        return describe_error(value)
-    text = repr(value)
-    if REDACTION.might_hold_secrets(text):  # a repr cannot be redacted field by field: keep only the type
-        return f"<{type(value).__qualname__} object; its repr names a secret-looking field, so it is not stored>"
-    return text
-
-
-@dataclass(frozen=True)
-class RunUpdate:
-    """What a `run_started` / `run_finished` event says about its run (the fields a backend keeps per run)."""
-
-    started_at: Optional[float] = None
-    library_version: Optional[str] = None
-    metadata: Optional[bytes] = None
-    status: Optional[str] = None
-    finished_at: Optional[float] = None
-    error: Optional[bytes] = None
-
-
-def run_update(event: Event, data: Optional[bytes], finished_at: Optional[float] = None) -> Optional[RunUpdate]:
-    """The run fields set by a `run_started` or `run_finished` event (`data`: its encoded data); None for others.
-
-    Read from the event's typed payload, the metadata and error encoded (and redacted) as event data is; data that
-    is not such a payload sets nothing but the status (`averify()` reports the event).
-    """
-    kind = event.kind
-    if kind is not EventKind.RUN_STARTED and kind is not EventKind.RUN_FINISHED:
-        return None
-    try:
-        payload = event.payload if data is not None else None
-    except EventDataError:
-        payload = None
-    if isinstance(payload, RunStartedPayload):
-        return RunUpdate(
-            started_at=payload.started_at,
-            library_version=payload.library_version,
-            metadata=encode_data(dict(payload.metadata)),
-        )
-    if isinstance(payload, RunFinishedPayload):
-        return RunUpdate(
-            status=payload.status or RunStatus.OK,
-            finished_at=finished_at,
-            error=encode_data(payload.error.to_data()) if payload.error is not None else None,
-        )
-    if kind is EventKind.RUN_STARTED:
-        return RunUpdate(metadata=b"{}")
-    return RunUpdate(status=RunStatus.OK, finished_at=finished_at)
-
-
-def event_references(kind: Optional[EventKind], data: Optional[bytes]) -> tuple[list[str], Optional[str]]:
-    """The hash keys that an event's stored data names besides its `hash_key` (read through its kind's payload),
-    and, when the data is not its kind's payload, why (every hash key found in such data is then returned).
-    Raises `orjson.JSONDecodeError` for data that is not JSON."""
-    if data is None:
-        return [], None
-    parsed = orjson.loads(data)
-    if kind is None:  # a kind this library does not know: keep whatever its data names
-        return list(find_hash_keys(parsed)), None
-    try:
-        payload = payload_from_data(kind, parsed)
-    except EventDataError as error:
-        return list(find_hash_keys(parsed)), str(error)
-    return (list(payload.references()) if payload is not None else []), None
-
-
-@dataclass
-class Batch:
-    """Buffered events prepared for one write: everything a backend stores, encoded once."""
-
-    events: list[Event]
-    hash_keys: list[Optional[str]]
-    """Per event: its hash key (of `event.obj` if the event named none)."""
-    data: list[Optional[bytes]]
-    """Per event: its data as JSON, secret-looking fields redacted."""
-    objects: dict[str, bytes]
-    """Hash key -> canonical bytes of every object the batch brings (each once)."""
-    run_updates: list[tuple[str, EventKind, RunUpdate]]
-    """(run id, kind, update) of the batch's `run_started` / `run_finished` events, in order."""
-    counts: dict[str, int]
-    """Events per run."""
-    links: list[bytes] = field(default_factory=list)
-    """Per event: its link in its run's chain (see `store.chain`)."""
-    link_starts: dict[str, bytes] = field(default_factory=dict)
-    """Per run: the link its first event in this batch follows (where the chain resumes if the batch fails)."""
-    cache_generation: Optional[int] = None
-    """The gc generation the store object's memory of stored objects was valid for when this batch was prepared
-    (None: it remembered nothing); a writer that finds another generation in the store brings every nested object
-    again (see `EventStore.nested_objects_to_restore`)."""
-    written_generation: Optional[int] = None
-    """The gc generation of the store when the batch was written (set by the backend)."""
-    size_bytes: int = 0
-    """The bytes the batch brings (objects and event data): what it holds in memory until it is written."""
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-    def without_runs(self, run_ids: Container[str]) -> Batch:
-        """This batch without the events of these runs (their objects stay: a later gc drops what nothing needs)."""
-        kept = [index for index, event in enumerate(self.events) if event.run_id not in run_ids]
-        return dataclasses.replace(
-            self,
-            events=[self.events[index] for index in kept],
-            hash_keys=[self.hash_keys[index] for index in kept],
-            data=[self.data[index] for index in kept],
-            links=[self.links[index] for index in kept],
-            run_updates=[update for update in self.run_updates if update[0] not in run_ids],
-            counts={run_id: count for run_id, count in self.counts.items() if run_id not in run_ids},
-            link_starts={run_id: link for run_id, link in self.link_starts.items() if run_id not in run_ids},
-        )
-
-    @classmethod
-    def merged(cls, batches: list[Batch]) -> Batch:
-        """One batch with the events of `batches`, in order (what one transaction writes)."""
-        if len(batches) == 1:
-            return batches[0]
-        merged = cls([], [], [], {}, [], {}, cache_generation=batches[0].cache_generation)
-        for batch in batches:
-            if batch.cache_generation != merged.cache_generation:
-                merged.cache_generation = -1  # mixed: compared with the store's generation, never equal
-            merged.events.extend(batch.events)
-            merged.hash_keys.extend(batch.hash_keys)
-            merged.data.extend(batch.data)
-            merged.links.extend(batch.links)
-            for run_id, link in batch.link_starts.items():
-                merged.link_starts.setdefault(run_id, link)
-            for hash_key, body in batch.objects.items():
-                merged.objects.setdefault(hash_key, body)
-            merged.run_updates.extend(batch.run_updates)
-            merged.size_bytes += batch.size_bytes
-            for run_id, count in batch.counts.items():
-                merged.counts[run_id] = merged.counts.get(run_id, 0) + count
-        return merged
-
-
-def _nested_messages(obj: Frozen, known: Container[str]) -> list[tuple[str, bytes]]:
-    """(hash key, canonical bytes) of the messages referenced by hash inside `obj`, at any depth, except those in
-    `known` (stored already, with what they reference)."""
-    found: dict[str, bytes] = {}
-    stack: list[Any] = list(obj.frozen_fields_and_values().values())
-    while stack:
-        value = stack.pop()
-        if isinstance(value, Message):
-            key = value.hash_key
-            if key not in found and key not in known:
-                found[key] = value.encode_canonical()
-                stack.extend(value.frozen_fields_and_values().values())
-        elif isinstance(value, Frozen):
-            stack.extend(value.frozen_fields_and_values().values())
-        elif isinstance(value, tuple):
-            stack.extend(value)
-        elif isinstance(value, dict):  # a declared mapping field's FrozenDict
-            stack.extend(value.values())
-    return list(found.items())
-
-
-def nested_objects_to_restore(batches: Sequence[Batch], generation: int) -> dict[str, bytes]:
-    """Every message nested in the objects of those `batches` that were prepared under another gc generation than
-    the store's `generation` (the backend calls this in its write transaction, and marks each batch written under
-    `generation`): `agc()` may have deleted objects the store object remembered as stored, so a batch prepared
-    before it must bring them all again (written with "insert if missing")."""
-    restored: dict[str, bytes] = {}
-    for batch in batches:
-        stale = batch.cache_generation is not None and batch.cache_generation != generation
-        batch.written_generation = generation
-        if stale:
-            for event in batch.events:
-                if event.obj is not None:
-                    restored.update(_nested_messages(event.obj, restored))
-    return restored
-
-
-class EventStore(abc.ABC):
+class EventStore(Backend):
     """A content-addressed, append-only event store; an `EventSink` for `MiniAgents(store=...)`.
 
     Objects (hash key -> canonical bytes) are stored once each; events form an append-only log with a sequence
@@ -385,7 +68,8 @@ class EventStore(abc.ABC):
     as one batch, to the store's batch writer (`SQLiteStore` writes on a thread of its own, so it never waits for
     the event loop), and a writer task hands over the rest at least every `flush_interval` seconds. A batch that
     cannot be written goes back into the buffer, in order (nothing is dropped), and `aflush()` / `afinish_run()`
-    raise `StoreWriteError`.
+    raise `StoreWriteError`. More than `max_pending_events` events (or `max_pending_bytes` bytes) handed over and
+    not written make `append()` wait for the writer (backpressure, see `store.buffer`).
     """
 
     def __init__(
@@ -396,139 +80,51 @@ class EventStore(abc.ABC):
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     ):
-        if batch_size < 1:
-            raise StoreUsageError(f"batch_size must be at least 1, got {batch_size}.")
-        if not flush_interval > 0:
-            raise StoreUsageError(f"flush_interval must be a positive number of seconds, got {flush_interval}.")
-        if max_pending_events < batch_size:
-            raise StoreUsageError(
-                f"max_pending_events ({max_pending_events}) must be at least batch_size ({batch_size})."
-            )
-        if max_pending_bytes < 1:
-            raise StoreUsageError(f"max_pending_bytes must be a positive number of bytes, got {max_pending_bytes}.")
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
-        self._max_pending_events = max_pending_events
-        self._max_pending_bytes = max_pending_bytes
-        self._in_flight_events = 0
-        self._in_flight_bytes = 0
-        self._buffer: list[Event] = []
-        self._finished_at: dict[str, float] = {}
-        self._run_links: dict[str, bytes] = {}
-        """Per run this store object writes: the link of its last event handed over (see `store.chain`); the oldest
-        runs are forgotten beyond `_RUNS_REMEMBERED`."""
-        self._finished_runs: dict[str, None] = {}
-        self._lost_runs: dict[str, StoreError] = {}
-        """Runs whose events the backend could not write and dropped (see `_note_run_lost`), with the error
-        `afinish_run` raises for them."""
-        """Runs whose end this store object saw (`afinish_run`), oldest first, bounded: they may be deleted even if
-        no `run_finished` event marked them finished."""
-        self._recently_stored: set[str] = set()
-        """Hash keys this store object wrote (bounded): messages nested in later objects need no second look."""
-        self._cache_generation: Optional[int] = None
-        """The gc generation of the store `_recently_stored` holds keys of (None while it is empty)."""
-        self._max_batch_size = max(batch_size, _MAX_BATCH_SIZE)
+        self._pending = WriteBuffer(
+            self,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_pending_events=max_pending_events,
+            max_pending_bytes=max_pending_bytes,
+        )
         self._is_open = False
         self._opened_by_run = False
         self._active_runs: set[str] = set()
-        self._writer: Optional[asyncio.Task[None]] = None
-        self._wakeup: Optional[asyncio.Future[None]] = None
-        self._batch_writer: Optional[BatchWriter[Batch]] = None
-        self._in_flight: deque[tuple[Batch, Future[None]]] = deque()
-        """Batches handed to the batch writer, in order, that were not yet found written."""
-        self._generation = 0
-        """Incremented whenever failed batches come back to the buffer (see `BatchWriter`)."""
-        self._stopping = False
+        self._finished_runs: dict[str, None] = {}
+        """Runs whose end this store object saw (`afinish_run`), oldest first, bounded: they may be deleted even if
+        no `run_finished` event marked them finished."""
         self._closing: Optional[asyncio.Task[None]] = None
         """The task closing the store, while a close is in progress (others wait for it)."""
-        self._failing = False
-        self._flush_lock = asyncio.Lock()  # replaced on every open: a lock belongs to one event loop
         self._open_lock: Optional[tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = None
         self._decoder = ObjectDecoder()
 
-    # ----------------------------------------------------------------------------------------------- backend API
-
-    @property
-    @abc.abstractmethod
-    def location(self) -> str:
-        """Where the store keeps its data (a path, or a description), for messages."""
-
-    @abc.abstractmethod
-    async def _aopen_storage(self) -> None:
-        """Open (and if needed create or migrate) the storage; raise a `StoreOpenError` naming the location."""
-
-    @abc.abstractmethod
-    async def _aclose_storage(self) -> None:
-        """Release what `_aopen_storage` acquired."""
-
-    @abc.abstractmethod
-    async def _aregister_run(self, run_id: str) -> None:
-        """Record a new run as running; raise `StoreUsageError` if a run with this id is already stored."""
-
-    @abc.abstractmethod
-    def _write_batches(self, batches: list[Batch]) -> None:
-        """Write these batches atomically (all or nothing), numbering their events in order; raise
-        `StoreWriteError`. Runs wherever the store's batch writer writes (see `_aopen_batch_writer`)."""
+    # ------------------------------------------------------------------------------------------- backend hooks
 
     async def _aopen_batch_writer(self) -> BatchWriter[Batch]:
-        """What writes this store's batches (called after `_aopen_storage`, stopped after `_aclose_storage`); by
-        default each batch is written right away, in the thread that hands it over."""
+        """What writes this store's batches (called after `_aopen_storage`, stopped after `_aclose_storage`): by
+        default each batch is committed right away, in the thread that hands it over. A backend returns a
+        `ThreadedBatchWriter(self._write_handed_over, ...)` to commit on a thread of its own, or a
+        `LoopBatchWriter(self._awrite_handed_over, ...)` to commit on the event loop."""
         return InlineBatchWriter(self._write_handed_over)
 
     def _write_handed_over(self, batches: list[Batch]) -> None:
-        self._write_batches(batches)  # looked up on every write, so a replaced method (a test's) takes effect
+        """Commit batches handed over (a blocking batch writer's callback)."""
+        self._pending.commit(batches)
 
-    @abc.abstractmethod
-    async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
-        """All runs in the order they were registered, or just the one with `run_id` (or none)."""
+    async def _awrite_handed_over(self, batches: list[Batch]) -> None:
+        """Commit batches handed over (a `LoopBatchWriter`'s callback)."""
+        await self._pending.acommit(batches)
 
-    @abc.abstractmethod
-    def _aiter_event_chunks(
-        self,
-        run_id: Optional[str],
-        after_seq: Optional[int],
-        kinds: Optional[frozenset[EventKind]],
-        hash_keys: Optional[Sequence[str]] = None,
-    ) -> AsyncIterator[list[Event]]:
-        """Stored events in `seq` order, in chunks; with `hash_keys`, only events with one of them (indexed)."""
+    @property
+    def _events_have_links(self) -> bool:
+        """Whether the stored events carry links to check (a store written before links existed, read where it
+        cannot be migrated, has none: its events are read unverified)."""
+        return True
 
-    @abc.abstractmethod
-    async def _aload_objects(self, hash_keys: Sequence[str]) -> dict[str, bytes]:
-        """The stored bytes of those of `hash_keys` that are stored."""
-
-    @abc.abstractmethod
-    def _aiter_object_chunks(self) -> AsyncIterator[list[tuple[str, bytes]]]:
-        """Every stored (hash key, bytes), in chunks."""
-
-    @abc.abstractmethod
-    def _aiter_stored_chunks(self, run_id: Optional[str] = None) -> AsyncIterator[list[StoredEvent]]:
-        """Every stored event (of one run, or of all) as stored, data and link included, in `seq` order, in
-        chunks."""
-
-    @abc.abstractmethod
-    async def _adelete_run_events(self, run_id: str) -> bool:
-        """Delete a run and its events; False if there is no such run."""
-
-    @abc.abstractmethod
-    async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
-        """Delete these objects."""
-
-    @abc.abstractmethod
-    async def _abump_gc_generation(self) -> None:
-        """Increment the store's gc generation (in `agc`'s maintenance transaction, after deleting objects)."""
-
-    def _amaintenance(self) -> AbstractAsyncContextManager[None]:
-        """Wrap a maintenance operation (gc) so that it sees and changes the store atomically."""
-        return nullcontext()
-
-    async def _acheck_storage(self) -> list[Problem]:
-        """Problems of the storage itself (e.g. a damaged file), found by the backend."""
-        return []
-
-    def _aread_snapshot(self) -> AbstractAsyncContextManager[None]:
-        """Wrap reads (of the task that enters it) that must all see the store at one moment (`averify`), while
-        others go on writing."""
-        return nullcontext()
+    def _holds_loop_transaction(self) -> bool:
+        """Whether this store has a write transaction open that only the event loop can finish (a backend that
+        writes some transactions from the loop says so: backpressure must not block the loop then)."""
+        return False
 
     # --------------------------------------------------------------------------------------------------- lifecycle
 
@@ -545,8 +141,7 @@ class EventStore(abc.ABC):
     @property
     def pending_count(self) -> int:
         """How many appended events are not written yet (buffered, or handed over and still being written)."""
-        self._settle()
-        return len(self._buffer) + self._in_flight_events
+        return self._pending.count
 
     async def aopen(self: _StoreT) -> _StoreT:
         """Open the store (idempotent) and start its writer task."""
@@ -575,17 +170,12 @@ class EventStore(abc.ABC):
                 return False
             await self._aopen_storage()
             try:
-                self._batch_writer = await self._aopen_batch_writer()
+                batch_writer = await self._aopen_batch_writer()
             except BaseException:
                 await self._aclose_storage()
                 raise
-            self._forget_in_flight()
-            self._flush_lock = asyncio.Lock()
-            self._stopping = False
-            self._failing = False
+            self._pending.start(batch_writer)
             self._is_open = True
-            # the store's own task, not one of a MiniAgents context (whose task flush would wait for it forever)
-            self._writer = loop.create_task(self._arun_writer(), name=f"store writer {self!r}")
         return True
 
     async def aclose(self) -> None:
@@ -599,7 +189,7 @@ class EventStore(abc.ABC):
         if closing is None or closing.done():
             if not self._is_open:
                 return
-            self._stopping = True
+            self._pending.stopping = True
             closing = asyncio.get_running_loop().create_task(self._aclose_now(), name=f"closing {self!r}")
             self._closing = closing
         try:
@@ -617,32 +207,26 @@ class EventStore(abc.ABC):
             raise
 
     async def _aclose_now(self) -> None:
+        pending = self._pending
         try:
-            self._wake_writer()
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                await asyncio.gather(writer, return_exceptions=True)
+            await pending.astop()
             flush_error: Optional[StoreError] = None
             for _attempt in range(3):  # events appended while the final flush ran are written too
                 try:
-                    await self._aflush_buffer()
+                    await pending.aflush()
                 except StoreError as error:
                     flush_error = error
                     break
-                if not self._buffer:
+                if not pending.events:
                     break
         finally:
             # whatever happened (a failed write, a cancellation), the store is closed and its threads stop
-            lost = self.pending_count
+            lost = pending.count
             self._is_open = False  # from here on `append` refuses: nothing more can slip into the buffer
-            self._buffer = []
-            self._forget_in_flight()
-            batch_writer, self._batch_writer = self._batch_writer, None
+            batch_writer = pending.close()
             self._opened_by_run = False
             self._active_runs.clear()
             self._decoder.clear()
-            self._recently_stored.clear()
-            self._cache_generation = None
             try:
                 await self._aclose_storage()
             finally:
@@ -672,7 +256,8 @@ class EventStore(abc.ABC):
 
     def __del__(self) -> None:
         if getattr(self, "_is_open", False):
-            batch_writer = getattr(self, "_batch_writer", None)
+            pending = getattr(self, "_pending", None)
+            batch_writer = pending.batch_writer if pending is not None else None
             if batch_writer is not None:
                 batch_writer.stop()
             warnings.warn(
@@ -698,12 +283,12 @@ class EventStore(abc.ABC):
                 raise StoreUsageError(f"Run {run_id!r} is already running in {self.location}; run ids are unique.")
             self._active_runs.add(run_id)
             try:
-                async with self._flush_lock:
+                async with self._pending.lock:
                     await self._aregister_run(run_id)
             except BaseException:
                 self._active_runs.discard(run_id)
                 raise
-            self._run_links[run_id] = first_link(run_id)
+            self._pending.register_run(run_id)
         except BaseException:
             if self._opened_by_run and not self._active_runs:
                 await self.aclose()
@@ -731,8 +316,8 @@ class EventStore(abc.ABC):
         try:  # checked here, so that one bad event cannot make a whole shared batch unwritable
             valid = (
                 t - t == 0  # False for NaN and infinities
-                and (call_id is None or _INT64_MIN <= call_id <= _INT64_MAX)
-                and (parent_call_id is None or _INT64_MIN <= parent_call_id <= _INT64_MAX)
+                and (call_id is None or INT64_MIN <= call_id <= INT64_MAX)
+                and (parent_call_id is None or INT64_MIN <= parent_call_id <= INT64_MAX)
             )
         except TypeError:
             valid = False
@@ -742,61 +327,7 @@ class EventStore(abc.ABC):
                 f"finite number of seconds, its `call_id` ({call_id!r}) and `parent_call_id` ({parent_call_id!r}) "
                 "None or 64-bit integers."
             )
-        if event.kind is EventKind.RUN_FINISHED:
-            self._finished_at[event.run_id] = time.time()
-        self._buffer.append(event)
-        if len(self._buffer) >= self._batch_size and not self._failing:
-            self._settle()  # forget written batches early: their bytes go back to the allocator
-            if not self._failing:
-                try:
-                    self._hand_over_buffer()
-                except Exception:  # the events stay buffered; the writer task's flush reports why
-                    self._failing = True
-                    self._wake_writer()
-                else:
-                    self._wait_for_room()
-
-    def _wait_for_room(self) -> None:
-        """Backpressure: while more than `max_pending_events` events (or `max_pending_bytes` bytes) are handed over
-        and not written, block until the writer has written the oldest batch.
-
-        A producer that outruns the disk is slowed down to the disk's pace here instead of filling memory, and the
-        age of the oldest unwritten event stays bounded (a crash loses at most that much). The wait blocks the
-        event loop's thread (every agent of the process waits), which is what lets a writer thread run: it no
-        longer competes for the interpreter. Only writers that do not need the event loop are waited for
-        (`BatchWriter.writes_elsewhere`), never while this store holds a transaction that needs the loop to end
-        (`_holds_loop_transaction`: the writer would wait for it), and at most `_BACKPRESSURE_MAX_WAIT` seconds at a
-        time (a writer held up by another connection's lock must not freeze the loop); a failed write ends the wait
-        (the events stay buffered, and flushing raises as usual).
-        """
-        writer = self._batch_writer
-        if writer is None or not writer.writes_elsewhere or self._holds_loop_transaction():
-            return
-        in_flight = self._in_flight
-        deadline = time.monotonic() + _BACKPRESSURE_MAX_WAIT
-        while in_flight and (
-            self._in_flight_events > self._max_pending_events or self._in_flight_bytes > self._max_pending_bytes
-        ):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            future = in_flight[0][1]
-            if not future.done():
-                wait_futures([future], timeout=min(left, _BACKPRESSURE_SLICE))
-            self._settle()
-            if self._failing:
-                return
-
-    @property
-    def _events_have_links(self) -> bool:
-        """Whether the stored events carry links to check (a store written before links existed, read where it
-        cannot be migrated, has none: its events are read unverified)."""
-        return True
-
-    def _holds_loop_transaction(self) -> bool:
-        """Whether this store has a write transaction open that only the event loop can finish (a backend that
-        writes some transactions from the loop says so: backpressure must not block the loop then)."""
-        return False
+        self._pending.add(event)
 
     @staticmethod
     def _check_event_hash_key(event: Event, hash_key: object, obj: Optional[Frozen] = None) -> None:
@@ -836,15 +367,9 @@ class EventStore(abc.ABC):
             return
         if self._closes_after_run():
             await self.aclose()
-        lost = self._lost_runs.pop(run_id, None)
+        lost = self._pending.pop_lost(run_id)
         if lost is not None:
             raise lost
-
-    def _note_run_lost(self, run_id: str, error: StoreError) -> None:
-        """A backend dropped events of this run that can never be written (its run was deleted from the store
-        while it ran), so that the other runs' events are written: `afinish_run` raises `error` for it. Any
-        thread may call this."""
-        self._lost_runs.setdefault(run_id, error)
 
     def _closes_after_run(self) -> bool:
         """Whether the run that just finished has to close the store (it opened it, and no other run is active)."""
@@ -853,7 +378,7 @@ class EventStore(abc.ABC):
     async def aflush(self) -> None:
         """Write every buffered event now; raise `StoreWriteError` (events stay buffered) if that fails."""
         self._check_open()
-        await self._aflush_buffer()
+        await self._pending.aflush()
 
     # ----------------------------------------------------------------------------------------------------- reading
 
@@ -1137,7 +662,7 @@ class EventStore(abc.ABC):
                 "deleting it now would cut it in half. Delete it once it finished, or with `force=True` if the "
                 "process that ran it is gone."
             )
-        async with self._flush_lock:
+        async with self._pending.lock:
             if not await self._adelete_run_events(run_id):
                 raise self._unknown_run(run_id)
 
@@ -1145,11 +670,10 @@ class EventStore(abc.ABC):
         """Delete the objects that no event references any more, directly or through other objects; return how
         many were deleted."""
         await self.aflush()
-        async with self._flush_lock, self._amaintenance():
+        async with self._pending.lock, self._amaintenance():
             # batches handed over from now on must not count on objects this may delete: they bring them again
             # (and those handed over before are completed by the writer: the gc generation changes)
-            self._recently_stored.clear()
-            self._cache_generation = None
+            self._pending.forget_stored()
             reachable: set[str] = set()
             async for stored_chunk in self._aiter_stored_chunks():
                 for event in stored_chunk:
@@ -1183,7 +707,6 @@ class EventStore(abc.ABC):
             garbage = [key for key in stored if key not in reachable]
             if garbage:
                 await self._adelete_objects(garbage)
-                await self._abump_gc_generation()
         self._decoder.clear()
         return len(garbage)
 
@@ -1201,9 +724,9 @@ class EventStore(abc.ABC):
         """Make buffered events readable; if they cannot be written now, read what is stored (the write error is
         raised by `aflush()`, `afinish_run()` and `aclose()`, not by reads)."""
         self._check_open()
-        if (self._buffer or self._in_flight) and not self._failing:
+        if self._pending.has_unwritten:
             try:
-                await self._aflush_buffer()
+                await self._pending.aflush()
             except StoreError:
                 pass
 
@@ -1235,189 +758,6 @@ class EventStore(abc.ABC):
             f"No run {run_id!r} in {self.location}; `await store.alist_runs()` lists the stored runs.", run_id
         )
 
-    def _wake_writer(self) -> None:
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
-
-    async def _aflush_buffer(self) -> None:
-        """Hand over everything buffered and wait until it, and everything handed over before, is written. On
-        failure the unwritten events are back in the buffer, in order, and a `StoreError` rises."""
-        lock = self._flush_lock
-        async with lock:
-            if not self._is_open or lock is not self._flush_lock:  # closed (maybe reopened) while this waited
-                raise StoreClosedError(
-                    f"{self!r} was closed while a flush waited; the close reported the events it could not write.",
-                    self.location,
-                )
-            self._settle()
-            self._failing = False  # a flush always tries again
-            try:
-                self._hand_over_buffer()
-            except Exception as error:
-                self._failing = True
-                raise self._flush_error(error) from error
-            if not self._in_flight:
-                return
-            last = self._in_flight[-1][1]  # the writer finishes batches in order: when it is done, all are
-            while True:
-                await _await_done(last)
-                failure = self._settle()
-                if failure is not None:
-                    raise self._flush_error(failure) from failure
-                if all(future is not last for _, future in self._in_flight):
-                    return
-                last = self._in_flight[-1][1]  # a failed batch comes back once the batches after it are done
-
-    def _hand_over_buffer(self) -> None:
-        """Encode what is buffered into batches and hand them to the batch writer (the events leave the buffer
-        only once their batch is handed over)."""
-        buffer = self._buffer
-        if not buffer:
-            return
-        writer = self._batch_writer
-        if writer is None:
-            self._check_open()
-            raise StoreUsageError(f"{self!r} has no batch writer.")
-        while buffer:
-            batch = self._prepare_batch(buffer[: self._max_batch_size])
-            self._in_flight.append((batch, writer.submit(batch, self._generation)))
-            self._in_flight_events += len(batch)
-            self._in_flight_bytes += batch.size_bytes
-            del buffer[: len(batch)]
-
-    def _settle(self) -> Optional[BaseException]:
-        """Take stock of what the batch writer finished, in order: forget the written batches. After a failure,
-        once every batch handed over has come back, put their events in front of the buffer (in order) and return
-        the error."""
-        in_flight = self._in_flight
-        while in_flight:
-            batch, future = in_flight[0]
-            if not future.done():
-                return None
-            error = future.exception()
-            if error is None:
-                in_flight.popleft()
-                self._in_flight_events -= len(batch)
-                self._in_flight_bytes -= batch.size_bytes
-                self._note_written(batch)
-                continue
-            self._failing = True  # nothing more is handed over until a flush tries again
-            if not all(later.done() for _, later in in_flight):
-                return None
-            self._buffer[:0] = [event for failed, _ in in_flight for event in failed.events]
-            for failed, _ in reversed(in_flight):  # the chains resume where the first failed batch started them
-                self._run_links.update(failed.link_starts)
-            self._forget_in_flight()
-            self._generation += 1
-            return error
-        return None
-
-    def _forget_in_flight(self) -> None:
-        """No batch is in flight any more (they came back to the buffer, or the store closed): so say the counts."""
-        self._in_flight.clear()
-        self._in_flight_events = self._in_flight_bytes = 0
-
-    def _note_written(self, batch: Batch) -> None:
-        generation = batch.written_generation
-        if generation != self._cache_generation:
-            if self._cache_generation is not None and (generation is None or generation < self._cache_generation):
-                generation = -1  # written before a gc this store object knows of: remember nothing of it
-            else:
-                self._recently_stored.clear()  # a gc ran since: what was remembered may be deleted
-                self._cache_generation = generation
-        if len(self._recently_stored) > _RECENTLY_STORED_LIMIT:
-            self._recently_stored.clear()
-        if generation == self._cache_generation:
-            self._recently_stored.update(batch.objects)
-        for event in batch.events:
-            if event.kind is EventKind.RUN_FINISHED:
-                self._finished_at.pop(event.run_id, None)
-
-    def _flush_error(self, error: BaseException) -> StoreError:
-        """What a failed flush raises: the store's own error with the number of events still unwritten."""
-        pending = self.pending_count
-        if isinstance(error, StoreWriteError):
-            error.pending = pending
-            return error
-        if isinstance(error, StoreError):
-            return error
-        return StoreWriteError(
-            f"Could not write {pending} events to {self.location} ({type(error).__name__}: {error}); they stay "
-            "buffered, `await store.aflush()` retries.",
-            self.location,
-            pending=pending,
-        )
-
-    def _prepare_batch(self, events: list[Event]) -> Batch:
-        """Encode what the backend writes for these events (at hand-over, not in `append`)."""
-        generation = self._cache_generation if self._recently_stored else None
-        batch = Batch(list(events), [], [], {}, [], {}, cache_generation=generation)
-        objects, counts, links, run_links = batch.objects, batch.counts, batch.links, self._run_links
-        size = 0
-        for event in events:
-            hash_key, run_id, kind = event.hash_key, event.run_id, event.kind
-            batch.hash_keys.append(hash_key)
-            data = None if event.data is None else encode_data(event.data)
-            batch.data.append(data)
-            if data is not None:
-                size += len(data)
-            counts[run_id] = counts.get(run_id, 0) + 1
-            previous = run_links.get(run_id)
-            if previous is None:  # a run no `astart_run` of this store object announced
-                previous = first_link(run_id)
-            if run_id not in batch.link_starts:
-                batch.link_starts[run_id] = previous
-            link = next_link(previous, kind, event.t, hash_key, event.call_id, event.parent_call_id, data)
-            run_links.pop(run_id, None)  # the newest run last: the oldest is forgotten first
-            run_links[run_id] = link
-            if len(run_links) > _RUNS_REMEMBERED:
-                del run_links[next(iter(run_links))]
-            links.append(link)
-            obj = event.obj
-            if obj is not None and hash_key is not None and hash_key not in objects:
-                body = event.canonical_bytes or obj.encode_canonical()
-                objects[hash_key] = body
-                size += len(body)
-                if may_reference_messages(body):
-                    known = _EitherContainer(objects, self._recently_stored)
-                    for nested_key, nested_body in _nested_messages(obj, known):
-                        if nested_key not in objects:
-                            objects[nested_key] = nested_body
-                            size += len(nested_body)
-            if kind is EventKind.RUN_STARTED or kind is EventKind.RUN_FINISHED:
-                update = run_update(event, data, self._finished_at.get(run_id))
-                if update is not None:
-                    batch.run_updates.append((run_id, kind, update))
-        batch.size_bytes = size
-        return batch
-
-    async def _arun_writer(self) -> None:
-        """Hand over what is buffered at least every `flush_interval` seconds; after a failure, retry with
-        growing delays."""
-        loop = asyncio.get_running_loop()
-        delay = self._flush_interval
-        while not self._stopping:
-            wakeup: asyncio.Future[None] = loop.create_future()
-            self._wakeup = wakeup
-            timer = loop.call_later(delay, _resolve, wakeup)
-            try:
-                await wakeup
-            finally:
-                timer.cancel()
-                self._wakeup = None
-            if self._stopping:
-                continue
-            self._settle()
-            if not self._buffer:
-                continue
-            try:
-                await self._aflush_buffer()
-                delay = self._flush_interval
-            except StoreError as error:
-                delay = min(delay * 2, _MAX_RETRY_DELAY)
-                logger.warning("%s; retrying in %.1f s", error, delay)
-
 
 def _known_kind(kind: Union[EventKind, str]) -> Optional[EventKind]:
     return kind if isinstance(kind, EventKind) else None
@@ -1425,31 +765,3 @@ def _known_kind(kind: Union[EventKind, str]) -> Optional[EventKind]:
 
 def _chain_problems(found: Iterable[ChainProblem]) -> list[Problem]:
     return [Problem("changed_event", problem.message, seq=problem.seq, run_id=problem.run_id) for problem in found]
-
-
-class _EitherContainer:
-    """`in` either of two containers."""
-
-    def __init__(self, first: Container[str], second: Container[str]) -> None:
-        self._first, self._second = first, second
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._first or item in self._second
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _await_done(future: Future[Any]) -> None:
-    """Wait until a future of another thread is done, whatever its outcome (which the caller reads from it)."""
-    if not future.done():
-        waited = asyncio.wrap_future(future)
-        waited.add_done_callback(_mark_retrieved)
-        await asyncio.wait([waited])
-
-
-def _mark_retrieved(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # the outcome is read from the original future; asyncio must not log it as lost

@@ -9,8 +9,9 @@ import orjson
 
 from miniagents.events import Event
 from miniagents.promising.ext.frozen import Frozen
-from store.base import EventStore, event_references
+from store.base import EventStore
 from store.decoding import body_references
+from store.encoding import event_references
 from store.errors import StoreIntegrityError, StoreUsageError, UnknownHashError
 
 

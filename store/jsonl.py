@@ -12,19 +12,10 @@ from typing import Optional, Union
 
 import miniagents
 from miniagents.events import Event, EventKind
-from store.base import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_FLUSH_INTERVAL,
-    Batch,
-    EventStore,
-    Problem,
-    RunInfo,
-    VerifyReport,
-    decode_data,
-    nested_objects_to_restore,
-    run_update,
-)
+from store.backend import GcGenerationChanged, RunsDeleted, Write
+from store.base import DEFAULT_BATCH_SIZE, DEFAULT_FLUSH_INTERVAL, EventStore
 from store.chain import LINK_SIZE, StoredEvent, first_link, next_link
+from store.encoding import decode_data, run_update
 from store.errors import (
     ForeignDatabaseError,
     SchemaVersionError,
@@ -47,6 +38,7 @@ from store.jsonl_format import (
     parse,
 )
 from store.memory import EventRow, RunRecord
+from store.results import Problem, RunInfo, VerifyReport
 
 _CHUNK = 2_000
 _BROKEN_LINK = b"\x00" * LINK_SIZE
@@ -223,7 +215,7 @@ class JSONLStore(EventStore):
                         read_run.finished_at,
                     )
                     if update is not None:
-                        run.apply(event.kind, update)
+                        run.apply(update)
             run.event_count = read_run.event_count
             if index in parsed.runs_missing_last_events and run.event_count <= len(run.seqs):
                 run.event_count = len(run.seqs) + 1  # its count was changed too: the removed events still show
@@ -253,7 +245,7 @@ class JSONLStore(EventStore):
             )
             raise error(message, str(self.path))
 
-    def _write(self, state: _State, forgotten: Sequence[str] = ()) -> None:
+    def _save(self, state: _State, forgotten: Sequence[str] = ()) -> None:
         """Write `state` into the file (a temporary file, then a rename) and keep it; raise `StoreWriteError`."""
         path = self.path
         try:
@@ -309,29 +301,24 @@ class JSONLStore(EventStore):
             raise StoreUsageError(f"{self.location} already holds a run {run_id!r}; run ids must be unique.")
         self._state.runs[run_id] = RunRecord(run_id)
 
-    def _write_batches(self, batches: list[Batch]) -> None:
+    def _commit_write(self, write: Write) -> int:
         self._refuse_writing_if_damaged(StoreWriteError)
         state = self._state.copy()
-        restored = nested_objects_to_restore(batches, state.gc_generation)
-        for hash_key, body in restored.items():
+        if write.gc_generation is not None and write.gc_generation != state.gc_generation:
+            raise GcGenerationChanged(state.gc_generation)
+        deleted = [run_id for run_id in write.counts if run_id not in state.runs and run_id not in write.new_runs]
+        if deleted:
+            raise RunsDeleted(deleted)
+        for hash_key, body in write.objects.items():
             state.objects.setdefault(hash_key, body)
-        for batch in batches:
-            for hash_key, body in batch.objects.items():
-                state.objects.setdefault(hash_key, body)
-            for event, event_key, data, link in zip(
-                batch.events, batch.hash_keys, batch.data, batch.links, strict=True
-            ):
-                state.add_event(
-                    EventRow(
-                        event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link
-                    )
-                )
-            for run_id, kind, update in batch.run_updates:
-                state.runs[run_id].apply(kind, update)
-        self._write(state)
-
-    async def _abump_gc_generation(self) -> None:
-        self._state.gc_generation += 1
+        for event, event_key, data, link in zip(write.events, write.hash_keys, write.data, write.links, strict=True):
+            state.add_event(
+                EventRow(event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link)
+            )
+        for update in write.run_updates:
+            state.runs[update.run_id].apply(update)
+        self._save(state)
+        return state.gc_generation
 
     async def _adelete_run_events(self, run_id: str) -> bool:
         if run_id not in self._state.runs:
@@ -350,7 +337,7 @@ class JSONLStore(EventStore):
                 state.seqs_by_hash[hash_key] = remaining
             else:
                 state.seqs_by_hash.pop(hash_key, None)
-        self._write(state)
+        self._save(state)
         self._changed_runs.pop(run_id, None)
         return True
 
@@ -359,7 +346,8 @@ class JSONLStore(EventStore):
         state = self._state.copy()
         for key in hash_keys:
             state.objects.pop(key, None)
-        self._write(state, hash_keys)
+        state.gc_generation += 1
+        self._save(state, hash_keys)
 
     # --------------------------------------------------------------------------------------------------- reading
 

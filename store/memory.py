@@ -8,20 +8,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from miniagents.events import Event, EventKind
-from store.base import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_FLUSH_INTERVAL,
-    Batch,
-    EventStore,
-    RunInfo,
-    RunStatus,
-    RunUpdate,
-    decode_data,
-    decode_run_error,
-    nested_objects_to_restore,
-)
+from store.backend import GcGenerationChanged, RunsDeleted, Write
+from store.base import DEFAULT_BATCH_SIZE, DEFAULT_FLUSH_INTERVAL, EventStore
 from store.chain import StoredEvent
+from store.encoding import RunUpdate, decode_data, decode_run_error
 from store.errors import StoreUsageError
+from store.results import RunInfo, RunStatus
 
 _CHUNK = 2_000
 
@@ -56,16 +48,10 @@ class RunRecord:
     def copy(self) -> RunRecord:
         return dataclasses.replace(self, seqs=list(self.seqs))
 
-    def apply(self, kind: EventKind, update: RunUpdate) -> None:
-        """What a written `run_started` / `run_finished` event says about the run."""
-        if kind is EventKind.RUN_STARTED:
-            self.started_at = update.started_at
-            self.library_version = update.library_version
-            self.metadata = update.metadata
-        else:
-            self.status = update.status or RunStatus.OK
-            self.finished_at = update.finished_at
-            self.error = update.error
+    def apply(self, update: RunUpdate) -> None:
+        """What a written `run_started` / `run_finished` event sets on the run."""
+        for name, value in update.fields.items():
+            setattr(self, name, value)
 
 
 @dataclass(slots=True)
@@ -131,22 +117,17 @@ class MemoryStore(EventStore):
             raise StoreUsageError(f"{self.location} already holds a run {run_id!r}; run ids must be unique.")
         self._runs[run_id] = RunRecord(run_id)
 
-    def _write_batches(self, batches: list[Batch]) -> None:
-        restored = nested_objects_to_restore(batches, self._gc_generation)
-        for hash_key, body in restored.items():
-            self._objects.setdefault(hash_key, body)
-        for batch in batches:
-            self._write_batch(batch)
-
-    async def _abump_gc_generation(self) -> None:
-        self._gc_generation += 1
-
-    def _write_batch(self, batch: Batch) -> None:
-        for hash_key, body in batch.objects.items():
-            self._objects.setdefault(hash_key, body)
+    def _commit_write(self, write: Write) -> int:
+        if write.gc_generation is not None and write.gc_generation != self._gc_generation:
+            raise GcGenerationChanged(self._gc_generation)
         runs = self._runs
+        deleted = [run_id for run_id in write.counts if run_id not in runs and run_id not in write.new_runs]
+        if deleted:
+            raise RunsDeleted(deleted)
+        for hash_key, body in write.objects.items():
+            self._objects.setdefault(hash_key, body)
         seq = self._last_seq
-        for event, event_key, data, link in zip(batch.events, batch.hash_keys, batch.data, batch.links, strict=True):
+        for event, event_key, data, link in zip(write.events, write.hash_keys, write.data, write.links, strict=True):
             seq += 1
             self._events[seq] = EventRow(
                 event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link
@@ -159,8 +140,9 @@ class MemoryStore(EventStore):
             if event_key is not None:
                 self._seqs_by_hash.setdefault(event_key, []).append(seq)
         self._last_seq = seq
-        for run_id, kind, update in batch.run_updates:
-            runs[run_id].apply(kind, update)
+        for update in write.run_updates:
+            runs[update.run_id].apply(update)
+        return self._gc_generation
 
     async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
         if run_id is None:
@@ -233,3 +215,4 @@ class MemoryStore(EventStore):
     async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
         for key in hash_keys:
             self._objects.pop(key, None)
+        self._gc_generation += 1

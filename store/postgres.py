@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import datetime
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -16,33 +15,28 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from blake3 import blake3
 
 from miniagents.events import Event, EventKind
-from miniagents.promising.ext.frozen import CANONICAL_FORM_VERSION, HASH_ALGORITHM
+from store.backend import GcGenerationChanged, RunsDeleted, Write
 from store.base import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_PENDING_EVENTS,
-    Batch,
     EventStore,
-    RunInfo,
-    RunStatus,
-    decode_data,
-    decode_run_error,
-    nested_objects_to_restore,
 )
+from store.buffer import Batch
 from store.chain import StoredEvent
+from store.encoding import decode_data, decode_run_error
 from store.errors import (
     ForeignDatabaseError,
-    SchemaVersionError,
-    StoreCorruptedError,
     StoreOpenError,
     StoreReadError,
     StoreUsageError,
     StoreWriteError,
 )
+from store.format import APPLICATION, check_format, new_format_entries
+from store.results import RunInfo, RunStatus
 from store.writer import BatchWriter, ThreadedBatchWriter, weak_method
 
-APPLICATION = "miniagents-store"
 """The `application` value in the `meta` table of every store (as in a SQLite store)."""
 SCHEMA_VERSION = 1
 """Version of the table layout below (PostgreSQL stores count their own versions); a newer one is refused."""
@@ -123,15 +117,6 @@ def _asyncpg() -> Any:
             ) from error
         _ASYNCPG = asyncpg
     return _ASYNCPG
-
-
-def _library_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("miniagents")
-    except Exception:
-        return "unknown"
 
 
 def _quote_identifier(name: str) -> str:
@@ -361,46 +346,24 @@ class PostgresStore(EventStore):
 
     def _classify(self, inspection: _Inspection) -> int:
         """The schema version of an inspected schema (0: empty); raise if it is not ours or not readable by us."""
-        where = self.location
         if inspection.is_empty:
             return 0
-        if inspection.meta.get("application") != APPLICATION:
+
+        def foreign() -> ForeignDatabaseError:
             shown = ", ".join(inspection.relations[:20]) + (", ..." if len(inspection.relations) > 20 else "")
-            raise ForeignDatabaseError(
+            return ForeignDatabaseError(
                 f"Schema {self.schema!r} of {_redacted(self.dsn)} holds tables of another application ({shown}), "
                 "not a miniagents store; it was left untouched. Pass another `schema=` (a new one is created).",
-                where,
+                self.location,
             )
-        try:
-            version = int(inspection.meta.get("schema_version", ""))
-        except ValueError:
-            raise StoreCorruptedError(
-                f"{where} has an unreadable schema version {inspection.meta.get('schema_version')!r}; it was left "
-                "untouched. Restore it from a backup or start a new store (another `schema=`).",
-                where,
-            ) from None
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{where} was written with PostgreSQL store schema version {version}, but this library only reads "
-                f"versions up to {SCHEMA_VERSION}; upgrade miniagents to open it (it was left untouched).",
-                where,
-            )
-        canonical = inspection.meta.get("canonical_form_version")
-        if canonical != str(CANONICAL_FORM_VERSION):
-            raise SchemaVersionError(
-                f"{where} holds objects in canonical form version {canonical}, but this library writes version "
-                f"{CANONICAL_FORM_VERSION}; open it with the miniagents version that wrote it (it was left "
-                "untouched).",
-                where,
-            )
-        algorithm = inspection.meta.get("hash_algorithm")
-        if algorithm != HASH_ALGORITHM:
-            raise SchemaVersionError(
-                f"{where} hashes objects with {algorithm!r}, but this library uses {HASH_ALGORITHM!r}; open it with "
-                "the miniagents version that wrote it (it was left untouched).",
-                where,
-            )
-        return version
+
+        return check_format(
+            inspection.meta,
+            location=self.location,
+            newest_schema=SCHEMA_VERSION,
+            foreign=foreign,
+            elsewhere="start a new store (another `schema=`)",
+        )
 
     def _is_current(self, inspection: _Inspection) -> bool:
         if inspection.is_empty or self._classify(inspection) != SCHEMA_VERSION:
@@ -418,14 +381,7 @@ class PostgresStore(EventStore):
             for statement in MIGRATIONS[step]:
                 await connection.execute(statement.format(s=self._sql.schema))
         if version == 0:
-            meta = {
-                "application": APPLICATION,
-                "canonical_form_version": str(CANONICAL_FORM_VERSION),
-                "hash_algorithm": HASH_ALGORITHM,
-                "created_by": f"miniagents {_library_version()}",
-                "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "gc_generation": "0",
-            }
+            meta = {**new_format_entries(), "gc_generation": "0"}
             await connection.executemany(
                 f"INSERT INTO {self._sql.schema}.meta (key, value) VALUES ($1, $2)", list(meta.items())
             )
@@ -538,74 +494,71 @@ class PostgresStore(EventStore):
 
     async def _on_writer_thread(self, work: _WriterWork, what: str) -> Any:
         """Run `work` (see `_on_writer`) on the writer's thread, after the batches handed over before it."""
-        writer = self._batch_writer
+        writer = self._pending.batch_writer
         if writer is None:
             self._check_open()
             raise StoreUsageError(f"{self!r} has no batch writer.")
         return await asyncio.wrap_future(writer.call(lambda: self._on_writer(work, what)))
 
-    def _write_batches(self, batches: list[Batch]) -> None:
+    def _commit_write(self, write: Write) -> int:
         # runs on the batch writer's thread
-        self._on_writer(
-            lambda connection, state: self._awrite(connection, state, batches),
-            f"write {sum(len(batch) for batch in batches)} events",
+        generation: int = self._on_writer(
+            lambda connection, state: self._awrite(connection, state, write),
+            f"write {len(write)} events",
             "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
         )
+        return generation
 
-    async def _awrite(self, connection: Any, state: _WriterState, batches: list[Batch]) -> None:
-        """Write `batches` in one transaction (see the class docstring for the locks); then let other processes
+    async def _awrite(self, connection: Any, state: _WriterState, write: Write) -> int:
+        """Write `write` in one transaction (see the class docstring for the locks); then let other processes
         delete the runs it finished."""
-        batch = Batch.merged(batches)
         asyncpg = _asyncpg()
         for attempt in range(_WRITE_ATTEMPTS):
             try:
-                await self._awrite_transaction(connection, state, batches, batch)
+                generation = await self._awrite_transaction(connection, write)
                 break
             except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
-                # another process stored one of the batch's new objects meanwhile: the next attempt finds it
+                # another process stored one of the write's new objects meanwhile: the next attempt finds it
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
-        finished = {run_id for run_id, kind, _ in batch.run_updates if kind is EventKind.RUN_FINISHED}
+        finished = {update.run_id for update in write.run_updates if update.finishes}
         for run_id in finished & state.locked_runs:
             state.locked_runs.discard(run_id)
-            try:  # the batch is written: whatever happens now must not make it look unwritten (and written twice)
+            try:  # the write is committed: whatever happens now must not make it look unwritten (and written twice)
                 await connection.fetchval("SELECT pg_advisory_unlock($1)", self._run_key(run_id))
             except Exception:  # a lost connection took the lock with it
                 pass
+        return generation
 
-    async def _awrite_transaction(
-        self, connection: Any, state: _WriterState, batches: list[Batch], batch: Batch
-    ) -> None:
+    async def _awrite_transaction(self, connection: Any, write: Write) -> int:
         sql = self._sql
         async with connection.transaction():
-            await self._alock_shared(connection, f"write {len(batch)} events")
+            await self._alock_shared(connection, f"write {len(write)} events")
             generation = int(await connection.fetchval(sql.gc_generation) or 0)
-            objects = dict(batch.objects)
-            for hash_key, body in nested_objects_to_restore(batches, generation).items():
-                objects.setdefault(hash_key, body)
-            await self._acopy_new_objects(connection, objects)
-            run_rows = await self._aresolve_runs(connection, state, batch.counts)
-            for run_id, kind, update in batch.run_updates:
-                if kind is EventKind.RUN_STARTED:
-                    await connection.execute(
-                        sql.run_started, update.started_at, update.library_version, update.metadata, run_rows[run_id]
-                    )
-                else:
-                    await connection.execute(
-                        sql.run_finished, update.status, update.finished_at, update.error, run_rows[run_id]
-                    )
+            if write.gc_generation is not None and write.gc_generation != generation:
+                raise GcGenerationChanged(generation)
+            await self._acopy_new_objects(connection, write.objects)
+            run_rows = await self._aresolve_runs(connection, write)
+            for update in write.run_updates:
+                columns = ", ".join(f"{name} = ${index}" for index, name in enumerate(update.fields, start=1))
+                await connection.execute(
+                    f"UPDATE {sql.schema}.runs SET {columns} WHERE id = ${len(update.fields) + 1}",
+                    *update.fields.values(),
+                    run_rows[update.run_id],
+                )
             await connection.executemany(
-                sql.count_events, [(batch.counts[run_id], run_rows[run_id]) for run_id in sorted(batch.counts)]
+                sql.count_events, [(write.counts[run_id], run_rows[run_id]) for run_id in sorted(write.counts)]
             )
             # from here to the commit, one write transaction at a time: events are numbered in commit order
             await connection.execute("SELECT pg_advisory_xact_lock($1)", self._seq_key)
-            first = await connection.fetchval(sql.next_seqs, len(batch), sql.sequence)
+            first = await connection.fetchval(sql.next_seqs, len(write), sql.sequence)
             await connection.copy_records_to_table(
                 "events",
                 schema_name=self.schema,
                 columns=_EVENT_COLUMNS,
-                records=_event_rows(batch, run_rows, self._kind_codes, first),
+                records=_event_rows(write, run_rows, self._kind_codes, first),
             )
+        return generation
 
     async def _acopy_new_objects(self, connection: Any, objects: dict[str, bytes]) -> None:
         """COPY the objects that are not stored yet (COPY writes rows about twice as fast as an INSERT can).
@@ -643,25 +596,16 @@ class PostgresStore(EventStore):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
 
-    async def _aresolve_runs(
-        self, connection: Any, state: _WriterState, batch_counts: dict[str, int]
-    ) -> dict[str, int]:
-        """The row ids of these runs, creating those that are missing (events of a run no `astart_run` announced);
-        a run this store object registered and another process deleted meanwhile is an error, not re-created."""
-        run_ids = sorted(batch_counts)
+    async def _aresolve_runs(self, connection: Any, write: Write) -> dict[str, int]:
+        """The row ids of the write's runs, creating those of new runs that are missing; a run this store object
+        registered and another process deleted meanwhile is `RunsDeleted`, not re-created."""
+        run_ids = sorted(write.counts)
         rows = await connection.fetch(self._sql.find_runs, run_ids)
         found = {str(row[0]): int(row[1]) for row in rows}
         missing = [run_id for run_id in run_ids if run_id not in found]
-        deleted = [run_id for run_id in missing if run_id in state.locked_runs]
+        deleted = [run_id for run_id in missing if run_id not in write.new_runs]
         if deleted:
-            raise StoreWriteError(
-                f"Cannot write {sum(batch_counts.values())} events to {self.location}: run "
-                f"{', '.join(map(repr, deleted))} was deleted from the store while it was running (`adelete_run(..., "
-                "force=True)`, maybe in another process, or after this process lost its connection and with it the "
-                "run's lock), so nothing of the batch was written. Finish the run in another store, or stop deleting "
-                "running runs.",
-                self.location,
-            )
+            raise RunsDeleted(deleted)
         if missing:
             await connection.execute(self._sql.create_runs, missing)
             found.update((str(row[0]), int(row[1])) for row in await connection.fetch(self._sql.find_runs, missing))
@@ -776,15 +720,9 @@ class PostgresStore(EventStore):
         connection = self._maintenance_connection("delete objects")
         try:
             await connection.execute(self._sql.delete_objects, [bytes.fromhex(key) for key in hash_keys])
-        except (OSError, _asyncpg().PostgresError, _asyncpg().InterfaceError) as error:
-            raise self._write_error(error, f"delete {len(hash_keys)} unreferenced objects") from error
-
-    async def _abump_gc_generation(self) -> None:
-        connection = self._maintenance_connection("record a garbage collection")
-        try:
             await connection.execute(self._sql.bump_gc_generation)
         except (OSError, _asyncpg().PostgresError, _asyncpg().InterfaceError) as error:
-            raise self._write_error(error, "record a garbage collection") from error
+            raise self._write_error(error, f"delete {len(hash_keys)} unreferenced objects") from error
 
     def _write_error(self, error: BaseException, what: str) -> StoreWriteError:
         return StoreWriteError(
@@ -991,8 +929,6 @@ class _Statements:
             f"INSERT INTO {s}.runs (run_id) SELECT * FROM unnest($1::text[]) ON CONFLICT (run_id) DO NOTHING"
         )
         self.register_run = f"INSERT INTO {s}.runs (run_id) VALUES ($1) ON CONFLICT (run_id) DO NOTHING RETURNING id"
-        self.run_started = f"UPDATE {s}.runs SET started_at = $1, library_version = $2, metadata = $3 WHERE id = $4"
-        self.run_finished = f"UPDATE {s}.runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4"
         self.count_events = f"UPDATE {s}.runs SET event_count = event_count + $1 WHERE id = $2"
         # numbers for `n` events at once (the caller holds the sequence lock, so nobody takes numbers in between)
         self.next_seqs = "SELECT setval($2::regclass, nextval($2::regclass) + $1 - 1) - $1 + 1"
@@ -1011,9 +947,9 @@ class _Statements:
 
 
 def _event_rows(
-    batch: Batch, run_rows: dict[str, int], kind_codes: dict[EventKind, int], first: int
+    write: Write, run_rows: dict[str, int], kind_codes: dict[EventKind, int], first: int
 ) -> list[tuple[Any, ...]]:
-    """The batch's events as rows of `_EVENT_COLUMNS`, numbered from `first` on."""
+    """The write's events as rows of `_EVENT_COLUMNS`, numbered from `first` on."""
     return [
         (
             first + index,
@@ -1027,6 +963,6 @@ def _event_rows(
             link,
         )
         for index, (event, hash_key, data, link) in enumerate(
-            zip(batch.events, batch.hash_keys, batch.data, batch.links, strict=True)
+            zip(write.events, write.hash_keys, write.data, write.links, strict=True)
         )
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import datetime
 import errno
 import os
 import random
@@ -14,7 +13,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,35 +23,30 @@ import aiosqlite
 import orjson
 
 from miniagents.events import Event, EventKind
-from miniagents.promising.ext.frozen import CANONICAL_FORM_VERSION, HASH_ALGORITHM
+from store.backend import GcGenerationChanged, RunsDeleted, Write
 from store.base import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_PENDING_EVENTS,
-    Batch,
     EventStore,
-    Problem,
-    RunInfo,
-    RunStatus,
-    decode_data,
-    decode_run_error,
-    nested_objects_to_restore,
 )
+from store.buffer import Batch
 from store.chain import LINK_SIZE, StoredEvent, first_link, next_link
 from store.checkpointer import WalCheckpointer
+from store.encoding import decode_data, decode_run_error
 from store.errors import (
     ForeignDatabaseError,
-    SchemaVersionError,
     StoreCorruptedError,
     StoreOpenError,
     StoreReadError,
     StoreUsageError,
     StoreWriteError,
 )
+from store.format import APPLICATION, check_format, new_format_entries
+from store.results import Problem, RunInfo, RunStatus
 from store.writer import BatchWriter, ThreadedBatchWriter, weak_method
 
-APPLICATION = "miniagents-store"
 """The `application` value in the `meta` table of every store."""
 APPLICATION_ID = 0x4D41_5354
 """Written into the SQLite header (`PRAGMA application_id`), so tools like `file` can tell a store apart."""
@@ -159,15 +153,6 @@ _SNAPSHOT: contextvars.ContextVar[Optional[tuple[SQLiteStore, aiosqlite.Connecti
 """(store, connection) whose reads the current task makes in one read transaction (see `_aread_snapshot`)."""
 
 
-def _library_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("miniagents")
-    except Exception:
-        return "unknown"
-
-
 def _error_code(error: sqlite3.Error) -> Optional[int]:
     code = getattr(error, "sqlite_errorcode", None)
     if code is not None:
@@ -270,8 +255,6 @@ class SQLiteStore(EventStore):
         self._run_rowids: dict[str, int] = {}
         """Row ids of the runs this store object registered: the writer needs no statement to find them, and finds
         out when one of them was deleted while it ran."""
-        self._deleted_runs: set[str] = set()
-        """Runs this store object wrote that were deleted while they ran: their events are dropped, not written."""
         self._linked = True
         """Whether the open file's events have links (a store of schema 1 read where it cannot be migrated has
         none)."""
@@ -569,8 +552,8 @@ class SQLiteStore(EventStore):
     async def _aread_layout_at_once(self, db: aiosqlite.Connection) -> _Inspection:
         """`_aread_layout` in one read transaction: each statement on its own could see another moment, e.g. the
         schema from before another process created the store and the header from after."""
-        await db.execute("BEGIN")
         try:
+            await db.execute("BEGIN")
             return await self._aread_layout(db, exists=True)
         finally:
             await _arollback(db)
@@ -599,45 +582,19 @@ class SQLiteStore(EventStore):
         path = str(self.path)
         if inspection.is_empty:
             return 0
-        if inspection.meta.get("application") != APPLICATION or inspection.application_id not in (0, APPLICATION_ID):
+
+        def foreign() -> ForeignDatabaseError:
             entries = ", ".join(sorted(inspection.schema_entries)) or "none"
             header = f"user_version {inspection.user_version}, application_id {inspection.application_id}"
-            raise ForeignDatabaseError(
+            return ForeignDatabaseError(
                 f"{path} is a SQLite database of another application (schema: {entries}; {header}), not a "
-                "miniagents store; "
-                "it was left untouched. Point SQLiteStore at a new file.",
+                "miniagents store; it was left untouched. Point SQLiteStore at a new file.",
                 path,
             )
-        try:
-            version = int(inspection.meta.get("schema_version", ""))
-        except ValueError:
-            raise StoreCorruptedError(
-                f"{path} has an unreadable schema version {inspection.meta.get('schema_version')!r}; it was left "
-                "untouched. Restore it from a backup or start a new store.",
-                path,
-            ) from None
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{path} was written with store schema version {version}, but this library only reads versions up "
-                f"to {SCHEMA_VERSION}; upgrade miniagents to open it (it was left untouched).",
-                path,
-            )
-        canonical = inspection.meta.get("canonical_form_version")
-        if canonical != str(CANONICAL_FORM_VERSION):
-            raise SchemaVersionError(
-                f"{path} holds objects in canonical form version {canonical}, but this library writes version "
-                f"{CANONICAL_FORM_VERSION}; open it with the miniagents version that wrote it (it was left "
-                "untouched).",
-                path,
-            )
-        algorithm = inspection.meta.get("hash_algorithm")
-        if algorithm != HASH_ALGORITHM:
-            raise SchemaVersionError(
-                f"{path} hashes objects with {algorithm!r}, but this library uses {HASH_ALGORITHM!r}; open it with "
-                "the miniagents version that wrote it (it was left untouched).",
-                path,
-            )
-        return version
+
+        if inspection.application_id not in (0, APPLICATION_ID):
+            raise foreign()
+        return check_format(inspection.meta, location=path, newest_schema=SCHEMA_VERSION, foreign=foreign)
 
     def _is_current(self, inspection: _Inspection) -> bool:
         if inspection.is_empty or self._classify(inspection) != SCHEMA_VERSION:
@@ -646,8 +603,8 @@ class SQLiteStore(EventStore):
 
     async def _acreate_or_migrate(self, db: aiosqlite.Connection) -> _Inspection:
         """In one write transaction: check the file again, then create or migrate the schema and register kinds."""
-        await db.execute("BEGIN IMMEDIATE")
         try:
+            await db.execute("BEGIN IMMEDIATE")
             inspection = await self._aread_layout(db, exists=True)
             version = self._classify(inspection)
             for step in range(version + 1, SCHEMA_VERSION + 1):
@@ -656,14 +613,7 @@ class SQLiteStore(EventStore):
             if 0 < version < 2:
                 await _alink_existing_events(db)
             if version == 0:
-                meta = {
-                    "application": APPLICATION,
-                    "canonical_form_version": str(CANONICAL_FORM_VERSION),
-                    "hash_algorithm": HASH_ALGORITHM,
-                    "created_by": f"miniagents {_library_version()}",
-                    "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                }
-                await db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+                await db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(new_format_entries().items()))
                 await db.execute(_START_CHAIN, (_CHAIN_CREATED,))
             else:
                 await _aadvance_chain(db)
@@ -745,8 +695,8 @@ class SQLiteStore(EventStore):
         async def attempt() -> _T:
             # one connection holds one transaction at a time: flushes of concurrent runs take turns
             async with self._transaction_lock:
-                await db.execute("BEGIN IMMEDIATE")
                 try:
+                    await db.execute("BEGIN IMMEDIATE")
                     result = await work(db)
                     await _aadvance_chain(db)
                     await db.execute("COMMIT")
@@ -876,44 +826,35 @@ class SQLiteStore(EventStore):
             raise StoreUsageError(f"{self!r} has no writer connection on this thread.")
         return connection
 
-    def _write_batches(self, batches: list[Batch]) -> None:
+    def _commit_write(self, write: Write) -> int:
         # Runs on the batch writer's thread. One INSERT ... SELECT per table: SQLite takes the rows apart (JSON
         # numbers, slices of the concatenated bytes) without the GIL, instead of handing it over for every row
         # as `executemany` does, which would starve this thread while the event loop is busy.
-        batch = Batch.merged(batches)
-        self._check_writable(f"write {len(batch)} events")
-        if self._deleted_runs.intersection(batch.counts):
-            batch = batch.without_runs(self._deleted_runs)
+        self._check_writable(f"write {len(write)} events")
         connection = self._writer_thread_connection()
-        object_parameters = _object_parameters(batch.objects)
+        object_parameters = _object_parameters(write.objects)
         kind_codes = self._kind_codes
 
-        def work() -> int:
+        def work() -> tuple[int, int]:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 row = connection.execute("SELECT value FROM meta WHERE key = 'gc_generation'").fetchone()
-                restored = nested_objects_to_restore(batches, int(row[0]) if row else 0)
-                rowids = _resolve_runs(connection, batch.counts, self._run_rowids)
+                generation = int(row[0]) if row else 0
+                if write.gc_generation is not None and write.gc_generation != generation:
+                    raise GcGenerationChanged(generation)
+                rowids = _resolve_runs(connection, write, self._run_rowids)
                 for object_group in object_parameters:
                     connection.execute(_INSERT_OBJECTS, object_group)
-                for object_group in _object_parameters(restored) if restored else ():
-                    connection.execute(_INSERT_OBJECTS, object_group)
-                event_parameters = _event_parameters(batch, rowids, kind_codes)
+                event_parameters = _event_parameters(write, rowids, kind_codes)
                 connection.execute(_INSERT_EVENTS, event_parameters)
-                for run_id, kind, update in batch.run_updates:
-                    if kind is EventKind.RUN_STARTED:
-                        connection.execute(
-                            "UPDATE runs SET started_at = ?, library_version = ?, metadata = ? WHERE id = ?",
-                            (update.started_at, update.library_version, update.metadata, rowids[run_id]),
-                        )
-                    else:
-                        connection.execute(
-                            "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE id = ?",
-                            (update.status, update.finished_at, update.error, rowids[run_id]),
-                        )
-                counts = orjson.dumps([(rowids[run_id], count, run_id) for run_id, count in batch.counts.items()])
-                if connection.execute(_COUNT_EVENTS, (counts,)).rowcount != len(batch.counts):
-                    raise _RunDeleted(_missing_runs(connection, rowids))
+                for update in write.run_updates:
+                    columns = ", ".join(f"{name} = ?" for name in update.fields)
+                    connection.execute(
+                        f"UPDATE runs SET {columns} WHERE id = ?", (*update.fields.values(), rowids[update.run_id])
+                    )
+                counts = orjson.dumps([(rowids[run_id], count, run_id) for run_id, count in write.counts.items()])
+                if connection.execute(_COUNT_EVENTS, (counts,)).rowcount != len(write.counts):
+                    raise RunsDeleted(_missing_runs(connection, rowids))
                 _advance_chain(connection)
                 connection.execute("COMMIT")
             except BaseException:
@@ -923,35 +864,25 @@ class SQLiteStore(EventStore):
                     except sqlite3.Error:
                         pass
                 raise
-            return len(event_parameters["data"]) + len(event_parameters["hashes"]) + len(event_parameters["rows"])
+            written = len(event_parameters["data"]) + len(event_parameters["hashes"]) + len(event_parameters["rows"])
+            return generation, written
 
-        while True:
-            try:
-                event_bytes = self._retry(work)
-                break
-            except sqlite3.Error as error:
-                raise self._write_error(
-                    error,
-                    f"write {len(batch)} events",
-                    "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
-                ) from error
-            except _RunDeleted as deleted:  # drop that run's events (now and later), write the other runs'
-                for run_id in deleted.runs:
-                    self._deleted_runs.add(run_id)
-                    self._run_rowids.pop(run_id, None)
-                    self._note_run_lost(
-                        run_id,
-                        StoreWriteError(
-                            f"Run {run_id!r} was deleted from {self.path} while it was running "
-                            "(`adelete_run(..., force=True)`, maybe in another process), so its events from then on "
-                            "were not written (the other runs' were). Record the run again if it is needed.",
-                            str(self.path),
-                        ),
-                    )
-                batch = batch.without_runs(self._deleted_runs)
+        try:
+            generation, event_bytes = self._retry(work)
+        except sqlite3.Error as error:
+            raise self._write_error(
+                error,
+                f"write {len(write)} events",
+                "Nothing of the batch was written; the events stay buffered and `await store.aflush()` retries",
+            ) from error
+        except RunsDeleted as deleted:
+            for run_id in deleted.run_ids:
+                self._run_rowids.pop(run_id, None)
+            raise
         self._writer_thread_state.checkpointer.note_written(
             event_bytes + sum(len(group["bodies"]) for group in object_parameters)
         )
+        return generation
 
     async def _adelete_run_events(self, run_id: str) -> bool:
         async def work(db: aiosqlite.Connection) -> bool:
@@ -970,25 +901,23 @@ class SQLiteStore(EventStore):
             await self._writer_db("delete unreferenced objects").executemany(
                 "DELETE FROM objects WHERE hash = ?", rows
             )
-        except sqlite3.Error as error:
-            raise self._write_error(error, f"delete {len(rows)} unreferenced objects") from error
-
-    async def _abump_gc_generation(self) -> None:
-        try:
             await self._writer_db("record a garbage collection").execute(
                 "INSERT INTO meta (key, value) VALUES ('gc_generation', '1') "
                 "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
             )
         except sqlite3.Error as error:
-            raise self._write_error(error, "record a garbage collection") from error
+            raise self._write_error(error, f"delete {len(rows)} unreferenced objects") from error
 
     @asynccontextmanager
     async def _amaintenance(self) -> AsyncIterator[None]:
         db = self._writer_db("collect garbage")
         try:
             await self._aretry(lambda: db.execute("BEGIN IMMEDIATE"))
-        except sqlite3.Error as error:
-            raise self._write_error(error, "start a maintenance transaction") from error
+        except BaseException as error:
+            await _arollback(db)  # a cancelled BEGIN may still run: whatever it opened is ended
+            if isinstance(error, sqlite3.Error):
+                raise self._write_error(error, "start a maintenance transaction") from error
+            raise
         self._maintenance_open = True
         try:
             yield
@@ -1259,14 +1188,6 @@ def _busy_backoff(timeout: float) -> Iterator[Optional[float]]:
     yield None
 
 
-class _RunDeleted(Exception):
-    """Runs this store object registered are no longer in the file (deleted while running)."""
-
-    def __init__(self, runs: list[str]) -> None:
-        super().__init__(", ".join(runs))
-        self.runs = runs
-
-
 def _missing_runs(connection: sqlite3.Connection, rowids: dict[str, int]) -> list[str]:
     """Which of these runs no longer have their row (deleted, or the row id went to another run since)."""
     present = set(
@@ -1286,16 +1207,20 @@ the interpreter, however many runs); fewer rows changed than runs given means a 
 was taken by another run since: checked by the run id)."""
 
 
-def _resolve_runs(connection: sqlite3.Connection, run_ids: Iterable[str], known: dict[str, int]) -> dict[str, int]:
-    """The row ids of these runs: those this store object registered from `known` (no statement needed), the others
-    looked up, and registered if missing (events of a run no `astart_run` announced)."""
-    rowids = {run_id: known[run_id] for run_id in run_ids if run_id in known}
-    wanted = [run_id for run_id in run_ids if run_id not in rowids]
+def _resolve_runs(connection: sqlite3.Connection, write: Write, known: dict[str, int]) -> dict[str, int]:
+    """The row ids of the write's runs: those this store object registered from `known` (no statement needed), the
+    others looked up; the rows of new runs are created if missing, and a registered run without its row is
+    `RunsDeleted`."""
+    rowids = {run_id: known[run_id] for run_id in write.counts if run_id in known}
+    wanted = [run_id for run_id in write.counts if run_id not in rowids]
     if not wanted:
         return rowids
     placeholders = ", ".join("?" * len(wanted))
     rows = connection.execute(f"SELECT run_id, id FROM runs WHERE run_id IN ({placeholders})", wanted).fetchall()
     rowids.update((str(run_id), int(rowid)) for run_id, rowid in rows)
+    deleted = [run_id for run_id in wanted if run_id not in rowids and run_id not in write.new_runs]
+    if deleted:
+        raise RunsDeleted(deleted)
     for run_id in wanted:
         if run_id not in rowids:
             cursor = connection.execute("INSERT INTO runs (run_id) VALUES (?)", (run_id,))
@@ -1321,16 +1246,16 @@ def _object_parameters(objects: dict[str, bytes]) -> list[dict[str, Any]]:
     ]
 
 
-def _event_parameters(batch: Batch, rowids: dict[str, int], kind_codes: dict[EventKind, int]) -> dict[str, Any]:
-    """`_INSERT_EVENTS` parameters for the batch's events: each hash key in a slot of `width` bytes (an empty slot
+def _event_parameters(write: Write, rowids: dict[str, int], kind_codes: dict[EventKind, int]) -> dict[str, Any]:
+    """`_INSERT_EVENTS` parameters for the write's events: each hash key in a slot of `width` bytes (an empty slot
     for events without one), rows as JSON, event data concatenated."""
-    width = max((len(key) // 2 for key in batch.hash_keys if key is not None), default=20)
+    width = max((len(key) // 2 for key in write.hash_keys if key is not None), default=20)
     empty_slot = "0" * (2 * width)
     slots: list[str] = []
     rows: list[tuple[Any, ...]] = []
     event_data: list[bytes] = []
     data_start = 1
-    for event, hash_key, data in zip(batch.events, batch.hash_keys, batch.data, strict=True):
+    for event, hash_key, data in zip(write.events, write.hash_keys, write.data, strict=True):
         if hash_key is None:
             slots.append(empty_slot)
             hash_length = None
@@ -1351,7 +1276,7 @@ def _event_parameters(batch: Batch, rowids: dict[str, int], kind_codes: dict[Eve
         "width": width,
         "data": b"".join(event_data),
         "rows": orjson.dumps(rows),
-        "links": b"".join(batch.links),
+        "links": b"".join(write.links),
     }
 
 
@@ -1396,11 +1321,29 @@ def _known(kind_name: str) -> bool:
 
 
 async def _arollback(db: aiosqlite.Connection) -> None:
-    if db.in_transaction:
+    """End the transaction that the statements sent to `db` opened, if they did.
+
+    A cancelled `await db.execute(...)` does not take the statement back: aiosqlite's thread runs it later all the
+    same (a `BEGIN` then holds the write lock, and every other writer of the file waits, forever). So the ROLLBACK
+    is sent whether or not a transaction is open yet, to run after them, and it is waited for to its end even if
+    the caller is cancelled meanwhile (that cancellation is raised once it is done).
+    """
+    rollback = asyncio.ensure_future(_arollback_now(db))
+    cancelled = False
+    while not rollback.done():
         try:
-            await db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+            await asyncio.wait([rollback])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()
+
+
+async def _arollback_now(db: aiosqlite.Connection) -> None:
+    try:
+        await db.execute("ROLLBACK")
+    except (sqlite3.Error, ValueError):  # no transaction was open, or the connection is closed already
+        pass
 
 
 # ------------------------------------------------------------------------------------------ the files of a store

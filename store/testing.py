@@ -26,7 +26,7 @@ import gc
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -57,6 +57,28 @@ from store import (
     UnknownRunError,
     is_stand_in_class,
 )
+from store.backend import Backend, Write
+
+
+def patch_commits(monkeypatch: pytest.MonkeyPatch, store: EventStore, before: Callable[[], None]) -> None:
+    """Run `before()` ahead of each of the store's commits (raise in it to make the commit fail, sleep to slow it),
+    whichever way the backend commits (`_commit_write` on a thread, `_acommit_write` on the event loop)."""
+    if type(store)._acommit_write is not Backend._acommit_write:
+        real_acommit = store._acommit_write
+
+        async def acommit(write: Write) -> int:
+            before()
+            return await real_acommit(write)
+
+        monkeypatch.setattr(store, "_acommit_write", acommit)
+    else:
+        real_commit = store._commit_write
+
+        def commit(write: Write) -> int:
+            before()
+            return real_commit(write)
+
+        monkeypatch.setattr(store, "_commit_write", commit)
 
 
 class Answer(Message):
@@ -713,16 +735,14 @@ class StoreConformance:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         store = self.make_store(flush_interval=60, batch_size=3)
-        real_write = store._write_batches
         failures = {"left": 3}
 
-        def flaky_write(batches: Any) -> None:
+        def flaky() -> None:
             if failures["left"]:
                 failures["left"] -= 1
                 raise StoreWriteError("simulated failure", store.location)
-            real_write(batches)
 
-        monkeypatch.setattr(store, "_write_batches", flaky_write)
+        patch_commits(monkeypatch, store, flaky)
         async with store:
             with pytest.raises(EventSinkError, match="simulated failure"):
                 await asyncio.gather(arun_flow(store, count=4), arun_flow(store, count=3))
@@ -789,16 +809,14 @@ class StoreConformance:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         store = self.make_store(flush_interval=60)
-        real_write = store._write_batches
         failures = {"left": 2}
 
-        def flaky_write(batches: Any) -> None:
+        def flaky() -> None:
             if failures["left"]:
                 failures["left"] -= 1
                 raise StoreWriteError("simulated failure", store.location)
-            real_write(batches)
 
-        monkeypatch.setattr(store, "_write_batches", flaky_write)
+        patch_commits(monkeypatch, store, flaky)
         await store.aopen()  # opened by its user, not by the run: it stays open, the events stay buffered
         with pytest.raises(EventSinkError, match="simulated failure"):
             await arun_flow(store, count=2)
@@ -822,16 +840,14 @@ class StoreConformance:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         store = self.make_store(batch_size=2, flush_interval=60)
-        real_write = store._write_batches
         calls = {"count": 0}
 
-        def second_write_fails(batches: Any) -> None:
+        def second_write_fails() -> None:
             calls["count"] += 1
             if calls["count"] == 2:
                 raise StoreWriteError("simulated failure", store.location)
-            real_write(batches)
 
-        monkeypatch.setattr(store, "_write_batches", second_write_fails)
+        patch_commits(monkeypatch, store, second_write_fails)
         messages = [Message(text=str(index)) for index in range(12)]
         async with store:
             await store.astart_run("run")
@@ -853,10 +869,10 @@ class StoreConformance:
     ) -> None:
         store = await self.make_store(flush_interval=60).aopen()
 
-        def failing_write(batches: Any) -> None:
+        def failing_write() -> None:
             raise StoreWriteError("simulated failure", store.location)
 
-        monkeypatch.setattr(store, "_write_batches", failing_write)
+        patch_commits(monkeypatch, store, failing_write)
         await store.astart_run("run")
         for index in range(3):
             store.append(message_event("run", Message(text=str(index))))
@@ -871,10 +887,10 @@ class StoreConformance:
         store = self.make_store(flush_interval=60)
         threads_before = set(threading.enumerate())
 
-        def failing_write(batches: Any) -> None:
+        def failing_write() -> None:
             raise StoreWriteError("simulated full disk", store.location)
 
-        monkeypatch.setattr(store, "_write_batches", failing_write)
+        patch_commits(monkeypatch, store, failing_write)
         with pytest.raises(EventSinkError, match="simulated full disk") as caught:
             await arun_flow(store, count=2)
         assert not store.is_open
@@ -893,7 +909,7 @@ class StoreConformance:
         async def arun() -> None:
             async with MiniAgents(store=store):
                 await replier.inquire(Message(text="q"), count=2).aresolve_messages()
-                await store._flush_lock.acquire()  # a flush elsewhere takes long: the exit's flush waits
+                await store._pending.lock.acquire()  # a flush elsewhere takes long: the exit's flush waits
                 locked.set()
 
         task = asyncio.ensure_future(arun())
@@ -901,7 +917,7 @@ class StoreConformance:
         await asyncio.sleep(0.05)
         task.cancel()  # e.g. a timeout while the exit waits for the final flush
         await asyncio.sleep(0.05)
-        store._flush_lock.release()
+        store._pending.lock.release()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not store.is_open
@@ -925,7 +941,7 @@ class StoreConformance:
 
         async def arun_b() -> None:
             for _ in range(10_000):  # until A's exit has begun closing the store
-                if store._stopping:
+                if store._pending.stopping:
                     break
                 await asyncio.sleep(0)
             await arun_flow(store, count=2)
@@ -941,7 +957,7 @@ class StoreConformance:
         store = await self.make_store(flush_interval=60).aopen()
         await store.astart_run("run")
         store.append(message_event("run", Message(text="x")))
-        async with store._flush_lock:  # a flush in progress elsewhere
+        async with store._pending.lock:  # a flush in progress elsewhere
             closing = asyncio.ensure_future(store.aclose())
             await asyncio.sleep(0.01)
             waiting = asyncio.ensure_future(store.aflush())  # queued behind the close's final flush
@@ -1102,7 +1118,7 @@ class StoreConformance:
             assert rebuilt.hash_key == parent.hash_key
             # and once the writer knows of the gc, it remembers again what it stores
             await arecord_events(writer, "newer", [message_event("newer", Message(text="newer", ref=inner))])
-            assert inner.hash_key in writer._recently_stored
+            assert inner.hash_key in writer._pending._recently_stored
         finally:
             await writer.aclose()
             if admin is not writer:
@@ -1116,6 +1132,29 @@ class StoreConformance:
             await store.afinish_run("run")
             await store.adelete_run("run")
             assert await store.alist_runs() == []
+
+    async def test_a_run_deleted_while_running_does_not_hold_up_the_other_runs_of_its_store(self) -> None:
+        if not self.separate_instances_share_data:
+            pytest.skip("separate store objects of this backend do not share data")
+        async with self.make_store(flush_interval=60) as writer:
+            for run_id in ("x", "y"):
+                await writer.astart_run(run_id)
+                writer.append(message_event(run_id, Message(text=f"{run_id} before")))
+            await writer.aflush()
+            async with self.make_store() as other:
+                await other.adelete_run("x", force=True)
+            for index in range(3):  # the two runs' events share the writer's transactions
+                for run_id in ("x", "y"):
+                    writer.append(message_event(run_id, Message(text=f"{run_id} after {index}")))
+                await writer.aflush()  # the other run's events are written, the deleted run's dropped
+            with pytest.raises(StoreWriteError, match=r"Run 'x' was deleted .* while it was running"):
+                await writer.afinish_run("x")
+            writer.append(Event(EventKind.RUN_FINISHED, "y", 9.0, data={"status": "ok", "error": None}))
+            await writer.afinish_run("y")
+        async with self.make_store() as reader:
+            assert [run.run_id for run in await reader.alist_runs()] == ["y"]
+            assert len(await reader.aget_events("y")) == 5
+            assert (await reader.averify()).ok
 
     async def test_reading_sees_events_still_in_the_buffer(self) -> None:
         async with self.make_store(flush_interval=60) as store:

@@ -1,11 +1,13 @@
-"""Batch writers: what writes a store's batches in order, either right away or on a thread of its own."""
+"""Batch writers: what writes a store's batches in order: right away, on a thread of its own, or on the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Sized
+from collections import deque
+from collections.abc import Awaitable, Callable, Sized
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Generic, Optional, TypeVar, Union
@@ -26,15 +28,13 @@ class BatchWriter(Generic[_BatchT]):
     (its future fails with `SkippedAfterFailure`), so the store can take all of them back, in order, and hand
     them over again under the next generation.
 
-    :param write_batches: writes the batches it is given atomically (all of them or none), or raises.
     """
 
     writes_elsewhere = False
     """Whether batches are written without the event loop's thread (so a store may block that thread to wait for
     them: backpressure)."""
 
-    def __init__(self, write_batches: Callable[[list[_BatchT]], None]) -> None:
-        self._write_batches = write_batches
+    def __init__(self) -> None:
         self._failed_generation: Optional[int] = None
 
     def submit(self, batch: _BatchT, generation: int) -> Future[None]:
@@ -49,27 +49,51 @@ class BatchWriter(Generic[_BatchT]):
         """Finish what was submitted, then take no more work."""
         raise NotImplementedError
 
-    def _write(self, batches: list[_BatchT], futures: list[Future[None]], generation: int) -> None:
-        """Write batches that were submitted one after another in one go, and settle their futures (a batch whose
-        future was cancelled is written all the same: the log's order does not depend on who still waits)."""
+    def _begin(self, futures: list[Future[None]], generation: int) -> bool:
+        """Whether batches of this generation are to be written (not after a failure of their generation)."""
         for future in futures:
             future.set_running_or_notify_cancel()
         if self._failed_generation == generation:
             for future in futures:
                 _settle(future, SkippedAfterFailure())
+            return False
+        return True
+
+    def _fail(self, futures: list[Future[None]], generation: int, error: BaseException) -> None:
+        self._failed_generation = generation
+        for future in futures:
+            _settle(future, error)
+
+    @staticmethod
+    def _succeed(futures: list[Future[None]]) -> None:
+        for future in futures:
+            _settle(future, None)
+
+
+class _BlockingBatchWriter(BatchWriter[_BatchT]):
+    """A batch writer that writes with a blocking call.
+
+    :param write_batches: writes the batches it is given atomically (all of them or none), or raises.
+    """
+
+    def __init__(self, write_batches: Callable[[list[_BatchT]], None]) -> None:
+        super().__init__()
+        self._write_batches = write_batches
+
+    def _write(self, batches: list[_BatchT], futures: list[Future[None]], generation: int) -> None:
+        """Write batches that were submitted one after another in one go, and settle their futures (a batch whose
+        future was cancelled is written all the same: the log's order does not depend on who still waits)."""
+        if not self._begin(futures, generation):
             return
         try:
             self._write_batches(batches)
         except BaseException as error:  # every failure reaches the store through the futures
-            self._failed_generation = generation
-            for future in futures:
-                _settle(future, error)
+            self._fail(futures, generation, error)
         else:
-            for future in futures:
-                _settle(future, None)
+            self._succeed(futures)
 
 
-class InlineBatchWriter(BatchWriter[_BatchT]):
+class InlineBatchWriter(_BlockingBatchWriter[_BatchT]):
     """Writes each batch right away, in the caller's thread (for stores whose writes are cheap, in memory)."""
 
     def submit(self, batch: _BatchT, generation: int) -> Future[None]:
@@ -108,7 +132,7 @@ class _StopJob:
 _Job = Union[_BatchJob[_BatchT], _CallJob, _StopJob]
 
 
-class ThreadedBatchWriter(BatchWriter[_BatchT]):
+class ThreadedBatchWriter(_BlockingBatchWriter[_BatchT]):
     """Writes batches on a thread of its own, so that a store gets written while the event loop is busy.
 
     `submit` only queues the batch: it never waits for the event loop or for the disk. `on_stop` runs on the
@@ -189,6 +213,81 @@ class ThreadedBatchWriter(BatchWriter[_BatchT]):
             following = None
         self._write(batches, futures, first.generation)
         return following
+
+
+class LoopBatchWriter(BatchWriter[_BatchT]):
+    """Writes batches on the event loop, for a backend with an async driver: a task of its own awaits
+    `awrite_batches` for the batches queued, in order, those that queue up meanwhile together (up to `max_events`
+    events). `submit` only queues; the loop's other tasks run while the driver waits for the database."""
+
+    def __init__(self, awrite_batches: Callable[[list[_BatchT]], Awaitable[None]], name: str, max_events: int) -> None:
+        super().__init__()
+        self._awrite_batches = awrite_batches
+        self._max_events = max_events
+        self._jobs: deque[_Job[_BatchT]] = deque()
+        self._queued = asyncio.Event()
+        self._stopped: Future[None] = Future()
+        self._task = asyncio.get_running_loop().create_task(self._arun(), name=name)
+
+    def submit(self, batch: _BatchT, generation: int) -> Future[None]:
+        future: Future[None] = Future()
+        self._put(_BatchJob(batch, generation, future))
+        return future
+
+    def call(self, function: Callable[[], _T]) -> Future[_T]:
+        future: Future[_T] = Future()
+        self._put(_CallJob(function, future))
+        return future
+
+    def stop(self) -> Future[None]:
+        if self._task.done():  # its loop is gone (a store collected after its loop closed): nothing runs any more
+            _settle(self._stopped, None)
+        else:
+            self._put(_StopJob())
+        return self._stopped
+
+    def _put(self, job: _Job[_BatchT]) -> None:
+        self._jobs.append(job)
+        self._queued.set()
+
+    async def _arun(self) -> None:
+        jobs = self._jobs
+        try:
+            while True:
+                if not jobs:
+                    self._queued.clear()
+                    await self._queued.wait()
+                    continue
+                job = jobs.popleft()
+                if isinstance(job, _StopJob):
+                    return
+                if isinstance(job, _CallJob):
+                    _run_call(job)
+                    continue
+                batches, futures, count = [job.batch], [job.future], len(job.batch)
+                while jobs and count < self._max_events:
+                    following = jobs[0]
+                    if not isinstance(following, _BatchJob) or following.generation != job.generation:
+                        break
+                    jobs.popleft()
+                    batches.append(following.batch)
+                    futures.append(following.future)
+                    count += len(following.batch)
+                if not self._begin(futures, job.generation):
+                    continue
+                try:
+                    await self._awrite_batches(batches)
+                except BaseException as error:  # every failure reaches the store through the futures
+                    self._fail(futures, job.generation, error)
+                    if isinstance(error, asyncio.CancelledError):
+                        raise
+                else:
+                    self._succeed(futures)
+        finally:
+            for left in jobs:  # cancelled with the loop: nothing queued is left waiting
+                if isinstance(left, (_BatchJob, _CallJob)):
+                    _settle(left.future, asyncio.CancelledError())
+            _settle(self._stopped, None)
 
 
 def _run_call(job: _CallJob) -> None:

@@ -20,8 +20,9 @@ from miniagents.events import (
 from miniagents.messages import Message
 from miniagents.promising.ext.frozen import Frozen
 from replay.tree import CallTreeNode, aload_tree
-from store.base import EventStore, RunInfo
+from store.base import EventStore
 from store.errors import StoreUsageError, UnknownRunError
+from store.results import RunInfo
 
 _PROVIDERS = {"OpenAIMessage": "openai", "AnthropicMessage": "anthropic", "StandInLLMMessage": "miniagents.stand_in"}
 """The GenAI provider name of the reply classes of the shipped LLM agents."""

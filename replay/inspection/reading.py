@@ -12,9 +12,10 @@ import orjson
 
 from miniagents.events import Event
 from replay.inspection.model import aresolve_run_id, plain
-from store.base import EventStore, RunInfo, VerifyReport
+from store.base import EventStore
 from store.errors import StoreUsageError
 from store.opening import open_store
+from store.results import RunInfo, VerifyReport
 
 
 def open_existing_store(target: Union[str, os.PathLike[str], EventStore]) -> EventStore:

@@ -50,7 +50,7 @@ async def ahold(dsn: str, run_id: str) -> None:
         print("finished", flush=True)
     except StoreError as error:
         print(f"{type(error).__name__}: {error}", flush=True)
-    store._buffer.clear()  # what could not be written is given up here, so that closing does not report it again
+    store._pending.events.clear()  # what could not be written is given up, so that closing does not report it again
     await store.aclose()
 
 

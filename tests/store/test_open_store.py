@@ -33,7 +33,7 @@ def test_memory_url_is_a_new_memory_store_each_time() -> None:
 
 def test_options_reach_the_store(tmp_path: Path) -> None:
     opened = open_store(tmp_path / "runs.db", batch_size=7)
-    assert opened._batch_size == 7
+    assert opened._pending._batch_size == 7
 
 
 def test_a_store_object_is_returned_as_it_is() -> None:

@@ -367,7 +367,7 @@ async def test_an_existing_store_in_a_read_only_directory_is_read_and_only_writi
             with pytest.raises(StoreWriteError, match=f"Could not write 1 events in {path}.*reading only") as caught:
                 await store.aflush()
             assert caught.value.pending == 1 and caught.value.path == str(path)
-            store._buffer.clear()  # nothing to lose at close
+            store._pending.events.clear()  # nothing to lose at close
         with pytest.raises(StoreWriteError, match=f"{path}.*reading only") as recording:
             async with MiniAgents(store=SQLiteStore(path)):
                 pass

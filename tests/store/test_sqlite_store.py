@@ -31,7 +31,7 @@ from store import (
     is_stand_in_class,
 )
 from store import sqlite as sqlite_module
-from store.testing import StoreConformance, arecord_events, arun_flow, message_event
+from store.testing import StoreConformance, arecord_events, arun_flow, message_event, patch_commits
 
 WORKER = Path(__file__).with_name("_store_worker.py")
 
@@ -244,12 +244,12 @@ async def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
 
 async def ain_writer_connection(store: SQLiteStore, sql: str) -> list[Any]:
     """Run `sql` on the connection the store writes its batches through (on that connection's thread)."""
-    assert store._batch_writer is not None
+    assert store._pending.batch_writer is not None
 
     def run() -> list[Any]:
         return store._writer_thread_connection().execute(sql).fetchall()
 
-    return await asyncio.wrap_future(store._batch_writer.call(run))
+    return await asyncio.wrap_future(store._pending.batch_writer.call(run))
 
 
 async def test_full_batches_are_written_while_the_event_loop_is_busy(tmp_path: Path) -> None:
@@ -284,9 +284,9 @@ async def test_the_log_is_checkpointed_off_the_writer_once_enough_is_written(
         assert await ain_writer_connection(store, "PRAGMA wal_autocheckpoint") == [
             (sqlite_module.WAL_LIMIT_BYTES // page_size,)
         ]
-        assert store._batch_writer is not None
+        assert store._pending.batch_writer is not None
         checkpointer = await asyncio.wrap_future(
-            store._batch_writer.call(lambda: store._writer_thread_state.checkpointer)
+            store._pending.batch_writer.call(lambda: store._writer_thread_state.checkpointer)
         )
         await store.astart_run("run")
         await store.aflush()
@@ -611,13 +611,7 @@ async def test_a_producer_that_outruns_the_writer_is_slowed_down_not_buffered_wi
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = SQLiteStore(tmp_path / "store.db", batch_size=100, max_pending_events=500, flush_interval=60)
-    real_write = store._write_batches
-
-    def slow_write(batches: Any) -> None:
-        time.sleep(0.02)  # a disk far slower than the producer
-        real_write(batches)
-
-    monkeypatch.setattr(store, "_write_batches", slow_write)
+    patch_commits(monkeypatch, store, lambda: time.sleep(0.02))  # a disk far slower than the producer
     most_pending = 0
     async with store:
         await store.astart_run("run")
@@ -631,14 +625,13 @@ async def test_a_producer_that_outruns_the_writer_is_slowed_down_not_buffered_wi
 
 async def test_the_pending_bound_in_bytes_holds_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SQLiteStore(tmp_path / "store.db", batch_size=10, max_pending_bytes=50_000, flush_interval=60)
-    real_write = store._write_batches
-    monkeypatch.setattr(store, "_write_batches", lambda batches: (time.sleep(0.005), real_write(batches)))
+    patch_commits(monkeypatch, store, lambda: time.sleep(0.005))
     most_bytes = 0
     async with store:
         await store.astart_run("run")
         for index in range(400):
             store.append(message_event("run", Message(text=f"{index} " + "x" * 1_000)))
-            most_bytes = max(most_bytes, store._in_flight_bytes)
+            most_bytes = max(most_bytes, store._pending._in_flight_bytes)
         await store.afinish_run("run")
     assert 0 < most_bytes <= 50_000 + 10 * 1_200  # the bound, plus one batch of ~1.1 KB messages
 
@@ -715,27 +708,4 @@ async def test_a_run_row_id_taken_by_a_new_run_does_not_receive_a_deleted_runs_e
     async with SQLiteStore(path) as store:
         assert [run.run_id for run in await store.alist_runs()] == ["y"]
         assert await store.aget_events("y") == []
-        assert (await store.averify()).ok
-
-
-async def test_a_run_deleted_while_running_does_not_hold_up_the_other_runs_of_its_store(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
-    async with SQLiteStore(path, flush_interval=60) as writer:
-        for run_id in ("x", "y"):
-            await writer.astart_run(run_id)
-            writer.append(message_event(run_id, Message(text=f"{run_id} before")))
-        await writer.aflush()
-        async with SQLiteStore(path) as other:
-            await other.adelete_run("x", force=True)
-        for index in range(3):  # the two runs' events share the writer's transactions
-            for run_id in ("x", "y"):
-                writer.append(message_event(run_id, Message(text=f"{run_id} after {index}")))
-            await writer.aflush()  # the other run's events are written
-        with pytest.raises(StoreWriteError, match=r"Run 'x' was deleted"):
-            await writer.afinish_run("x")
-        writer.append(Event(EventKind.RUN_FINISHED, "y", 9.0, data={"status": "ok", "error": None}))
-        await writer.afinish_run("y")
-    async with SQLiteStore(path) as store:
-        assert [run.run_id for run in await store.alist_runs()] == ["y"]
-        assert len(await store.aget_events("y")) == 5
         assert (await store.averify()).ok

@@ -26,7 +26,7 @@ import gc
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -79,6 +79,57 @@ def patch_commits(monkeypatch: pytest.MonkeyPatch, store: EventStore, before: Ca
             return real_commit(write)
 
         monkeypatch.setattr(store, "_commit_write", commit)
+
+
+@contextlib.contextmanager
+def thread_failures() -> Iterator[list[str]]:
+    """Collect what any thread dies of while the block runs."""
+    failures: list[str] = []
+    previous = threading.excepthook
+
+    def hook(arguments: threading.ExceptHookArgs) -> None:
+        thread = arguments.thread.name if arguments.thread is not None else "?"
+        failures.append(f"{thread}: {arguments.exc_type.__name__}: {arguments.exc_value}")
+
+    threading.excepthook = hook
+    try:
+        yield failures
+    finally:
+        threading.excepthook = previous
+
+
+async def athreads_left(before: set[threading.Thread], deadline: float = 5.0) -> list[str]:
+    """The names of the store threads (named "miniagents store ...") started since `before` was taken that are
+    still alive after `deadline` seconds (threads that other code left are not counted)."""
+
+    def started() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("miniagents store") and t not in before]
+
+    end = time.monotonic() + deadline
+    for thread in started():
+        await asyncio.to_thread(thread.join, max(0.0, end - time.monotonic()))
+    return [thread.name for thread in started()]
+
+
+async def acancel_at_every_point(step: Callable[[], Awaitable[object]]) -> int:
+    """Run `step` again and again, cancelling it after ever more loop iterations and time, until it finishes
+    before the cancellation; return how many runs were cancelled."""
+    cancelled = 0
+    for attempt in range(400):
+        task = asyncio.ensure_future(step())
+        for _ in range(attempt % 40):
+            await asyncio.sleep(0)
+        if attempt >= 40:  # then ever longer waits: 0.2 ms growing by 5 % per attempt (0.5 s by attempt 200)
+            await asyncio.sleep(0.0002 * 1.05 ** (attempt - 40))
+        if task.done():
+            await task
+            return cancelled
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            cancelled += 1
+    raise AssertionError("the step never finished before its cancellation")
 
 
 class Answer(Message):
@@ -1055,6 +1106,74 @@ class StoreConformance:
             gc.collect()
         messages = [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)]
         assert any(message.startswith(f"{description} was garbage-collected while open") for message in messages)
+
+    async def test_cancelling_an_opening_store_at_any_point_leaks_no_thread_and_kills_none(self) -> None:
+        async with self.make_store() as store:
+            await arun_flow(store, count=1)  # created: the openings below only open
+        stores: list[EventStore] = []
+
+        async def aopen() -> None:
+            opening = self.make_store() if self.separate_instances_share_data else store
+            stores.append(opening)
+            await opening.aopen()
+
+        before = set(threading.enumerate())
+        with thread_failures() as failures:
+            cancelled = await acancel_at_every_point(aopen)
+            for opened in stores:
+                await opened.aclose()
+            assert await athreads_left(before) == []
+        assert failures == []
+        assert cancelled > 0
+        async with self.reopened(store) as reader:
+            assert (await reader.averify()).ok
+
+    async def test_cancelling_a_closing_store_at_any_point_leaks_no_thread_and_loses_nothing(self) -> None:
+        shared = self.make_store(flush_interval=60)
+        stores: list[EventStore] = []
+        appended: list[str] = []
+
+        async def arecord_and_close() -> None:
+            store = self.make_store(flush_interval=60) if self.separate_instances_share_data else shared
+            stores.append(store)
+            await store.aopen()
+            run_id = f"run {len(stores)}"
+            await store.astart_run(run_id)
+            message = Message(text=f"message {len(stores)}")
+            store.append(message_event(run_id, message))
+            appended.append(message.hash_key)
+            await store.aclose()  # the close writes the buffered event, whenever it is cancelled
+
+        before = set(threading.enumerate())
+        with thread_failures() as failures:
+            cancelled = await acancel_at_every_point(arecord_and_close)
+            for store in stores:
+                await store.aclose()
+            assert await athreads_left(before) == []
+        assert failures == []
+        assert cancelled > 0 and appended
+        async with self.reopened(shared) as reader:
+            assert (await reader.averify()).ok
+            stored = {event.hash_key for event in await reader.aget_events()}
+        assert set(appended) <= stored
+
+    @pytest.mark.parametrize("times", [1, 3])
+    async def test_a_cancelled_wait_for_a_write_does_not_stop_the_writer(self, times: int) -> None:
+        before = set(threading.enumerate())
+        with thread_failures() as failures:
+            async with self.make_store(flush_interval=60) as store:
+                await store.astart_run("run")
+                for index in range(times):
+                    store.append(message_event("run", Message(text=f"m{index}")))
+                    flush = asyncio.ensure_future(store.aflush())
+                    await asyncio.sleep(0)
+                    flush.cancel()  # a store that writes right away may be done already
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await flush
+                await store.afinish_run("run")
+                assert len(await store.aget_events("run")) == times
+            assert await athreads_left(before) == []
+        assert failures == []
 
     # --------------------------------------------------------------------------------------------------- retention
 

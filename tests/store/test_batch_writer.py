@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 from concurrent.futures import Future
 
 import pytest
 
-from store.writer import InlineBatchWriter, SkippedAfterFailure, ThreadedBatchWriter, weak_method
+from store.writer import InlineBatchWriter, LoopBatchWriter, SkippedAfterFailure, ThreadedBatchWriter, weak_method
 
 TIMEOUT = 5.0
 
@@ -120,3 +121,67 @@ def test_a_weak_method_does_not_keep_its_object_alive() -> None:
     gc.collect()
     with pytest.raises(ReferenceError):
         method()
+
+
+class AsyncRecorder:
+    """An `awrite_batches` that records what it was given, waits for the database (a pause), and fails on request."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[list[int]]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.fail_on: set[int] = set()
+
+    async def __call__(self, batches: list[list[int]]) -> None:
+        await self.release.wait()
+        self.calls.append(batches)
+        if len(self.calls) - 1 in self.fail_on:
+            raise OSError(f"write {len(self.calls)} failed")
+
+
+async def aoutcome(future: Future[None]) -> object:
+    waited = asyncio.wrap_future(future)
+    await asyncio.wait([waited], timeout=TIMEOUT)
+    error = waited.exception()
+    return "written" if error is None else type(error).__name__
+
+
+async def test_a_loop_writer_writes_in_order_on_the_loop_and_groups_what_queued_meanwhile() -> None:
+    recorder = AsyncRecorder()
+    writer: LoopBatchWriter[list[int]] = LoopBatchWriter(recorder, name="test loop writer", max_events=3)
+    recorder.release.clear()
+    first = writer.submit([1], generation=0)
+    await asyncio.sleep(0.01)  # the first write is under way, waiting for its database
+    queued = [writer.submit([value], generation=0) for value in (2, 3, 4, 5)]
+    call = writer.call(lambda: len(recorder.calls))
+    recorder.release.set()
+    assert [await aoutcome(future) for future in (first, *queued)] == ["written"] * 5
+    assert await asyncio.wrap_future(call) == 3  # after the batches submitted before it
+    await asyncio.wrap_future(writer.stop())
+    assert recorder.calls == [[[1]], [[2], [3], [4]], [[5]]]  # at most `max_events` per write
+
+
+async def test_a_loop_writer_skips_the_rest_of_a_failed_generation_and_writes_the_next() -> None:
+    recorder = AsyncRecorder()
+    recorder.fail_on = {0}
+    writer: LoopBatchWriter[list[int]] = LoopBatchWriter(recorder, name="test loop writer", max_events=1)
+    failed, skipped = writer.submit([1], generation=0), writer.submit([2], generation=0)
+    retried = writer.submit([1, 2], generation=1)
+    assert [await aoutcome(future) for future in (failed, skipped, retried)] == [
+        "OSError",
+        "SkippedAfterFailure",
+        "written",
+    ]
+    await asyncio.wrap_future(writer.stop())
+    assert recorder.calls == [[[1]], [[1, 2]]]
+
+
+async def test_a_loop_writer_cancelled_with_its_loop_leaves_no_future_waiting() -> None:
+    recorder = AsyncRecorder()
+    recorder.release.clear()
+    writer: LoopBatchWriter[list[int]] = LoopBatchWriter(recorder, name="test loop writer", max_events=1)
+    writing, queued = writer.submit([1], generation=0), writer.submit([2], generation=0)
+    await asyncio.sleep(0.01)
+    writer._task.cancel()  # what ending the event loop does to it
+    assert [await aoutcome(future) for future in (writing, queued)] == ["CancelledError"] * 2
+    assert writer.stop().done()

@@ -8,13 +8,11 @@ import contextlib
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Optional
 
 import asyncpg
 import pytest
-from test_cancellation import acancel_at_every_point, anothing_left, thread_failures
 
 import miniagents
 from miniagents import Message
@@ -414,58 +412,6 @@ async def test_without_prepared_statement_caches_as_behind_pgbouncer_it_records_
         assert await reader.aget(answers[1].hash_key) == answers[1]
         assert (await reader.averify()).ok
     assert run.event_count > 2 and store._connect_options["statement_cache_size"] == 0
-
-
-# ---------------------------------------------------------------------------------------------------- cancellation
-
-
-async def test_cancelling_an_opening_store_leaves_no_connection_or_thread(postgres_dsn: str) -> None:
-    stores: list[PostgresStore] = []
-
-    async def aopen() -> None:
-        store = PostgresStore(postgres_dsn)
-        stores.append(store)
-        await store.aopen()
-
-    before = set(threading.enumerate())
-    with thread_failures() as failures:  # an unclosed connection would fail the test as a ResourceWarning
-        cancelled = await acancel_at_every_point(aopen)
-        for store in stores:
-            await store.aclose()
-        assert await anothing_left(before) == []
-    assert failures == []
-    assert cancelled > 0
-    async with PostgresStore(postgres_dsn) as store:
-        assert (await store.averify()).ok
-
-
-async def test_cancelling_a_closing_store_leaves_no_connection_or_thread_and_loses_nothing(postgres_dsn: str) -> None:
-    stores: list[PostgresStore] = []
-    appended: list[str] = []
-
-    async def arecord_and_close() -> None:
-        store = PostgresStore(postgres_dsn, flush_interval=60)
-        stores.append(store)
-        await store.aopen()
-        run_id = f"run {len(stores)}"
-        await store.astart_run(run_id)
-        message = Message(text=f"message {len(stores)}")
-        store.append(message_event(run_id, message))
-        appended.append(message.hash_key)
-        await store.aclose()  # the close writes the buffered event, whenever it is cancelled
-
-    before = set(threading.enumerate())
-    with thread_failures() as failures:
-        cancelled = await acancel_at_every_point(arecord_and_close)
-        for store in stores:
-            await store.aclose()
-        assert await anothing_left(before) == []
-    assert failures == []
-    assert cancelled > 0 and appended
-    async with PostgresStore(postgres_dsn) as store:
-        assert (await store.averify()).ok
-        stored = {event.hash_key for event in await store.aget_events()}
-    assert set(appended) <= stored
 
 
 async def test_an_object_another_process_stores_at_the_same_moment_is_stored_once(postgres_dsn: str) -> None:

@@ -709,3 +709,23 @@ async def test_a_run_row_id_taken_by_a_new_run_does_not_receive_a_deleted_runs_e
         assert [run.run_id for run in await store.alist_runs()] == ["y"]
         assert await store.aget_events("y") == []
         assert (await store.averify()).ok
+
+
+# ---------------------------------------------------------------------------------------------------- cancellation
+
+
+async def test_a_cancelled_run_registration_leaves_the_file_unlocked(tmp_path: Path) -> None:
+    # a cancelled `await` of a statement does not take the statement back: a BEGIN sent just before the
+    # cancellation used to run afterwards and hold the write lock, and every other writer of the file waited
+    path = tmp_path / "store.db"
+    async with SQLiteStore(path) as first, SQLiteStore(path, busy_timeout=2) as second:
+        for steps in range(12):
+            registering = asyncio.ensure_future(first.astart_run(f"cancelled {steps}"))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            registering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await registering
+            await second.astart_run(f"other {steps}")  # raised StoreWriteError (busy) while the lock was held
+            await second.afinish_run(f"other {steps}")
+        assert (await second.averify()).ok

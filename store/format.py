@@ -45,6 +45,7 @@ def check_format(
     newest_schema: int,
     foreign: Callable[[], StoreOpenError],
     elsewhere: str = "start a new store",
+    schema: str = "store schema version",
 ) -> int:
     """The schema version of a store with these entries, if this library can open it; else raise.
 
@@ -53,6 +54,7 @@ def check_format(
     :param newest_schema: the newest schema version of this backend that this library reads.
     :param foreign: the error for storage of another application (a backend says best what it found there).
     :param elsewhere: what to do instead with a store whose schema version cannot be read.
+    :param schema: what the backend calls its schema version, for messages.
     """
     if entries.get("application") != APPLICATION:
         raise foreign()
@@ -66,7 +68,7 @@ def check_format(
         ) from None
     if version > newest_schema:
         raise SchemaVersionError(
-            f"{location} was written with store schema version {version}, but this library only reads versions up to "
+            f"{location} was written with {schema} {version}, but this library only reads versions up to "
             f"{newest_schema}; upgrade miniagents to open it (it was left untouched).",
             location,
         )

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import miniagents
 from miniagents.events import Event, EventKind
@@ -18,20 +18,19 @@ from store.chain import LINK_SIZE, StoredEvent, first_link, next_link
 from store.encoding import decode_data, run_update
 from store.errors import (
     ForeignDatabaseError,
-    SchemaVersionError,
     StoreCorruptedError,
     StoreIntegrityError,
     StoreOpenError,
     StoreUsageError,
     StoreWriteError,
 )
+from store.format import APPLICATION, check_format
 from store.jsonl_format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     EventToWrite,
     ForeignFileError,
     FormatError,
-    FormatVersionError,
     ParsedFile,
     Renderer,
     RunToWrite,
@@ -159,20 +158,34 @@ class JSONLStore(EventStore):
 
     def _parse(self, data: bytes) -> ParsedFile:
         location = str(self.path)
-        try:
-            return parse(data, location)
-        except ForeignFileError:
-            raise ForeignDatabaseError(
+
+        def foreign() -> ForeignDatabaseError:
+            return ForeignDatabaseError(
                 f"{location} is not a miniagents text recording (its first line is not a {FORMAT_NAME!r} header); "
                 "it was left untouched. Pass another path, or remove the file.",
                 location,
-            ) from None
-        except FormatVersionError as error:
-            raise SchemaVersionError(
-                f"{location} is a text recording of format version {error.version}, newer than this library reads "
-                f"(version {FORMAT_VERSION}); upgrade miniagents to read it.",
-                location,
-            ) from None
+            )
+
+        def check_header(header: dict[str, Any]) -> None:
+            entries = {
+                "application": APPLICATION,
+                "schema_version": str(header["version"]),
+                # recordings written before the header named them: canonical form 1, blake3
+                "canonical_form_version": str(header.get("canonical_form", 1)),
+                "hash_algorithm": str(header.get("hash", "blake3")),
+            }
+            check_format(
+                entries,
+                location=location,
+                newest_schema=FORMAT_VERSION,
+                foreign=foreign,
+                schema="text recording format version",
+            )
+
+        try:
+            return parse(data, location, check_header)
+        except ForeignFileError:
+            raise foreign() from None
         except FormatError as error:
             raise StoreCorruptedError(
                 f"{location}, line {error.line}: {error.message}. The file is not as it was written (edited by hand, "

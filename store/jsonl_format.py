@@ -1,7 +1,7 @@
 """The text recording format of `JSONLStore`: one UTF-8 JSON Lines file, rendered from runs and objects and read back.
 
 ```
-{"format":"miniagents-recording","version":1,"library":"0.1.0","root":"<40 hex>","lines":"<4 characters a line>"}
+{"format":"miniagents-recording","version":1,"canonical_form":1,"hash":"blake3","library":"0.1.0","root":"<40 hex>"...}
 {"run":"run-1","events":14}
 {"event":"run_started","data":{"started_at":null,"library_version":"0.1.0","metadata":{}}}
 {"@":1,"class_":"Message","text":"in five words","text_template":null}
@@ -20,8 +20,10 @@
   bytes are its fields (references back to hash keys) encoded canonically. An object whose canonical bytes do not
   come back that way (nesting beyond what JSON parsers take) is kept whole: `{"@": n, "@raw": "<canonical JSON>"}`.
 - Each run starts with its run line; its events follow in order.
-- The header holds the root hash (blake3 of every line after the header) and a 3-byte check of every one of those
-  lines (base64, 4 characters a line), so a changed, added or removed line is found and named.
+- The header names the format and its version, the canonical form and hash algorithm of the objects (the store's
+  format entries, checked by `store.format.check_format`; recordings written before the header held the last two
+  are of canonical form 1 and blake3), the root hash (blake3 of every line after the header) and a 3-byte check of
+  every one of those lines (base64, 4 characters a line), so a changed, added or removed line is found and named.
 
 `Renderer.render()` writes a file; stable rendering (the default of `JSONLStore`) numbers the runs (`run-1`, ...),
 leaves out wall-clock times, event times and stream timing (or rounds them to milliseconds with `timing=True`),
@@ -43,6 +45,7 @@ import orjson
 from blake3 import blake3
 
 from miniagents.events import EventKind
+from miniagents.promising.ext.frozen import CANONICAL_FORM_VERSION, HASH_ALGORITHM
 from store.decoding import body_references, find_hash_keys, is_hash_key
 
 FORMAT_NAME = "miniagents-recording"
@@ -69,14 +72,6 @@ class FormatError(Exception):
 
 class ForeignFileError(Exception):
     """The file is not a text recording."""
-
-
-class FormatVersionError(Exception):
-    """The file was written in a newer version of the format."""
-
-    def __init__(self, version: object) -> None:
-        super().__init__(f"format version {version!r}")
-        self.version = version
 
 
 # ------------------------------------------------------------------------------------------------------- writing
@@ -150,6 +145,8 @@ class Renderer:
         header = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
+            "canonical_form": CANONICAL_FORM_VERSION,
+            "hash": HASH_ALGORITHM,
             "library": library_version,
             "root": root_hash(body),
             "lines": base64.b64encode(checks).decode(),
@@ -531,8 +528,9 @@ class ParsedFile:
         return not (self.changed_lines or self.removed_before or self.file_notes)
 
 
-def parse(data: bytes, location: str) -> ParsedFile:
-    """Read a text recording; raises `ForeignFileError`, `FormatVersionError` or `FormatError` (naming the line)."""
+def parse(data: bytes, location: str, check_header: Callable[[dict[str, Any]], None]) -> ParsedFile:
+    """Read a text recording, its header first accepted by `check_header` (which raises for a file it cannot
+    read); raises `ForeignFileError` or `FormatError` (naming the line)."""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -540,6 +538,7 @@ def parse(data: bytes, location: str) -> ParsedFile:
     if not lines:
         return parsed
     header = _header(lines[0])
+    check_header(header)
     parsed.library_version = header.get("library") if isinstance(header.get("library"), str) else None
     body_lines = lines[1:]
     changed: set[int] = set()
@@ -568,8 +567,6 @@ def _header(line: bytes) -> dict[str, Any]:
     version = header.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise FormatError(1, f"the header's version {version!r} is not a format version")
-    if version > FORMAT_VERSION:
-        raise FormatVersionError(version)
     return header
 
 

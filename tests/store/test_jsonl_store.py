@@ -55,7 +55,11 @@ class TestJSONLStore(StoreConformance):
         """Edit the object's lines by hand (the header's checks then name them)."""
         assert isinstance(store, JSONLStore)
         lines = file_lines(store.path)
-        [obj] = [item for item in parse(store.path.read_bytes(), "").objects if item.hash_key == hash_key]
+        [obj] = [
+            item
+            for item in parse(store.path.read_bytes(), "", lambda header: None).objects
+            if item.hash_key == hash_key
+        ]
         label = "@" if len(hash_key) == 40 else "@64"
         replacement = [] if body is None else [orjson.dumps({label: obj.number, "@raw": body.decode()})]
         lines[obj.first_line - 1 : obj.last_line] = replacement
@@ -401,3 +405,34 @@ async def test_the_readme_diff_is_what_re_recording_a_changed_answer_writes(
     header = ('"format":"miniagents-recording"', '"library":')  # its library version and hashes move on
     assert [line for line in changed if header[0] not in line] == [line for line in shown if header[0] not in line]
     assert len(changed) == len(shown) and all(header[1] in line for line in changed if header[0] in line)
+
+
+@pytest.mark.parametrize(
+    ("entry", "value", "named"),
+    [("canonical_form", 2, "canonical form version 2"), ("hash", "sha256", "hashes objects with 'sha256'")],
+)
+async def test_a_recording_of_another_canonical_form_or_hash_is_refused_untouched(
+    tmp_path: Path, entry: str, value: object, named: str
+) -> None:
+    path = tmp_path / "recording.jsonl"
+    async with JSONLStore(path) as store:
+        await arecord_events(store, "run", [message_event("run", Message(text="x"))])
+    header, body = path.read_bytes().split(b"\n", 1)
+    changed = orjson.dumps({**orjson.loads(header), entry: value}) + b"\n" + body
+    path.write_bytes(changed)
+    with pytest.raises(SchemaVersionError, match=named):
+        await JSONLStore(path).aopen()
+    assert path.read_bytes() == changed
+
+
+async def test_a_recording_whose_header_names_no_canonical_form_or_hash_reads_as_form_1_and_blake3(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "recording.jsonl"
+    async with JSONLStore(path) as store:
+        await arecord_events(store, "run", [message_event("run", Message(text="x"))])
+    header, body = path.read_bytes().split(b"\n", 1)
+    older = {key: value for key, value in orjson.loads(header).items() if key not in ("canonical_form", "hash")}
+    path.write_bytes(orjson.dumps(older) + b"\n" + body)  # as recordings were written before the header held them
+    async with JSONLStore(path) as store:
+        assert (await store.averify()).ok

@@ -9,7 +9,7 @@ import logging
 import warnings
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import Optional, TypeVar, Union
+from typing import Optional, TypeVar
 
 import orjson
 
@@ -24,9 +24,8 @@ from store.buffer import (
     Batch,
     WriteBuffer,
 )
-from store.chain import ChainCheck, ChainProblem, StoredEvent
 from store.decoding import LazyObjects, LoadedObjects, ObjectDecoder, body_references, hash_matches, is_hash_key
-from store.encoding import INT64_MAX, INT64_MIN, event_references
+from store.encoding import INT64_MAX, INT64_MIN, event_references, known_kind
 from store.errors import (
     StoreClosedError,
     StoreError,
@@ -38,6 +37,7 @@ from store.errors import (
     UnknownRunError,
 )
 from store.results import Problem, RunInfo, RunStatus, VerifyReport
+from store.verifying import averify_store, averify_store_run
 from store.writer import BatchWriter, InlineBatchWriter
 
 __all__ = [
@@ -528,116 +528,15 @@ class EventStore(Backend):
         """Re-hash every object, check that every hash referenced by an event or an object is stored, and that every
         run's events are as they were written (their links, see `store.chain`, and their number)."""
         await self._aprepare_read()
-        report = VerifyReport()
-        known: set[str] = set()
-        references: list[tuple[str, str]] = []
-        try:
-            async with self._aread_snapshot():  # events written meanwhile must not name objects the scan missed
-                await self._averify_snapshot(report, known, references)
-        except StoreReadError as error:
-            report.problems.append(Problem("storage", f"Reading the store failed, so checking stopped: {error}"))
-        return report
-
-    async def _averify_snapshot(
-        self, report: VerifyReport, known: set[str], references: list[tuple[str, str]]
-    ) -> None:
-        report.problems.extend(await self._acheck_storage())
-        async for chunk in self._aiter_object_chunks():
-            for key, body in chunk:
-                report.checked_objects += 1
-                known.add(key)
-                report.problems.extend(self._object_problems(key, body, references))
-        for owner, ref in references:
-            if ref not in known:
-                report.problems.append(
-                    Problem(
-                        "dangling_reference",
-                        f"Object {owner} refers to object {ref}, which is not stored.",
-                        hash_key=ref,
-                    )
-                )
-        chain = ChainCheck(links=self._events_have_links)
-        async for stored_chunk in self._aiter_stored_chunks():
-            chain.feed(stored_chunk)
-            for event in stored_chunk:
-                report.checked_events += 1
-                refs = self._event_problems(event, report.problems)
-                keys = [event.hash_key, *refs] if event.hash_key is not None else refs
-                report.problems.extend(
-                    Problem(
-                        "missing_object",
-                        f"Event {event.seq} refers to object {ref}, which is not stored.",
-                        hash_key=ref,
-                        seq=event.seq,
-                        run_id=event.run_id,
-                    )
-                    for ref in dict.fromkeys(keys)
-                    if ref not in known
-                )
-        counts = {run.run_id: run.event_count for run in await self._alist_runs()}
-        report.problems.extend(_chain_problems(chain.finish(counts)))
+        return await averify_store(self)
 
     async def averify_run(self, run_id: str, *, payloads: bool = True) -> VerifyReport:
         """Check that the events of one run are as they were written (their links and number, and, with
         `payloads`, that their data is their kinds' payloads); objects are not re-hashed here (every read checks
         the objects it loads). Replay calls this, without `payloads`, before it answers from a run."""
         await self._aprepare_read()
-        run = await self.aget_run(run_id)
-        report = VerifyReport()
-        chain = ChainCheck(links=self._events_have_links)
-        try:
-            async with self._aread_snapshot():
-                async for chunk in self._aiter_stored_chunks(run_id):
-                    chain.feed(chunk)
-                    report.checked_events += len(chunk)
-                    if payloads:
-                        for event in chunk:
-                            self._event_problems(event, report.problems)
-                run = await self.aget_run(run_id)  # its count as of the snapshot
-        except StoreReadError as error:
-            report.problems.append(Problem("storage", f"Reading the store failed, so checking stopped: {error}"))
-            return report
-        report.problems.extend(_chain_problems(chain.finish({run_id: run.event_count})))
-        return report
-
-    @staticmethod
-    def _event_problems(event: StoredEvent, problems: list[Problem]) -> list[str]:
-        """The hash keys the event's data names; a problem added if its data is not its kind's payload."""
-        try:
-            refs, malformed = event_references(_known_kind(event.kind), event.data)
-        except orjson.JSONDecodeError as error:
-            refs, malformed = [], f"it is not valid JSON ({error})"
-        if malformed is not None:
-            kind = (
-                event.kind.value
-                if isinstance(event.kind, EventKind)
-                else f"{event.kind}, a kind this library does not know"
-            )
-            problems.append(
-                Problem(
-                    "malformed_event",
-                    f"Event {event.seq} ({kind}) has data that is not its kind's payload: {malformed}",
-                    seq=event.seq,
-                    run_id=event.run_id,
-                )
-            )
-        return refs
-
-    @staticmethod
-    def _object_problems(key: str, body: bytes, references: list[tuple[str, str]]) -> list[Problem]:
-        if not hash_matches(key, body):
-            return [
-                Problem(
-                    "hash_mismatch",
-                    f"Object {key} has bytes that do not hash to its key (the stored data was changed).",
-                    hash_key=key,
-                )
-            ]
-        try:
-            references.extend((key, ref) for ref in body_references(body))
-        except orjson.JSONDecodeError:
-            return [Problem("unreadable_object", f"Object {key} is not valid JSON.", hash_key=key)]
-        return []
+        await self.aget_run(run_id)
+        return await averify_store_run(self, run_id, payloads=payloads)
 
     async def adelete_run(self, run_id: str, *, force: bool = False) -> None:
         """Delete a run and its events (not the objects: `agc()` removes those no run needs any more).
@@ -680,7 +579,7 @@ class EventStore(Backend):
                     if event.hash_key is not None:
                         reachable.add(event.hash_key)
                     try:
-                        reachable.update(event_references(_known_kind(event.kind), event.data)[0])
+                        reachable.update(event_references(known_kind(event.kind), event.data)[0])
                     except orjson.JSONDecodeError:
                         raise StoreReadError(
                             f"Event {event.seq} in {self.location} has data that is not valid JSON, so what it refers "
@@ -757,11 +656,3 @@ class EventStore(Backend):
         return UnknownRunError(
             f"No run {run_id!r} in {self.location}; `await store.alist_runs()` lists the stored runs.", run_id
         )
-
-
-def _known_kind(kind: Union[EventKind, str]) -> Optional[EventKind]:
-    return kind if isinstance(kind, EventKind) else None
-
-
-def _chain_problems(found: Iterable[ChainProblem]) -> list[Problem]:
-    return [Problem("changed_event", problem.message, seq=problem.seq, run_id=problem.run_id) for problem in found]

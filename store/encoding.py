@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import orjson
 
@@ -148,6 +148,11 @@ def run_update(event: Event, data: Optional[bytes], finished_at: Optional[float]
     else:
         fields = {"status": RunStatus.OK, "finished_at": finished_at, "error": None}
     return RunUpdate(event.run_id, fields)
+
+
+def known_kind(kind: Union[EventKind, str]) -> Optional[EventKind]:
+    """A stored event's kind if this library knows it (else None: a kind a newer version added, kept by name)."""
+    return kind if isinstance(kind, EventKind) else None
 
 
 def event_references(kind: Optional[EventKind], data: Optional[bytes]) -> tuple[list[str], Optional[str]]:

@@ -23,6 +23,7 @@ from store.buffer import (
     DEFAULT_MAX_PENDING_EVENTS,
     Batch,
     WriteBuffer,
+    remember_run,
 )
 from store.decoding import LazyObjects, LoadedObjects, ObjectDecoder, body_references, hash_matches, is_hash_key
 from store.encoding import INT64_MAX, INT64_MIN, event_references, known_kind
@@ -53,9 +54,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_RUNS_REMEMBERED = 10_000
-"""How many runs a store object remembers the end of (the oldest are forgotten first)."""
 
 _StoreT = TypeVar("_StoreT", bound="EventStore")
 
@@ -351,9 +349,7 @@ class EventStore(Backend):
         cancelled flush still closes a store the run opened.
         """
         self._active_runs.discard(run_id)
-        self._finished_runs[run_id] = None
-        if len(self._finished_runs) > _RUNS_REMEMBERED:
-            del self._finished_runs[next(iter(self._finished_runs))]
+        remember_run(self._finished_runs, run_id)
         try:
             await self.aflush()
         except BaseException as error:

@@ -34,7 +34,7 @@ DEFAULT_FLUSH_INTERVAL = 0.1
 DEFAULT_MAX_PENDING_EVENTS = 10_000
 DEFAULT_MAX_PENDING_BYTES = 32 * 2**20
 _MAX_RETRY_DELAY = 5.0
-_RUNS_REMEMBERED = 10_000
+RUNS_REMEMBERED = 10_000
 """How many runs the buffer remembers the last link, the registration and the end of (the oldest are forgotten
 first; a forgotten registered run is written as a new one: its row is created if missing)."""
 _BACKPRESSURE_MAX_WAIT = 1.0
@@ -188,7 +188,7 @@ class WriteBuffer:
     def register_run(self, run_id: str) -> None:
         """This store object registered the run: its chain starts, and its row must exist from now on."""
         self._run_links[run_id] = first_link(run_id)
-        _remember(self._registered, run_id)
+        remember_run(self._registered, run_id)
 
     def forget_stored(self) -> None:
         """Forget which objects were written (a gc may delete them): later batches bring every object they need."""
@@ -487,7 +487,7 @@ class WriteBuffer:
             link = next_link(previous, kind, event.t, hash_key, event.call_id, event.parent_call_id, data)
             run_links.pop(run_id, None)  # the newest run last: the oldest is forgotten first
             run_links[run_id] = link
-            if len(run_links) > _RUNS_REMEMBERED:
+            if len(run_links) > RUNS_REMEMBERED:
                 del run_links[next(iter(run_links))]
             links.append(link)
             obj = event.obj
@@ -543,10 +543,11 @@ def _add_nested(objects: dict[str, bytes], batches: list[Batch]) -> None:
                 objects.update(nested_messages(event.obj, objects))
 
 
-def _remember(remembered: dict[str, None], run_id: str) -> None:
+def remember_run(remembered: dict[str, None], run_id: str) -> None:
+    """Add a run to a bounded memory of runs, newest last (beyond `RUNS_REMEMBERED`, the oldest is forgotten)."""
     remembered.pop(run_id, None)
     remembered[run_id] = None
-    if len(remembered) > _RUNS_REMEMBERED:
+    if len(remembered) > RUNS_REMEMBERED:
         del remembered[next(iter(remembered))]
 
 

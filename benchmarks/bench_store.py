@@ -22,6 +22,7 @@ import _common as common
 from miniagents import InteractionContext, Message, MiniAgents, miniagent
 from miniagents.events import Event, EventKind, EventSink, ListEventSink
 from store import MemoryStore, SQLiteStore
+from store.backend import Write
 
 PAYLOAD = "x" * 1000  # with the message's other fields: ~1 KB of canonical bytes per message
 
@@ -62,13 +63,24 @@ class DiscardingSink:
         pass
 
 
+class UncommittedStore(MemoryStore):
+    """A store whose buffer does all its work (checks, encoding and redaction of event data, hash chain links,
+    batches) and whose commits store nothing: what the store costs on the event loop's thread before any backend."""
+
+    def _commit_write(self, write: Write) -> int:
+        return 0
+
+
 async def abreakdown(args: argparse.Namespace, tmpdir: Path) -> str:
-    """Where the flow's time goes, per message: no store, the core's recording into a sink that drops every
-    event, and SQLiteStore, each with Python's garbage collector on (as always) and off, interleaved."""
+    """Where the flow's time goes, per message, tier by tier: no store, the hash floor, the core's recording into a
+    sink that drops every event, the store's buffer with commits that store nothing, MemoryStore and SQLiteStore,
+    each with Python's garbage collector on (as always) and off, interleaved."""
     sinks: dict[str, Callable[[int], Optional[EventSink]]] = {
         "no store": lambda _: None,
         "no store, each reply hashed (the floor)": lambda _: None,
         "recording only (events dropped)": lambda _: DiscardingSink(),
+        "store buffer, commits store nothing": lambda _: UncommittedStore(),
+        "MemoryStore": lambda _: MemoryStore(),
         "SQLiteStore": lambda index: SQLiteStore(tmpdir / f"breakdown-{index}.db"),
     }
     micros: dict[tuple[str, bool], list[float]] = {}
@@ -86,19 +98,33 @@ async def abreakdown(args: argparse.Namespace, tmpdir: Path) -> str:
                 micros.setdefault((name, collector_on), []).append(1e6 / rate)
     med = {key: common.median(values) or 0.0 for key, values in micros.items()}
     base_on, base_off = med[("no store", True)], med[("no store", False)]
+    names = list(sinks)
+    floor_on = med[(names[1], True)]
     rows = [
         [
             name,
             f"{med[(name, True)]:.2f}",
+            f"{med[(name, True)] - med[(names[index - 1], True)]:+.2f}" if index else "",
             common.fmt_ratio(med[(name, True)] / base_on),
+            common.fmt_ratio(med[(name, True)] / floor_on),
             f"{med[(name, False)]:.2f}",
             common.fmt_ratio(med[(name, False)] / base_off),
             f"{med[(name, True)] - med[(name, False)]:.2f}",
         ]
-        for name in sinks
+        for index, name in enumerate(names)
     ]
     table = common.markdown_table(
-        ["flow", "µs/msg", "vs no store", "µs/msg, collector off", "vs no store", "collector's µs/msg"], rows
+        [
+            "flow",
+            "µs/msg",
+            "vs the row above",
+            "vs no store",
+            "vs the hash floor",
+            "µs/msg, collector off",
+            "vs no store",
+            "collector's µs/msg",
+        ],
+        rows,
     )
     return (
         f"## Store flow breakdown ({args.messages:,} messages, {args.rounds} rounds, median)\n\n{table}\n\n"

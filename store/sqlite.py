@@ -759,7 +759,7 @@ class SQLiteStore(EventStore):
 
     async def _aopen_batch_writer(self) -> BatchWriter[Batch]:
         if self._read_only is not None:
-            return await super()._aopen_batch_writer()  # writes nothing: `_write_batches` refuses
+            return await super()._aopen_batch_writer()  # writes nothing: `_commit_write` refuses
         # a thread of its own with its own connection: batches are written while the event loop is busy (aiosqlite
         # needs the loop for every statement), and the batches that queue up meanwhile share one transaction
         writer: ThreadedBatchWriter[Batch] = ThreadedBatchWriter(

@@ -215,22 +215,25 @@ class EventStore(Backend):
                 except StoreError as error:
                     flush_error = error
                     break
-                if not pending.events:
+                if pending.count == 0:  # nothing buffered, nothing handed over and unwritten
                     break
         finally:
             # whatever happened (a failed write, a cancellation), the store is closed and its threads stop
-            lost = pending.count
             self._is_open = False  # from here on `append` refuses: nothing more can slip into the buffer
             batch_writer = pending.close()
-            self._opened_by_run = False
-            self._active_runs.clear()
-            self._decoder.clear()
             try:
-                await self._aclose_storage()
-            finally:
-                self._closing = None
-                if batch_writer is not None:
+                if batch_writer is not None:  # what it still writes is written before the storage closes
                     await asyncio.wrap_future(batch_writer.stop())
+            finally:
+                lost = pending.count  # what the writer finished meanwhile is not lost
+                pending.discard()
+                self._opened_by_run = False
+                self._active_runs.clear()
+                self._decoder.clear()
+                try:
+                    await self._aclose_storage()
+                finally:
+                    self._closing = None
         if lost:
             reason = (
                 str(flush_error) if flush_error is not None else "they were appended while the store was being closed"

@@ -136,8 +136,9 @@ class WriteBuffer:
         """Per run this store object writes: the link of its last event handed over (see `store.chain`)."""
         self._registered: dict[str, None] = {}
         """Runs this store object registered, newest last: their rows must exist when their events are written."""
-        self._deleted_runs: set[str] = set()
-        """Registered runs the backend found deleted: their events are dropped from then on."""
+        self._deleted_runs: dict[str, None] = {}
+        """Registered runs the backend found deleted: their events are dropped from then on (until the run is
+        registered again)."""
         self._lost_runs: dict[str, StoreError] = {}
         """Runs whose events were dropped (see `_deleted_runs`), with the error `pop_lost` gives for them."""
         self._recently_stored: set[str] = set()
@@ -177,18 +178,23 @@ class WriteBuffer:
             await asyncio.gather(task, return_exceptions=True)
 
     def close(self) -> Optional[BatchWriter[Batch]]:
-        """The store closed: drop what is left (the store reported it) and return the batch writer to stop."""
+        """The store closes: nothing more is handed over; return the batch writer for the store to stop (what was
+        handed over is still written), then to `discard` what is left."""
         self._is_open = False
+        batch_writer, self.batch_writer = self.batch_writer, None
+        return batch_writer
+
+    def discard(self) -> None:
+        """Drop what is left unwritten (the store reported it as lost)."""
         self.events = []
         self._forget_in_flight()
         self.forget_stored()
-        batch_writer, self.batch_writer = self.batch_writer, None
-        return batch_writer
 
     def register_run(self, run_id: str) -> None:
         """This store object registered the run: its chain starts, and its row must exist from now on."""
         self._run_links[run_id] = first_link(run_id)
         remember_run(self._registered, run_id)
+        self._deleted_runs.pop(run_id, None)
 
     def forget_stored(self) -> None:
         """Forget which objects were written (a gc may delete them): later batches bring every object they need."""
@@ -305,14 +311,29 @@ class WriteBuffer:
     def _resolve_again(self, batches: list[Batch], write: Write, changed: Exception) -> Optional[Write]:
         """The write to try after the backend refused `write`: with every object it needs after a gc, or without
         the events of runs deleted meanwhile (those runs are reported lost: `pop_lost`)."""
+        location = self._store.location
         if isinstance(changed, GcGenerationChanged):
+            if changed.generation == write.gc_generation:
+                raise StoreWriteError(
+                    f"{location} refused a write counting on gc generation {changed.generation} as if that were not "
+                    "its generation (a backend bug); nothing was written, the events stay buffered.",
+                    location,
+                )
             objects = dict(write.objects)
             _add_nested(objects, batches)
             return dataclasses.replace(write, objects=objects, gc_generation=changed.generation)
         assert isinstance(changed, RunsDeleted)
-        location = self._store.location
+        unknown = [run_id for run_id in changed.run_ids if run_id not in write.counts or run_id in write.new_runs]
+        if unknown or not changed.run_ids:
+            raise StoreWriteError(
+                f"{location} reported runs {unknown} deleted that are not registered runs of the write (a backend "
+                "bug); nothing was written, the events stay buffered.",
+                location,
+            )
         for run_id in changed.run_ids:
-            self._deleted_runs.add(run_id)
+            remember_run(self._deleted_runs, run_id)
+            if len(self._lost_runs) >= RUNS_REMEMBERED:
+                del self._lost_runs[next(iter(self._lost_runs))]
             self._lost_runs.setdefault(
                 run_id,
                 StoreWriteError(
@@ -326,7 +347,7 @@ class WriteBuffer:
 
     def _without_deleted_runs(self, write: Write) -> Optional[Write]:
         deleted = self._deleted_runs
-        if deleted.isdisjoint(write.counts):
+        if not any(run_id in deleted for run_id in write.counts):
             return write
         kept = [index for index, event in enumerate(write.events) if event.run_id not in deleted]
         if not kept:
@@ -338,7 +359,7 @@ class WriteBuffer:
             data=[write.data[index] for index in kept],
             links=[write.links[index] for index in kept],
             counts={run_id: count for run_id, count in write.counts.items() if run_id not in deleted},
-            new_runs=write.new_runs - deleted,
+            new_runs=write.new_runs.difference(deleted),
             run_updates=[update for update in write.run_updates if update.run_id not in deleted],
         )
 
@@ -443,7 +464,7 @@ class WriteBuffer:
                 self._cache_generation = generation
         if len(self._recently_stored) > _RECENTLY_STORED_LIMIT:
             self._recently_stored.clear()
-        if generation == self._cache_generation:
+        if generation is not None and generation == self._cache_generation:  # None: nothing of it was written
             self._recently_stored.update(batch.objects)
         for event in batch.events:
             if event.kind is EventKind.RUN_FINISHED:

@@ -1275,6 +1275,26 @@ class StoreConformance:
             assert len(await reader.aget_events("y")) == 5
             assert (await reader.averify()).ok
 
+    async def test_a_run_deleted_while_running_can_be_recorded_again_by_the_same_store_object(self) -> None:
+        if not self.separate_instances_share_data:
+            pytest.skip("separate store objects of this backend do not share data")
+        async with self.make_store(flush_interval=60) as writer:
+            await writer.astart_run("x")
+            async with self.make_store() as other:
+                await other.adelete_run("x", force=True)
+            inner = Message(text="inner")
+            writer.append(message_event("x", Message(text="lost", ref=inner)))  # a write of the deleted run alone
+            with pytest.raises(StoreWriteError, match="was deleted"):
+                await writer.afinish_run("x")
+            await writer.astart_run("x")  # recorded again, as the error suggests
+            again = Message(text="again", ref=inner)  # its nested message was never written: it must come now
+            writer.append(message_event("x", again))
+            await writer.afinish_run("x")
+            assert [event.hash_key for event in await writer.aget_events("x")] == [again.hash_key]
+            assert (await writer.aget(again.hash_key)) == again
+            report = await writer.averify()
+        assert report.ok, report.problems
+
     async def test_reading_sees_events_still_in_the_buffer(self) -> None:
         async with self.make_store(flush_interval=60) as store:
             await store.astart_run("run")

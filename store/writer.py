@@ -247,6 +247,10 @@ class LoopBatchWriter(BatchWriter[_BatchT]):
         return self._stopped
 
     def _put(self, job: _Job[_BatchT]) -> None:
+        if self._task.done():  # stopped (or its loop ended): nothing would ever run the job
+            if isinstance(job, (_BatchJob, _CallJob)):
+                _settle(job.future, RuntimeError("the store's loop batch writer has stopped"))
+            return
         self._jobs.append(job)
         self._queued.set()
 
@@ -279,8 +283,8 @@ class LoopBatchWriter(BatchWriter[_BatchT]):
                     await self._awrite_batches(batches)
                 except BaseException as error:  # every failure reaches the store through the futures
                     self._fail(futures, job.generation, error)
-                    if isinstance(error, asyncio.CancelledError):
-                        raise
+                    if isinstance(error, asyncio.CancelledError) and _being_cancelled():
+                        raise  # this task is cancelled (its loop ends); a driver's own CancelledError is a failure
                 else:
                     self._succeed(futures)
         finally:
@@ -288,6 +292,13 @@ class LoopBatchWriter(BatchWriter[_BatchT]):
                 if isinstance(left, (_BatchJob, _CallJob)):
                     _settle(left.future, asyncio.CancelledError())
             _settle(self._stopped, None)
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task was asked to cancel (where Python cannot tell, 3.10: taken as yes)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
 
 
 def _run_call(job: _CallJob) -> None:

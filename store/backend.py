@@ -15,7 +15,7 @@ on a thread of its own with a blocking driver (`_commit_write`), or on the event
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Optional
@@ -58,6 +58,11 @@ class Write:
 
     def __len__(self) -> int:
         return len(self.events)
+
+    def deleted_runs(self, stored_runs: Container[str]) -> list[str]:
+        """The registered runs of this write that are not among `stored_runs` (the runs with a row): what
+        `RunsDeleted` names."""
+        return [run_id for run_id in self.counts if run_id not in stored_runs and run_id not in self.new_runs]
 
 
 class GcGenerationChanged(Exception):

@@ -112,6 +112,11 @@ class RunUpdate:
     run_id: str
     fields: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        unknown = set(self.fields).difference(RUN_FIELDS)
+        if unknown:  # backends name these fields in their statements
+            raise ValueError(f"A run update sets {sorted(unknown)}, which are not run fields {RUN_FIELDS}.")
+
     @property
     def finishes(self) -> bool:
         """Whether the run is finished from this update on."""

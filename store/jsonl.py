@@ -5,23 +5,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import miniagents
 from miniagents.events import Event, EventKind
-from store.backend import GcGenerationChanged, RunsDeleted, Write
-from store.base import DEFAULT_BATCH_SIZE, DEFAULT_FLUSH_INTERVAL, EventStore
-from store.chain import LINK_SIZE, StoredEvent, first_link, next_link
+from store.backend import Write
+from store.base import DEFAULT_BATCH_SIZE, DEFAULT_FLUSH_INTERVAL
+from store.chain import LINK_SIZE, first_link, next_link
 from store.encoding import decode_data, run_update
 from store.errors import (
     ForeignDatabaseError,
     StoreCorruptedError,
     StoreIntegrityError,
     StoreOpenError,
-    StoreUsageError,
     StoreWriteError,
 )
 from store.format import APPLICATION, check_format
@@ -36,53 +34,17 @@ from store.jsonl_format import (
     RunToWrite,
     parse,
 )
-from store.memory import EventRow, RunRecord
-from store.results import Problem, RunInfo, VerifyReport
+from store.memory import EventRow, MemoryData, MemoryStore, RunRecord
+from store.results import Problem, VerifyReport
 
-_CHUNK = 2_000
 _BROKEN_LINK = b"\x00" * LINK_SIZE
 """The link given to an event whose line (or a line above it) is not as it was written: it never matches."""
-
-
-@dataclass
-class _State:
-    """Everything the file holds, as this store object knows it (changed on a copy, kept once written)."""
-
-    objects: dict[str, bytes] = field(default_factory=dict)
-    events: dict[int, EventRow] = field(default_factory=dict)
-    seqs_by_hash: dict[str, list[int]] = field(default_factory=dict)
-    runs: dict[str, RunRecord] = field(default_factory=dict)
-    last_seq: int = 0
-    gc_generation: int = 0
-
-    def copy(self) -> _State:
-        return _State(
-            dict(self.objects),
-            dict(self.events),
-            {key: list(seqs) for key, seqs in self.seqs_by_hash.items()},
-            {run_id: run.copy() for run_id, run in self.runs.items()},
-            self.last_seq,
-            self.gc_generation,
-        )
-
-    def add_event(self, row: EventRow) -> int:
-        self.last_seq += 1
-        seq = self.last_seq
-        self.events[seq] = row
-        run = self.runs.get(row.run_id)
-        if run is None:
-            run = self.runs[row.run_id] = RunRecord(row.run_id)
-        run.seqs.append(seq)
-        run.event_count += 1
-        if row.hash_key is not None:
-            self.seqs_by_hash.setdefault(row.hash_key, []).append(seq)
-        return seq
 
 
 _FileIdentity = Optional[tuple[int, int, int, int]]
 
 
-class JSONLStore(EventStore):
+class JSONLStore(MemoryStore):
     """An event store in one text file (`*.jsonl`) meant to be committed next to the tests that replay it.
 
     The whole store is kept in memory while it is open, and every write (a batch of events, a deleted run, a gc)
@@ -119,7 +81,6 @@ class JSONLStore(EventStore):
         self.stable = stable
         self.timing = timing
         self._renderer = Renderer(stable=stable, timing=timing)
-        self._state = _State()
         self._identity: _FileIdentity = None
         self._changed_runs: dict[str, dict[int, str]] = {}
         """Per run, per seq: why the event is not as it was written (see `jsonl_format.parse`)."""
@@ -195,7 +156,7 @@ class JSONLStore(EventStore):
             ) from None
 
     def _load(self, parsed: ParsedFile) -> None:
-        state = _State()
+        state = MemoryData()
         for obj in parsed.objects:
             state.objects.setdefault(obj.hash_key, obj.body)
         changed_runs: dict[str, dict[int, str]] = {}
@@ -232,7 +193,7 @@ class JSONLStore(EventStore):
             run.event_count = read_run.event_count
             if index in parsed.runs_missing_last_events and run.event_count <= len(run.seqs):
                 run.event_count = len(run.seqs) + 1  # its count was changed too: the removed events still show
-        self._state = state
+        self._data = state
         self._renderer = Renderer(stable=self.stable, timing=self.timing)
         self._changed_runs = changed_runs
         self._changed_objects = dict(parsed.changed_objects)
@@ -258,7 +219,7 @@ class JSONLStore(EventStore):
             )
             raise error(message, str(self.path))
 
-    def _save(self, state: _State, forgotten: Sequence[str] = ()) -> None:
+    def _save(self, state: MemoryData, forgotten: Sequence[str] = ()) -> None:
         """Write `state` into the file (a temporary file, then a rename) and keep it; raise `StoreWriteError`."""
         path = self.path
         try:
@@ -293,10 +254,10 @@ class JSONLStore(EventStore):
                 str(path),
             ) from error
         self._renderer.forget(forgotten)
-        self._state = state
+        self._data = state
 
     @staticmethod
-    def _runs_to_write(state: _State) -> list[RunToWrite]:
+    def _runs_to_write(state: MemoryData) -> list[RunToWrite]:
         runs: list[RunToWrite] = []
         for run in state.runs.values():
             events = [
@@ -310,96 +271,34 @@ class JSONLStore(EventStore):
 
     async def _aregister_run(self, run_id: str) -> None:
         self._refuse_writing_if_damaged()
-        if run_id in self._state.runs:
-            raise StoreUsageError(f"{self.location} already holds a run {run_id!r}; run ids must be unique.")
-        self._state.runs[run_id] = RunRecord(run_id)
+        await super()._aregister_run(run_id)
 
     def _commit_write(self, write: Write) -> int:
         self._refuse_writing_if_damaged(StoreWriteError)
-        state = self._state.copy()
-        if write.gc_generation is not None and write.gc_generation != state.gc_generation:
-            raise GcGenerationChanged(state.gc_generation)
-        deleted = [run_id for run_id in write.counts if run_id not in state.runs and run_id not in write.new_runs]
-        if deleted:
-            raise RunsDeleted(deleted)
-        for hash_key, body in write.objects.items():
-            state.objects.setdefault(hash_key, body)
-        for event, event_key, data, link in zip(write.events, write.hash_keys, write.data, write.links, strict=True):
-            state.add_event(
-                EventRow(event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link)
-            )
-        for update in write.run_updates:
-            state.runs[update.run_id].apply(update)
+        state = self._data.copy()
+        generation = state.commit(write)
         self._save(state)
-        return state.gc_generation
+        return generation
 
     async def _adelete_run_events(self, run_id: str) -> bool:
-        if run_id not in self._state.runs:
+        if run_id not in self._data.runs:
             return False
         self._refuse_writing_if_damaged()
-        state = self._state.copy()
-        run = state.runs.pop(run_id)
-        touched: set[str] = set()
-        for seq in run.seqs:
-            row = state.events.pop(seq, None)
-            if row is not None and row.hash_key is not None:
-                touched.add(row.hash_key)
-        for hash_key in touched:
-            remaining = [seq for seq in state.seqs_by_hash.get(hash_key, ()) if seq in state.events]
-            if remaining:
-                state.seqs_by_hash[hash_key] = remaining
-            else:
-                state.seqs_by_hash.pop(hash_key, None)
+        state = self._data.copy()
+        state.delete_run(run_id)
         self._save(state)
         self._changed_runs.pop(run_id, None)
         return True
 
     async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
         self._refuse_writing_if_damaged()
-        state = self._state.copy()
-        for key in hash_keys:
-            state.objects.pop(key, None)
-        state.gc_generation += 1
+        state = self._data.copy()
+        state.delete_objects(hash_keys)
         self._save(state, hash_keys)
 
     # --------------------------------------------------------------------------------------------------- reading
 
-    async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
-        runs = self._state.runs
-        if run_id is None:
-            return [run.info() for run in runs.values()]
-        run = runs.get(run_id)
-        return [] if run is None else [run.info()]
-
-    async def _aiter_event_chunks(
-        self,
-        run_id: Optional[str],
-        after_seq: Optional[int],
-        kinds: Optional[frozenset[EventKind]],
-        hash_keys: Optional[Sequence[str]] = None,
-    ) -> AsyncIterator[list[Event]]:
-        state = self._state
-        if hash_keys is not None:
-            seqs = sorted(seq for key in hash_keys for seq in state.seqs_by_hash.get(key, ()) if seq in state.events)
-            if run_id is not None:
-                seqs = [seq for seq in seqs if state.events[seq].run_id == run_id]
-        elif run_id is None:
-            seqs = list(state.events)
-        else:
-            run = state.runs.get(run_id)
-            seqs = list(run.seqs) if run is not None else []
-        if after_seq is not None:
-            seqs = [seq for seq in seqs if seq > after_seq]
-        for start in range(0, len(seqs), _CHUNK):
-            chunk: list[Event] = []
-            for seq in seqs[start : start + _CHUNK]:
-                row = state.events.get(seq)
-                if row is not None and (kinds is None or row.kind in kinds):
-                    chunk.append(row.event(seq))
-            yield chunk
-
     async def _aload_objects(self, hash_keys: Sequence[str]) -> dict[str, bytes]:
-        objects = self._state.objects
         for key in hash_keys:
             note = self._changed_objects.get(key)
             if note is not None:
@@ -408,22 +307,7 @@ class JSONLStore(EventStore):
                     "version control, or record it again.",
                     key,
                 )
-        return {key: objects[key] for key in hash_keys if key in objects}
-
-    async def _aiter_object_chunks(self) -> AsyncIterator[list[tuple[str, bytes]]]:
-        items = list(self._state.objects.items())
-        for start in range(0, len(items), _CHUNK):
-            yield items[start : start + _CHUNK]
-
-    async def _aiter_stored_chunks(self, run_id: Optional[str] = None) -> AsyncIterator[list[StoredEvent]]:
-        state = self._state
-        if run_id is None:
-            seqs = list(state.events)
-        else:
-            run = state.runs.get(run_id)
-            seqs = list(run.seqs) if run is not None else []
-        for start in range(0, len(seqs), _CHUNK):
-            yield [state.events[seq].stored(seq) for seq in seqs[start : start + _CHUNK] if seq in state.events]
+        return await super()._aload_objects(hash_keys)
 
     # ------------------------------------------------------------------------------------------------- integrity
 
@@ -431,7 +315,7 @@ class JSONLStore(EventStore):
         problems = [
             Problem("hash_mismatch", f"Object {key} is not as it was written: {note}.", hash_key=key)
             for key, note in self._changed_objects.items()
-            if key in self._state.objects
+            if key in self._data.objects
         ]
         problems.extend(Problem("storage", note) for note in self._file_notes)
         return problems
@@ -448,7 +332,7 @@ class JSONLStore(EventStore):
             if problem.kind != "changed_event" or problem.run_id is None or problem.seq is None:
                 continue
             note = self._changed_runs.get(problem.run_id, {}).get(problem.seq)
-            row = self._state.events.get(problem.seq)
+            row = self._data.events.get(problem.seq)
             if note is None or row is None:
                 continue
             report.problems[index] = dataclasses.replace(

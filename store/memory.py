@@ -85,6 +85,85 @@ class EventRow:
         )
 
 
+@dataclass
+class MemoryData:
+    """What a store kept in Python objects holds, and how a write or a deletion changes it (memory; text recordings,
+    which copy it, change the copy and save it)."""
+
+    objects: dict[str, bytes] = field(default_factory=dict)
+    events: dict[int, EventRow] = field(default_factory=dict)
+    seqs_by_hash: dict[str, list[int]] = field(default_factory=dict)
+    runs: dict[str, RunRecord] = field(default_factory=dict)
+    last_seq: int = 0
+    gc_generation: int = 0
+
+    def copy(self) -> MemoryData:
+        return MemoryData(
+            dict(self.objects),
+            dict(self.events),
+            {key: list(seqs) for key, seqs in self.seqs_by_hash.items()},
+            {run_id: run.copy() for run_id, run in self.runs.items()},
+            self.last_seq,
+            self.gc_generation,
+        )
+
+    def add_event(self, row: EventRow) -> int:
+        """Append an event (its run created if missing); its seq."""
+        self.last_seq += 1
+        seq = self.last_seq
+        self.events[seq] = row
+        run = self.runs.get(row.run_id)
+        if run is None:
+            run = self.runs[row.run_id] = RunRecord(row.run_id)
+        run.seqs.append(seq)
+        run.event_count += 1
+        if row.hash_key is not None:
+            self.seqs_by_hash.setdefault(row.hash_key, []).append(seq)
+        return seq
+
+    def commit(self, write: Write) -> int:
+        """Apply a write as the backend contract says (`store.backend.Write`); the gc generation it was applied
+        under. Raises before changing anything."""
+        if write.gc_generation is not None and write.gc_generation != self.gc_generation:
+            raise GcGenerationChanged(self.gc_generation)
+        deleted = write.deleted_runs(self.runs)
+        if deleted:
+            raise RunsDeleted(deleted)
+        for hash_key, body in write.objects.items():
+            self.objects.setdefault(hash_key, body)
+        for event, event_key, data, link in zip(write.events, write.hash_keys, write.data, write.links, strict=True):
+            self.add_event(
+                EventRow(event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link)
+            )
+        for update in write.run_updates:
+            self.runs[update.run_id].apply(update)
+        return self.gc_generation
+
+    def delete_run(self, run_id: str) -> bool:
+        """Delete a run and its events; False if there is no such run."""
+        run = self.runs.pop(run_id, None)
+        if run is None:
+            return False
+        touched: set[str] = set()
+        for seq in run.seqs:
+            row = self.events.pop(seq, None)
+            if row is not None and row.hash_key is not None:
+                touched.add(row.hash_key)
+        for hash_key in touched:
+            remaining = [seq for seq in self.seqs_by_hash.get(hash_key, ()) if seq in self.events]
+            if remaining:
+                self.seqs_by_hash[hash_key] = remaining
+            else:
+                self.seqs_by_hash.pop(hash_key, None)
+        return True
+
+    def delete_objects(self, hash_keys: Sequence[str]) -> None:
+        """Delete these objects (a gc): the gc generation moves on."""
+        for key in hash_keys:
+            self.objects.pop(key, None)
+        self.gc_generation += 1
+
+
 class MemoryStore(EventStore):
     """An event store in process memory. Its contents survive `aclose()`, so one instance can be written by one
     `MiniAgents` context and read by the next; they are gone with the process.
@@ -95,12 +174,7 @@ class MemoryStore(EventStore):
 
     def __init__(self, *, batch_size: int = DEFAULT_BATCH_SIZE, flush_interval: float = DEFAULT_FLUSH_INTERVAL):
         super().__init__(batch_size=batch_size, flush_interval=flush_interval)
-        self._objects: dict[str, bytes] = {}
-        self._events: dict[int, EventRow] = {}
-        self._seqs_by_hash: dict[str, list[int]] = {}
-        self._runs: dict[str, RunRecord] = {}
-        self._last_seq = 0
-        self._gc_generation = 0
+        self._data = MemoryData()
 
     @property
     def location(self) -> str:
@@ -113,41 +187,24 @@ class MemoryStore(EventStore):
         pass
 
     async def _aregister_run(self, run_id: str) -> None:
-        if run_id in self._runs:
+        if run_id in self._data.runs:
             raise StoreUsageError(f"{self.location} already holds a run {run_id!r}; run ids must be unique.")
-        self._runs[run_id] = RunRecord(run_id)
+        self._data.runs[run_id] = RunRecord(run_id)
 
     def _commit_write(self, write: Write) -> int:
-        if write.gc_generation is not None and write.gc_generation != self._gc_generation:
-            raise GcGenerationChanged(self._gc_generation)
-        runs = self._runs
-        deleted = [run_id for run_id in write.counts if run_id not in runs and run_id not in write.new_runs]
-        if deleted:
-            raise RunsDeleted(deleted)
-        for hash_key, body in write.objects.items():
-            self._objects.setdefault(hash_key, body)
-        seq = self._last_seq
-        for event, event_key, data, link in zip(write.events, write.hash_keys, write.data, write.links, strict=True):
-            seq += 1
-            self._events[seq] = EventRow(
-                event.run_id, event.kind, event.t, event_key, event.call_id, event.parent_call_id, data, link
-            )
-            run = runs.get(event.run_id)
-            if run is None:
-                run = runs[event.run_id] = RunRecord(event.run_id)
-            run.seqs.append(seq)
-            run.event_count += 1
-            if event_key is not None:
-                self._seqs_by_hash.setdefault(event_key, []).append(seq)
-        self._last_seq = seq
-        for update in write.run_updates:
-            runs[update.run_id].apply(update)
-        return self._gc_generation
+        return self._data.commit(write)
+
+    async def _adelete_run_events(self, run_id: str) -> bool:
+        return self._data.delete_run(run_id)
+
+    async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
+        self._data.delete_objects(hash_keys)
 
     async def _alist_runs(self, run_id: Optional[str] = None) -> list[RunInfo]:
+        runs = self._data.runs
         if run_id is None:
-            return [run.info() for run in self._runs.values()]
-        run = self._runs.get(run_id)
+            return [run.info() for run in runs.values()]
+        run = runs.get(run_id)
         return [] if run is None else [run.info()]
 
     async def _aiter_event_chunks(
@@ -157,62 +214,42 @@ class MemoryStore(EventStore):
         kinds: Optional[frozenset[EventKind]],
         hash_keys: Optional[Sequence[str]] = None,
     ) -> AsyncIterator[list[Event]]:
+        data = self._data
         if hash_keys is not None:
-            seqs = sorted(seq for key in hash_keys for seq in self._seqs_by_hash.get(key, ()) if seq in self._events)
+            seqs = sorted(seq for key in hash_keys for seq in data.seqs_by_hash.get(key, ()) if seq in data.events)
             if run_id is not None:
-                seqs = [seq for seq in seqs if self._events[seq].run_id == run_id]
+                seqs = [seq for seq in seqs if data.events[seq].run_id == run_id]
         elif run_id is None:
-            seqs = list(self._events)
+            seqs = list(data.events)
         else:
-            run = self._runs.get(run_id)
+            run = data.runs.get(run_id)
             seqs = list(run.seqs) if run is not None else []
         if after_seq is not None:
             seqs = [seq for seq in seqs if seq > after_seq]
         for start in range(0, len(seqs), _CHUNK):
             chunk: list[Event] = []
             for seq in seqs[start : start + _CHUNK]:
-                row = self._events.get(seq)
+                row = data.events.get(seq)
                 if row is not None and (kinds is None or row.kind in kinds):
                     chunk.append(row.event(seq))
             yield chunk
 
     async def _aload_objects(self, hash_keys: Sequence[str]) -> dict[str, bytes]:
-        objects = self._objects
+        objects = self._data.objects
         return {key: objects[key] for key in hash_keys if key in objects}
 
     async def _aiter_object_chunks(self) -> AsyncIterator[list[tuple[str, bytes]]]:
-        items = list(self._objects.items())
+        items = list(self._data.objects.items())
         for start in range(0, len(items), _CHUNK):
             yield items[start : start + _CHUNK]
 
     async def _aiter_stored_chunks(self, run_id: Optional[str] = None) -> AsyncIterator[list[StoredEvent]]:
+        data = self._data
         if run_id is None:
-            seqs = list(self._events)
+            seqs = list(data.events)
         else:
-            run = self._runs.get(run_id)
+            run = data.runs.get(run_id)
             seqs = list(run.seqs) if run is not None else []
-        events = self._events
+        events = data.events
         for start in range(0, len(seqs), _CHUNK):
             yield [events[seq].stored(seq) for seq in seqs[start : start + _CHUNK] if seq in events]
-
-    async def _adelete_run_events(self, run_id: str) -> bool:
-        run = self._runs.pop(run_id, None)
-        if run is None:
-            return False
-        touched: set[str] = set()
-        for seq in run.seqs:
-            row = self._events.pop(seq, None)
-            if row is not None and row.hash_key is not None:
-                touched.add(row.hash_key)
-        for hash_key in touched:
-            remaining = [seq for seq in self._seqs_by_hash.get(hash_key, ()) if seq in self._events]
-            if remaining:
-                self._seqs_by_hash[hash_key] = remaining
-            else:
-                self._seqs_by_hash.pop(hash_key, None)
-        return True
-
-    async def _adelete_objects(self, hash_keys: Sequence[str]) -> None:
-        for key in hash_keys:
-            self._objects.pop(key, None)
-        self._gc_generation += 1

@@ -37,7 +37,6 @@ from store.format import APPLICATION, check_format, new_format_entries
 from store.results import RunInfo, RunStatus
 from store.writer import BatchWriter, ThreadedBatchWriter, weak_method
 
-"""The `application` value in the `meta` table of every store (as in a SQLite store)."""
 SCHEMA_VERSION = 1
 """Version of the table layout below (PostgreSQL stores count their own versions); a newer one is refused."""
 DEFAULT_SCHEMA = "miniagents"
@@ -603,7 +602,7 @@ class PostgresStore(EventStore):
         rows = await connection.fetch(self._sql.find_runs, run_ids)
         found = {str(row[0]): int(row[1]) for row in rows}
         missing = [run_id for run_id in run_ids if run_id not in found]
-        deleted = [run_id for run_id in missing if run_id not in write.new_runs]
+        deleted = write.deleted_runs(found)
         if deleted:
             raise RunsDeleted(deleted)
         if missing:

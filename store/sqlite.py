@@ -47,7 +47,6 @@ from store.format import APPLICATION, check_format, new_format_entries
 from store.results import Problem, RunInfo, RunStatus
 from store.writer import BatchWriter, ThreadedBatchWriter, weak_method
 
-"""The `application` value in the `meta` table of every store."""
 APPLICATION_ID = 0x4D41_5354
 """Written into the SQLite header (`PRAGMA application_id`), so tools like `file` can tell a store apart."""
 PAGE_SIZE = 32_768
@@ -1218,7 +1217,7 @@ def _resolve_runs(connection: sqlite3.Connection, write: Write, known: dict[str,
     placeholders = ", ".join("?" * len(wanted))
     rows = connection.execute(f"SELECT run_id, id FROM runs WHERE run_id IN ({placeholders})", wanted).fetchall()
     rowids.update((str(run_id), int(rowid)) for run_id, rowid in rows)
-    deleted = [run_id for run_id in wanted if run_id not in rowids and run_id not in write.new_runs]
+    deleted = write.deleted_runs(rowids)
     if deleted:
         raise RunsDeleted(deleted)
     for run_id in wanted:

@@ -66,7 +66,7 @@ async def test_events_handed_over_while_a_close_flushes_are_written_before_the_s
     await store.aclose()  # neither event is reported lost
     await producer
     assert store.committed_after_close == 0
-    assert len(store._events) == 2
+    assert len(store._data.events) == 2
 
 
 class DriverCancelledStore(LoopMemoryStore):
@@ -90,4 +90,4 @@ async def test_a_drivers_cancelled_error_is_a_failed_write_and_the_writer_goes_o
         await store.aflush()
     await asyncio.wait_for(store.aflush(), 5)  # retried and written, not waiting for a writer that is gone
     await asyncio.wait_for(store.aclose(), 5)
-    assert len(store._events) == 1
+    assert len(store._data.events) == 1

@@ -13,14 +13,14 @@ class TestMemoryStore(StoreConformance):
     async def acorrupt_object(self, store: EventStore, hash_key: str, body: Optional[bytes]) -> None:
         assert isinstance(store, MemoryStore)
         if body is None:
-            del store._objects[hash_key]
+            del store._data.objects[hash_key]
         else:
-            store._objects[hash_key] = body
+            store._data.objects[hash_key] = body
 
     async def atamper_event(self, store: EventStore, seq: int, field: str, value: Any) -> None:
         assert isinstance(store, MemoryStore)
         if field == "delete":
-            row = store._events.pop(seq)
-            store._runs[row.run_id].seqs.remove(seq)
+            row = store._data.events.pop(seq)
+            store._data.runs[row.run_id].seqs.remove(seq)
         else:
-            setattr(store._events[seq], field, value)
+            setattr(store._data.events[seq], field, value)

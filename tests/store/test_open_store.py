@@ -91,7 +91,7 @@ def test_the_longest_registered_suffix_wins(tmp_path: Path) -> None:
 
     register_suffix(".tar.jsonl", factory)  # after .jsonl
     try:
-        assert isinstance(open_store(tmp_path / "x.tar.jsonl"), MemoryStore)
+        assert type(open_store(tmp_path / "x.tar.jsonl")) is MemoryStore
         assert made == [str(tmp_path / "x.tar.jsonl")]
         assert isinstance(open_store(tmp_path / "x.jsonl"), JSONLStore)
     finally:
@@ -109,7 +109,7 @@ def test_a_registered_suffix_picks_its_backend(tmp_path: Path) -> None:
 
     register_suffix(".testrec", factory)
     try:
-        assert isinstance(open_store(tmp_path / "run.TESTREC"), MemoryStore)
+        assert type(open_store(tmp_path / "run.TESTREC")) is MemoryStore
         assert made == [str(tmp_path / "run.TESTREC")]
     finally:
         from store import opening

@@ -6,10 +6,11 @@ the public API live in the base. Writing, a backend receives a `Write` that is c
 runs whose rows it may have to create, what to set on runs, and the gc generation the write counts on. It either
 commits all of it in one transaction or raises, and it never calls back into the base.
 
-Where writes run is the backend's choice (`_aopen_batch_writer`): right away in the caller's thread (in memory),
-on a thread of its own with a blocking driver (`_commit_write`), or on the event loop with an async driver
-(`_acommit_write`, with `store.writer.LoopBatchWriter`). The base checks the stored format for every backend with
-`store.format.check_format`; the shipped behaviour suite (`store.testing.StoreConformance`) checks the rest.
+Where writes run is the backend's choice (`EventStore._aopen_batch_writer`): right away in the caller's thread (in
+memory), on a thread of its own with a blocking driver (`_commit_write`), or on the event loop with an async driver
+(`_acommit_write`, with `store.writer.LoopBatchWriter`). Every backend checks the stored format with the one policy
+of `store.format.check_format` as it opens, before it reads or changes anything; the shipped behaviour suite
+(`store.testing.StoreConformance`) checks that it does, and everything else above.
 """
 
 from __future__ import annotations
@@ -161,3 +162,24 @@ class Backend(abc.ABC):
     async def _acheck_storage(self) -> list[Problem]:
         """Problems of the storage itself (e.g. a damaged file), found by the backend."""
         return []
+
+    async def _arun_written(self, run_id: str) -> None:
+        """Every event of a finished run is written (called by `afinish_run` while the store stays open): a backend
+        that holds something for a running run (a lock other processes see) lets it go."""
+        return None
+
+    async def _ais_abandoned(self, run_id: str) -> bool:
+        """Whether a run marked running was abandoned (its process died, so nothing will write it again) and may be
+        deleted without `force`: a backend that can tell (a lock its writer holds) says so."""
+        return False
+
+    @property
+    def _events_have_links(self) -> bool:
+        """Whether the stored events carry links to check (a store written before links existed, read where it
+        cannot be migrated, has none: its events are read unverified)."""
+        return True
+
+    def _holds_loop_transaction(self) -> bool:
+        """Whether this store has a write transaction open that only the event loop can finish (a backend that
+        writes some transactions from the loop says so: backpressure must not block the loop then)."""
+        return False

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import warnings
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Optional, TypeVar
 
@@ -56,6 +56,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _StoreT = TypeVar("_StoreT", bound="EventStore")
+_T = TypeVar("_T")
 
 
 class EventStore(Backend):
@@ -113,16 +114,14 @@ class EventStore(Backend):
         """Commit batches handed over (a `LoopBatchWriter`'s callback)."""
         await self._pending.acommit(batches)
 
-    @property
-    def _events_have_links(self) -> bool:
-        """Whether the stored events carry links to check (a store written before links existed, read where it
-        cannot be migrated, has none: its events are read unverified)."""
-        return True
-
-    def _holds_loop_transaction(self) -> bool:
-        """Whether this store has a write transaction open that only the event loop can finish (a backend that
-        writes some transactions from the loop says so: backpressure must not block the loop then)."""
-        return False
+    async def _acall_where_written(self, function: Callable[[], _T]) -> _T:
+        """Run `function` where this store's batches are written (the writer's thread), after the batches handed
+        over before it: for a backend's own work on its writer connection."""
+        writer = self._pending.batch_writer
+        if writer is None:
+            self._check_open()
+            raise StoreClosedError(f"{self!r} is closing, so nothing more runs on its writer.", self.location)
+        return await asyncio.wrap_future(writer.call(function))
 
     # --------------------------------------------------------------------------------------------------- lifecycle
 
@@ -366,6 +365,8 @@ class EventStore(Backend):
             return
         if self._closes_after_run():
             await self.aclose()
+        elif self._is_open and run_id not in self._active_runs:
+            await self._arun_written(run_id)
         lost = self._pending.pop_lost(run_id)
         if lost is not None:
             raise lost
@@ -554,6 +555,7 @@ class EventStore(Backend):
             not force
             and run_id not in self._finished_runs
             and (await self.aget_run(run_id)).status == RunStatus.RUNNING
+            and not await self._ais_abandoned(run_id)
         ):
             raise StoreUsageError(
                 f"Run {run_id!r} in {self.location} is still running (in another process, or it was killed): "

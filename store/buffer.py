@@ -400,7 +400,7 @@ class WriteBuffer:
         event loop's thread (every agent of the process waits), which is what lets a writer thread run: it no
         longer competes for the interpreter. Only writers that do not need the event loop are waited for
         (`BatchWriter.writes_elsewhere`), never while the store holds a transaction that needs the loop to end
-        (`EventStore._holds_loop_transaction`: the writer would wait for it), and at most `_BACKPRESSURE_MAX_WAIT`
+        (`Backend._holds_loop_transaction`: the writer would wait for it), and at most `_BACKPRESSURE_MAX_WAIT`
         seconds at a time (a writer held up by another connection's lock must not freeze the loop); a failed write
         ends the wait (the events stay buffered, and flushing raises as usual).
         """

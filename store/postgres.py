@@ -493,11 +493,7 @@ class PostgresStore(EventStore):
 
     async def _on_writer_thread(self, work: _WriterWork, what: str) -> Any:
         """Run `work` (see `_on_writer`) on the writer's thread, after the batches handed over before it."""
-        writer = self._pending.batch_writer
-        if writer is None:
-            self._check_open()
-            raise StoreUsageError(f"{self!r} has no batch writer.")
-        return await asyncio.wrap_future(writer.call(lambda: self._on_writer(work, what)))
+        return await self._acall_where_written(lambda: self._on_writer(work, what))
 
     def _commit_write(self, write: Write) -> int:
         # runs on the batch writer's thread
@@ -624,31 +620,22 @@ class PostgresStore(EventStore):
 
         await self._on_writer_thread(work, f"record the start of run {run_id!r}")
 
-    async def afinish_run(self, run_id: str) -> None:
-        await super().afinish_run(run_id)
-        # everything of the run is written: other processes may delete it from now on (a run whose events could
-        # not be written keeps its lock until they are, or until the store closes)
-        if self._is_open and run_id not in self._active_runs:
+    async def _arun_written(self, run_id: str) -> None:
+        # other processes may delete it from now on (a run whose events could not be written keeps its lock until
+        # they are, or until the store closes)
+        async def work(connection: Any, state: _WriterState) -> None:
+            if run_id in state.locked_runs:
+                state.locked_runs.discard(run_id)
+                try:
+                    await connection.fetchval("SELECT pg_advisory_unlock($1)", self._run_key(run_id))
+                except Exception:  # a lost connection took the lock with it
+                    pass
 
-            async def work(connection: Any, state: _WriterState) -> None:
-                if run_id in state.locked_runs:
-                    state.locked_runs.discard(run_id)
-                    try:
-                        await connection.fetchval("SELECT pg_advisory_unlock($1)", self._run_key(run_id))
-                    except Exception:  # a lost connection took the lock with it
-                        pass
-
-            await self._on_writer_thread(work, f"release the lock of run {run_id!r}")
-
-    async def adelete_run(self, run_id: str, *, force: bool = False) -> None:
-        # a run still marked running whose lock no session holds was abandoned (its process died, or closed its
-        # store without finishing it): nobody will write it again, so it goes without `force`
-        if not force and run_id not in self._active_runs and await self._ais_abandoned(run_id):
-            force = True
-        await super().adelete_run(run_id, force=force)
+        await self._on_writer_thread(work, f"release the lock of run {run_id!r}")
 
     async def _ais_abandoned(self, run_id: str) -> bool:
-        """Whether the run is stored, marked running, and no store object holds its lock."""
+        # a run still marked running whose lock no session holds was abandoned (its process died, or closed its
+        # store without finishing it): nobody will write it again, so it goes without `force`
         asyncpg = _asyncpg()
         try:
             async with self._require_pool().acquire() as connection, connection.transaction():

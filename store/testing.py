@@ -45,10 +45,12 @@ from miniagents import (
 )
 from miniagents.events import ErrorDescription, Event, EventKind
 from miniagents.ext.llm.stand_in import stand_in_llm_agent
-from miniagents.promising.ext.frozen import Frozen
+from miniagents.promising.ext.frozen import CANONICAL_FORM_VERSION, HASH_ALGORITHM, Frozen
 from store import (
     EventStore,
+    ForeignDatabaseError,
     RunStatus,
+    SchemaVersionError,
     StoreClosedError,
     StoreIntegrityError,
     StoreUsageError,
@@ -58,6 +60,7 @@ from store import (
     is_stand_in_class,
 )
 from store.backend import Backend, Write
+from store.format import APPLICATION
 
 
 def patch_commits(monkeypatch: pytest.MonkeyPatch, store: EventStore, before: Callable[[], None]) -> None:
@@ -235,6 +238,12 @@ class StoreConformance:
         """Change one stored field of one event behind the store's back: `field` is `"hash_key"` (a hex key),
         `"data"` (bytes), `"t"` or `"call_id"`; `field` `"delete"` removes the event. Optional."""
         pytest.skip(f"{type(self).__name__} does not implement the atamper_event hook")
+
+    async def aset_format_entry(self, store: EventStore, entry: str, value: str) -> None:
+        """Set one entry of what the (closed) store says about its format behind its back: `entry` is one of
+        `application`, `schema_version`, `canonical_form_version`, `hash_algorithm` (see `store.format`), `value`
+        its text. Optional."""
+        pytest.skip(f"{type(self).__name__} does not implement the aset_format_entry hook")
 
     # ------------------------------------------------------------------------------------------- recording a run
 
@@ -825,6 +834,36 @@ class StoreConformance:
             report = await reader.averify()
         kinds = {(problem.kind, problem.hash_key) for problem in report.problems}
         assert kinds == {("dangling_reference", child.hash_key), ("missing_object", child.hash_key)}
+
+    @pytest.mark.parametrize(
+        ("entry", "value", "refusal", "named"),
+        [
+            ("application", "another-application", ForeignDatabaseError, "not a miniagents"),
+            ("schema_version", "999", SchemaVersionError, "version 999"),
+            ("canonical_form_version", "999", SchemaVersionError, "canonical form version 999"),
+            ("hash_algorithm", "sha256", SchemaVersionError, "hashes objects with 'sha256'"),
+        ],
+    )
+    async def test_a_store_of_another_format_is_refused_and_left_untouched(
+        self, entry: str, value: str, refusal: type[Exception], named: str
+    ) -> None:
+        store = self.make_store()
+        async with store:
+            await arun_flow(store, count=2)
+            [run] = await store.alist_runs()
+        original = {
+            "application": APPLICATION,
+            "canonical_form_version": str(CANONICAL_FORM_VERSION),
+            "hash_algorithm": HASH_ALGORITHM,
+        }
+        await self.aset_format_entry(store, entry, value)
+        with pytest.raises(refusal, match=named):
+            await self.reopened(store).aopen()
+        if entry in original:
+            await self.aset_format_entry(store, entry, original[entry])
+            async with self.reopened(store) as reader:  # as it was: nothing was migrated, rewritten or lost
+                assert [found.event_count for found in await reader.alist_runs()] == [run.event_count]
+                assert (await reader.averify()).ok
 
     # --------------------------------------------------------------------------------------------------- write path
 

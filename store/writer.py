@@ -218,7 +218,9 @@ class ThreadedBatchWriter(_BlockingBatchWriter[_BatchT]):
 class LoopBatchWriter(BatchWriter[_BatchT]):
     """Writes batches on the event loop, for a backend with an async driver: a task of its own awaits
     `awrite_batches` for the batches queued, in order, those that queue up meanwhile together (up to `max_events`
-    events). `submit` only queues; the loop's other tasks run while the driver waits for the database."""
+    events). `submit` only queues; the loop's other tasks run while the driver waits for the database. Backpressure
+    cannot block `append` for such a writer (the loop it would block is what writes): a producer that never awaits
+    outruns it without bound, one that awaits gives it its turns."""
 
     def __init__(self, awrite_batches: Callable[[list[_BatchT]], Awaitable[None]], name: str, max_events: int) -> None:
         super().__init__()

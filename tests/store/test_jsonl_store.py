@@ -27,7 +27,8 @@ from store import (
     StoreIntegrityError,
     StoreWriteError,
 )
-from store.jsonl_format import parse, split_text
+from store.format import APPLICATION
+from store.jsonl_format import FORMAT_NAME, parse, split_text
 from store.testing import StoreConformance, arecord_events, message_event
 
 
@@ -64,6 +65,18 @@ class TestJSONLStore(StoreConformance):
         replacement = [] if body is None else [orjson.dumps({label: obj.number, "@raw": body.decode()})]
         lines[obj.first_line - 1 : obj.last_line] = replacement
         write_lines(store.path, lines)
+
+    async def aset_format_entry(self, store: EventStore, entry: str, value: str) -> None:
+        """Edit the header line by hand (the store's format entries are named differently there)."""
+        assert isinstance(store, JSONLStore)
+        header, body = store.path.read_bytes().split(b"\n", 1)
+        fields = orjson.loads(header)
+        if entry == "application":
+            fields["format"] = FORMAT_NAME if value == APPLICATION else value
+        else:
+            key = {"schema_version": "version", "canonical_form_version": "canonical_form", "hash_algorithm": "hash"}
+            fields[key[entry]] = int(value) if value.isdigit() else value
+        store.path.write_bytes(orjson.dumps(fields) + b"\n" + body)
 
     async def atamper_event(self, store: EventStore, seq: int, field: str, value: Any) -> None:
         """Edit the line of the `seq`-th event of the file by hand."""

@@ -82,6 +82,9 @@ class TestPostgresStore(StoreConformance):
                 self.dsn, "UPDATE miniagents.objects SET body = $1 WHERE hash = $2", body, bytes.fromhex(hash_key)
             )
 
+    async def aset_format_entry(self, store: EventStore, entry: str, value: str) -> None:
+        await aquery(self.dsn, "UPDATE miniagents.meta SET value = $1 WHERE key = $2", value, entry)
+
     async def atamper_event(self, store: EventStore, seq: int, field: str, value: Any) -> None:
         if field == "delete":
             await aquery(self.dsn, "DELETE FROM miniagents.events WHERE seq = $1", seq)

@@ -50,6 +50,11 @@ class TestSQLiteStore(StoreConformance):
             else:
                 db.execute("UPDATE objects SET body = ? WHERE hash = ?", (body, bytes.fromhex(hash_key)))
 
+    async def aset_format_entry(self, store: EventStore, entry: str, value: str) -> None:
+        assert isinstance(store, SQLiteStore)
+        with contextlib.closing(sqlite3.connect(store.path)) as db, db:
+            db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, entry))
+
     async def atamper_event(self, store: EventStore, seq: int, field: str, value: Any) -> None:
         assert isinstance(store, SQLiteStore)
         with contextlib.closing(sqlite3.connect(store.path)) as db, db:

@@ -26,7 +26,17 @@ from store.buffer import (
     remember_run,
 )
 from store.decoding import LazyObjects, LoadedObjects, ObjectDecoder, body_references, hash_matches, is_hash_key
-from store.encoding import INT64_MAX, INT64_MIN, event_references, known_kind
+from store.encoding import (  # the mapper's names, importable from here as before the reshape
+    INT64_MAX,
+    INT64_MIN,
+    RunUpdate,
+    decode_data,
+    decode_run_error,
+    encode_data,
+    event_references,
+    known_kind,
+    run_update,
+)
 from store.errors import (
     StoreClosedError,
     StoreError,
@@ -46,11 +56,18 @@ __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_EVENTS",
+    "Batch",
     "EventStore",
     "Problem",
     "RunInfo",
     "RunStatus",
+    "RunUpdate",
     "VerifyReport",
+    "decode_data",
+    "decode_run_error",
+    "encode_data",
+    "event_references",
+    "run_update",
 ]
 
 logger = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from store.buffer import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_PENDING_EVENTS,
+    DEFAULT_MAX_PENDING_SECONDS,
     Batch,
     WriteBuffer,
     remember_run,
@@ -56,6 +57,7 @@ __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_EVENTS",
+    "DEFAULT_MAX_PENDING_SECONDS",
     "Batch",
     "EventStore",
     "Problem",
@@ -85,7 +87,8 @@ class EventStore(Backend):
     the event loop), and a writer task hands over the rest at least every `flush_interval` seconds. A batch that
     cannot be written goes back into the buffer, in order (nothing is dropped), and `aflush()` / `afinish_run()`
     raise `StoreWriteError`. More than `max_pending_events` events (or `max_pending_bytes` bytes) handed over and
-    not written make `append()` wait for the writer (backpressure, see `store.buffer`).
+    not written, or one of them older than `max_pending_seconds`, make `append()` wait for the writer
+    (backpressure, see `store.buffer`).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class EventStore(Backend):
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_pending_seconds: float = DEFAULT_MAX_PENDING_SECONDS,
     ):
         self._pending = WriteBuffer(
             self,
@@ -102,6 +106,7 @@ class EventStore(Backend):
             flush_interval=flush_interval,
             max_pending_events=max_pending_events,
             max_pending_bytes=max_pending_bytes,
+            max_pending_seconds=max_pending_seconds,
         )
         self._is_open = False
         self._opened_by_run = False

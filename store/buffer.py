@@ -33,6 +33,7 @@ DEFAULT_BATCH_SIZE = 1_000
 DEFAULT_FLUSH_INTERVAL = 0.1
 DEFAULT_MAX_PENDING_EVENTS = 10_000
 DEFAULT_MAX_PENDING_BYTES = 32 * 2**20
+DEFAULT_MAX_PENDING_SECONDS = 0.25
 _MAX_RETRY_DELAY = 5.0
 RUNS_REMEMBERED = 10_000
 """How many runs the buffer remembers the last link, the registration and the end of (the oldest are forgotten
@@ -73,6 +74,8 @@ class Batch:
     """The gc generation of the store when the batch was written (None: unknown, or nothing was written)."""
     size_bytes: int = 0
     """The bytes the batch brings (objects and event data): what it holds in memory until it is written."""
+    appended_since: float = 0.0
+    """When (`time.monotonic()`) the oldest of its events was appended: how long it has waited to be written."""
 
     def __len__(self) -> int:
         return len(self.events)
@@ -86,6 +89,7 @@ class WriteBuffer:
     :param flush_interval: hand buffered events over at least this often (seconds).
     :param max_pending_events: backpressure: the most events handed over and not written before `add` waits.
     :param max_pending_bytes: backpressure: the same bound in bytes (objects and event data).
+    :param max_pending_seconds: backpressure: the same bound in age (of the oldest event handed over).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class WriteBuffer:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_pending_seconds: float = DEFAULT_MAX_PENDING_SECONDS,
     ):
         if batch_size < 1:
             raise StoreUsageError(f"batch_size must be at least 1, got {batch_size}.")
@@ -107,14 +112,21 @@ class WriteBuffer:
             )
         if max_pending_bytes < 1:
             raise StoreUsageError(f"max_pending_bytes must be a positive number of bytes, got {max_pending_bytes}.")
+        if not max_pending_seconds > 0:
+            raise StoreUsageError(
+                f"max_pending_seconds must be a positive number of seconds, got {max_pending_seconds}."
+            )
         self._store = store
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_pending_events = max_pending_events
         self._max_pending_bytes = max_pending_bytes
+        self._max_pending_seconds = max_pending_seconds
         self._max_batch_size = max(batch_size, _MAX_BATCH_SIZE)
         self.events: list[Event] = []
         """Appended events not handed over yet, in order."""
+        self._buffered_since = 0.0
+        """When (`time.monotonic()`) the oldest buffered event was appended."""
         self._in_flight: deque[tuple[Batch, Future[None]]] = deque()
         """Batches handed to the batch writer, in order, that were not yet found written."""
         self._in_flight_events = 0
@@ -206,21 +218,38 @@ class WriteBuffer:
         return self._lost_runs.pop(run_id, None)
 
     def add(self, event: Event) -> None:
-        """Buffer a checked event; every `batch_size` events, hand them over (and wait if too many are unwritten)."""
+        """Buffer a checked event; every `batch_size` events, hand them over (and wait if too many are unwritten, or
+        too old), and so the events buffered longer than `flush_interval` (the periodic hand-over's job, when the
+        event loop was too busy to run it)."""
         if event.kind is EventKind.RUN_FINISHED:
             self._finished_at[event.run_id] = time.time()
         events = self.events
+        now = time.monotonic()
+        if events and now - self._buffered_since > self._flush_interval:
+            # they go now, before this event (which may be slow to encode: a call's end with all its replies) can
+            # keep them waiting any longer
+            self._hand_over_from_add()
+        if not events:
+            self._buffered_since = now
         events.append(event)
-        if len(events) >= self._batch_size and not self._failing:
-            self._settle()  # forget written batches early: their bytes go back to the allocator
-            if not self._failing:
-                try:
-                    self._hand_over()
-                except Exception:  # the events stay buffered; the periodic flush reports why
-                    self._failing = True
-                    self._wake()
-                else:
-                    self._wait_for_room()
+        if len(events) >= self._batch_size:
+            self._hand_over_from_add()
+
+    def _hand_over_from_add(self) -> None:
+        """Hand what is buffered over, then wait for room (backpressure); a failure to hand over leaves the events
+        buffered, and the periodic flush reports it."""
+        if self._failing:
+            return
+        self._settle()  # forget written batches early: their bytes go back to the allocator
+        if self._failing:
+            return
+        try:
+            self._hand_over()
+        except Exception:  # the events stay buffered; the periodic flush reports why
+            self._failing = True
+            self._wake()
+        else:
+            self._wait_for_room()
 
     async def aflush(self) -> None:
         """Hand over everything buffered and wait until it, and everything handed over before, is written. On
@@ -386,6 +415,7 @@ class WriteBuffer:
             raise StoreClosedError(f"{self._store!r} is not open, so nothing can be written.", self._store.location)
         while events:
             batch = self._prepare_batch(events[: self._max_batch_size])
+            batch.appended_since = self._buffered_since
             self._in_flight.append((batch, writer.submit(batch, self._generation)))
             self._in_flight_events += len(batch)
             self._in_flight_bytes += batch.size_bytes
@@ -393,12 +423,17 @@ class WriteBuffer:
 
     def _wait_for_room(self) -> None:
         """Backpressure: while more than `max_pending_events` events (or `max_pending_bytes` bytes) are handed over
-        and not written, block until the writer has written the oldest batch.
+        and not written, or the oldest batch handed over holds an event appended more than `max_pending_seconds`
+        ago, block until the writer has written the oldest batch.
 
-        A producer that outruns the disk is slowed down to the disk's pace here instead of filling memory, and the
-        age of the oldest unwritten event stays bounded (a crash loses at most that much). The wait blocks the
-        event loop's thread (every agent of the process waits), which is what lets a writer thread run: it no
-        longer competes for the interpreter. Only writers that do not need the event loop are waited for
+        A producer that outruns the disk is slowed down to the disk's pace here instead of filling memory. The wait
+        blocks the event loop's thread (every agent of the process waits), which is what lets a writer thread run:
+        it no longer competes for the interpreter. The counts bound the memory unwritten events hold; the age bounds
+        what a crash loses, whatever the writer's pace: a writer that shares the interpreter with a busy loop writes
+        several times slower than one that has it to itself, so a bound in events alone lets the oldest event wait
+        seconds. Waiting on age costs the producer the pauses in which the writer catches up (each about as long as
+        what it writes then takes alone); the backlog, and with it each transaction, stays what the producer makes
+        in `max_pending_seconds`. Only writers that do not need the event loop are waited for
         (`BatchWriter.writes_elsewhere`), never while the store holds a transaction that needs the loop to end
         (`Backend._holds_loop_transaction`: the writer would wait for it), and at most `_BACKPRESSURE_MAX_WAIT`
         seconds at a time (a writer held up by another connection's lock must not freeze the loop); a failed write
@@ -408,11 +443,14 @@ class WriteBuffer:
         if writer is None or not writer.writes_elsewhere or self._store._holds_loop_transaction():
             return
         in_flight = self._in_flight
-        deadline = time.monotonic() + _BACKPRESSURE_MAX_WAIT
+        now = time.monotonic()
+        deadline = now + _BACKPRESSURE_MAX_WAIT
         while in_flight and (
-            self._in_flight_events > self._max_pending_events or self._in_flight_bytes > self._max_pending_bytes
+            self._in_flight_events > self._max_pending_events
+            or self._in_flight_bytes > self._max_pending_bytes
+            or now - in_flight[0][0].appended_since > self._max_pending_seconds
         ):
-            left = deadline - time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return
             future = in_flight[0][1]
@@ -421,6 +459,7 @@ class WriteBuffer:
             self._settle()
             if self._failing:
                 return
+            now = time.monotonic()
 
     def _settle(self) -> Optional[BaseException]:
         """Take stock of what the batch writer finished, in order: forget the written batches. After a failure,
@@ -442,6 +481,7 @@ class WriteBuffer:
             if not all(later.done() for _, later in in_flight):
                 return None
             self.events[:0] = [event for failed, _ in in_flight for event in failed.events]
+            self._buffered_since = in_flight[0][0].appended_since
             for failed, _ in reversed(in_flight):  # the chains resume where the first failed batch started them
                 self._run_links.update(failed.link_starts)
             self._forget_in_flight()

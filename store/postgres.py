@@ -21,6 +21,7 @@ from store.base import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_PENDING_EVENTS,
+    DEFAULT_MAX_PENDING_SECONDS,
     EventStore,
 )
 from store.buffer import Batch
@@ -209,6 +210,9 @@ class PostgresStore(EventStore):
     :param max_pending_events: at most this many events wait for the writer thread (handed over, not written);
         beyond it `append` blocks until the writer caught up (backpressure).
     :param max_pending_bytes: the same bound in bytes of objects and event data.
+    :param max_pending_seconds: the same bound in age: `append` also blocks while an event handed over and not
+        written was appended longer ago than this, so that a crash loses little more than that much work even
+        when a busy event loop slows the writer thread down.
     :param pool_size: connections of the reading pool.
     :param lock_timeout: how long (seconds) a write waits for a gc or a run deletion of another process before it
         fails with `StoreWriteError` (the events stay buffered).
@@ -228,6 +232,7 @@ class PostgresStore(EventStore):
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_pending_seconds: float = DEFAULT_MAX_PENDING_SECONDS,
         pool_size: int = 4,
         lock_timeout: float = 60.0,
         statement_cache_size: int = 100,
@@ -238,6 +243,7 @@ class PostgresStore(EventStore):
             flush_interval=flush_interval,
             max_pending_events=max_pending_events,
             max_pending_bytes=max_pending_bytes,
+            max_pending_seconds=max_pending_seconds,
         )
         if not isinstance(dsn, str) or urlsplit(dsn).scheme.lower() not in ("postgresql", "postgres"):
             raise StoreUsageError(

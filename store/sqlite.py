@@ -29,6 +29,7 @@ from store.base import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_PENDING_EVENTS,
+    DEFAULT_MAX_PENDING_SECONDS,
     EventStore,
 )
 from store.buffer import Batch
@@ -207,9 +208,11 @@ class SQLiteStore(EventStore):
     :param batch_size: flush as soon as this many events are buffered.
     :param flush_interval: flush buffered events at least this often (seconds).
     :param max_pending_events: at most this many events wait for the writer thread (handed over, not written);
-        beyond it `append` blocks until the writer caught up (backpressure), which bounds both the memory they hold
-        and how old the oldest unwritten event gets (what a crash can lose).
+        beyond it `append` blocks until the writer caught up (backpressure), which bounds the memory they hold.
     :param max_pending_bytes: the same bound in bytes of objects and event data.
+    :param max_pending_seconds: the same bound in age: `append` also blocks while an event handed over and not
+        written was appended longer ago than this, so that a crash loses little more than that much work even
+        when a busy event loop slows the writer thread down.
     :param busy_timeout: how long (seconds) to keep retrying while other connections hold the write lock before
         a write fails with `StoreWriteError`.
     :param synchronous: SQLite's `synchronous` setting; `"NORMAL"` (default) survives process crashes, `"FULL"`
@@ -228,6 +231,7 @@ class SQLiteStore(EventStore):
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_pending_events: int = DEFAULT_MAX_PENDING_EVENTS,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_pending_seconds: float = DEFAULT_MAX_PENDING_SECONDS,
         busy_timeout: float = 60.0,
         synchronous: str = "NORMAL",
         inline_lookups: bool = True,
@@ -237,6 +241,7 @@ class SQLiteStore(EventStore):
             flush_interval=flush_interval,
             max_pending_events=max_pending_events,
             max_pending_bytes=max_pending_bytes,
+            max_pending_seconds=max_pending_seconds,
         )
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
             raise StoreUsageError(

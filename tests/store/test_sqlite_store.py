@@ -641,11 +641,43 @@ async def test_the_pending_bound_in_bytes_holds_too(tmp_path: Path, monkeypatch:
     assert 0 < most_bytes <= 50_000 + 10 * 1_200  # the bound, plus one batch of ~1.1 KB messages
 
 
+async def test_a_batch_older_than_max_pending_seconds_is_waited_for_whatever_the_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(tmp_path / "store.db", batch_size=10, max_pending_seconds=0.05, flush_interval=60)
+    patch_commits(monkeypatch, store, lambda: time.sleep(0.2))
+    async with store:
+        await store.astart_run("run")
+        for index in range(10):  # the tenth hands the first batch over, which takes the writer 0.2 s
+            store.append(message_event("run", Message(text=f"first {index}")))
+        time.sleep(0.1)  # noqa: ASYNC251 - a busy loop: the batch handed over gets older than the bound
+        for index in range(10):  # the tenth hands the second batch over, and waits for the first
+            store.append(message_event("run", Message(text=f"second {index}")))
+        assert store.pending_count <= 10  # the first batch is written (20 is far below the bound in events)
+        await store.afinish_run("run")
+        assert (await store.aget_run("run")).event_count == 20
+
+
+async def test_events_buffered_longer_than_flush_interval_are_handed_over_by_the_next_append(
+    tmp_path: Path,
+) -> None:
+    async with SQLiteStore(tmp_path / "store.db", batch_size=1_000, flush_interval=0.05) as store:
+        await store.astart_run("run")
+        store.append(message_event("run", Message(text="before a long step")))
+        time.sleep(0.1)  # noqa: ASYNC251 - a busy loop: the periodic hand-over cannot run
+        store.append(message_event("run", Message(text="after it")))
+        assert len(store._pending.events) == 1  # the old event went to the writer; the new one waits for its batch
+        await store.afinish_run("run")
+        assert (await store.aget_run("run")).event_count == 2
+
+
 def test_pending_bounds_are_checked() -> None:
     with pytest.raises(StoreUsageError, match=r"max_pending_events \(10\) must be at least batch_size \(100\)"):
         SQLiteStore("x.db", batch_size=100, max_pending_events=10)
     with pytest.raises(StoreUsageError, match="max_pending_bytes must be a positive number of bytes, got 0"):
         SQLiteStore("x.db", max_pending_bytes=0)
+    with pytest.raises(StoreUsageError, match="max_pending_seconds must be a positive number of seconds, got 0"):
+        SQLiteStore("x.db", max_pending_seconds=0)
 
 
 # ------------------------------------------------------------------------------------------- event links, edge cases

@@ -131,6 +131,9 @@ class WriteBuffer:
         """Batches handed to the batch writer, in order, that were not yet found written."""
         self._in_flight_events = 0
         self._in_flight_bytes = 0
+        self._stalled_batch: Optional[Batch] = None
+        """The oldest batch in flight when a whole backpressure wait went by without it being written: the age
+        bound is not waited on again until it is."""
         self._generation = 0
         """Incremented whenever failed batches come back to the buffer (see `BatchWriter`)."""
         self._failing = False
@@ -445,13 +448,22 @@ class WriteBuffer:
         in_flight = self._in_flight
         now = time.monotonic()
         deadline = now + _BACKPRESSURE_MAX_WAIT
-        while in_flight and (
-            self._in_flight_events > self._max_pending_events
-            or self._in_flight_bytes > self._max_pending_bytes
-            or now - in_flight[0][0].appended_since > self._max_pending_seconds
-        ):
+        oldest = in_flight[0][0] if in_flight else None
+        while in_flight:
+            too_many = (
+                self._in_flight_events > self._max_pending_events or self._in_flight_bytes > self._max_pending_bytes
+            )
+            first = in_flight[0][0]
+            too_old = now - first.appended_since > self._max_pending_seconds and first is not self._stalled_batch
+            if not (too_many or too_old):
+                return
             left = deadline - now
             if left <= 0:
+                if not too_many and first is oldest:
+                    # a whole wait and not even the oldest batch was written: the writer is held up (another
+                    # connection's lock, a failing write being retried), and waiting on age would only freeze the
+                    # loop; the age is waited on again once this batch is written
+                    self._stalled_batch = first
                 return
             future = in_flight[0][1]
             if not future.done():

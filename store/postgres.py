@@ -262,6 +262,9 @@ class PostgresStore(EventStore):
         self._connect_options: dict[str, Any] = {"statement_cache_size": statement_cache_size}
         self._connect_options.update(connect_options or {})
         self._pool: Any = None
+        self._in_maintenance = False
+        """From before a gc asks for the exclusive write lock until it let it go (backpressure must not block the loop
+        then: the writer waits for the gc's transaction, which the loop drives)."""
         self._kind_codes: dict[EventKind, int] = {}
         self._kinds_by_code: dict[int, EventKind] = {}
         self._kind_names: dict[int, str] = {}
@@ -682,6 +685,7 @@ class PostgresStore(EventStore):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise self._write_error(error, "start a maintenance transaction") from error
         token = _CONNECTION.set((self, connection))
+        self._in_maintenance = True  # from before the lock is asked for: the writer thread waits for it from then
         try:
             transaction = connection.transaction()
             try:
@@ -699,8 +703,13 @@ class PostgresStore(EventStore):
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 raise self._write_error(error, "finish a maintenance transaction") from error
         finally:
+            self._in_maintenance = False
             _CONNECTION.reset(token)
             await pool.release(connection)
+
+    def _holds_loop_transaction(self) -> bool:
+        # a gc holds the write lock in a transaction the event loop drives: the writer thread waits for it
+        return self._in_maintenance
 
     def _maintenance_connection(self, what: str) -> Any:
         current = _CONNECTION.get()

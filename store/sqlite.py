@@ -271,6 +271,8 @@ class SQLiteStore(EventStore):
         self._inline_lookups = inline_lookups
         self._lookup: Optional[sqlite3.Connection] = None
         self._maintenance_open = False
+        self._in_maintenance = False
+        """From before a gc asks for the write lock until it let it go (backpressure must not block the loop then)."""
         self._kind_codes: dict[EventKind, int] = {}
         self._kinds_by_code: dict[int, EventKind] = {}
         self._kind_names: dict[int, str] = {}
@@ -787,7 +789,7 @@ class SQLiteStore(EventStore):
 
     def _holds_loop_transaction(self) -> bool:
         # registering a run, deleting one and gc hold the write lock across awaits of the event loop
-        return self._maintenance_open or self._transaction_lock.locked()
+        return self._in_maintenance or self._transaction_lock.locked()
 
     def _writing_pragmas(self, page_size: int) -> list[str]:
         """The settings of a connection that writes to this store."""
@@ -915,25 +917,29 @@ class SQLiteStore(EventStore):
     @asynccontextmanager
     async def _amaintenance(self) -> AsyncIterator[None]:
         db = self._writer_db("collect garbage")
+        self._in_maintenance = True
         try:
-            await self._aretry(lambda: db.execute("BEGIN IMMEDIATE"))
-        except BaseException as error:
-            await _arollback(db)  # a cancelled BEGIN may still run: whatever it opened is ended
-            if isinstance(error, sqlite3.Error):
-                raise self._write_error(error, "start a maintenance transaction") from error
-            raise
-        self._maintenance_open = True
-        try:
-            yield
-            await _aadvance_chain(db)
-            await db.execute("COMMIT")
-        except BaseException as error:
-            await _arollback(db)
-            if isinstance(error, sqlite3.Error):
-                raise self._write_error(error, "finish a maintenance transaction") from error
-            raise
+            try:
+                await self._aretry(lambda: db.execute("BEGIN IMMEDIATE"))
+            except BaseException as error:
+                await _arollback(db)  # a cancelled BEGIN may still run: whatever it opened is ended
+                if isinstance(error, sqlite3.Error):
+                    raise self._write_error(error, "start a maintenance transaction") from error
+                raise
+            self._maintenance_open = True
+            try:
+                yield
+                await _aadvance_chain(db)
+                await db.execute("COMMIT")
+            except BaseException as error:
+                await _arollback(db)
+                if isinstance(error, sqlite3.Error):
+                    raise self._write_error(error, "finish a maintenance transaction") from error
+                raise
+            finally:
+                self._maintenance_open = False
         finally:
-            self._maintenance_open = False
+            self._in_maintenance = False
 
     # ------------------------------------------------------------------------------------------------------ reading
 

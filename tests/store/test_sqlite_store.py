@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +31,7 @@ from store import (
     StoreWriteError,
     is_stand_in_class,
 )
+from store import buffer as buffer_module
 from store import sqlite as sqlite_module
 from store.testing import StoreConformance, arecord_events, arun_flow, message_event, patch_commits
 
@@ -669,6 +671,51 @@ async def test_events_buffered_longer_than_flush_interval_are_handed_over_by_the
         assert len(store._pending.events) == 1  # the old event went to the writer; the new one waits for its batch
         await store.afinish_run("run")
         assert (await store.aget_run("run")).event_count == 2
+
+
+async def test_a_writer_held_up_is_waited_for_on_age_once_not_on_every_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # another connection holds the write lock: waiting on age cannot help, and must not freeze the loop on every append
+    store = SQLiteStore(tmp_path / "store.db", batch_size=1, max_pending_seconds=0.01, flush_interval=60)
+    released = threading.Event()
+    patch_commits(monkeypatch, store, lambda: released.wait(10))
+    monkeypatch.setattr(buffer_module, "_BACKPRESSURE_MAX_WAIT", 0.05)
+    waits: list[float] = []
+    real_wait = buffer_module.wait_futures
+
+    def counted_wait(futures: Any, timeout: float) -> Any:
+        waits.append(timeout)
+        return real_wait(futures, timeout=timeout)
+
+    monkeypatch.setattr(buffer_module, "wait_futures", counted_wait)
+    async with store:
+        await store.astart_run("run")
+        for index in range(20):
+            time.sleep(0.02)  # noqa: ASYNC251 - every batch handed over is older than the bound by the next append
+            store.append(message_event("run", Message(text=f"m{index}")))
+        held_up_waits = len(waits)
+        released.set()
+        await store.afinish_run("run")
+        assert (await store.aget_run("run")).event_count == 20
+    assert 1 <= held_up_waits <= 2  # one wait ran out on the oldest batch; later appends did not wait again
+
+
+async def test_a_gc_tells_backpressure_not_to_block_the_loop(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "store.db") as store:
+        await arecord_events(store, "run", [message_event("run", Message(text="soon garbage"))])
+        await store.adelete_run("run")
+        seen: list[bool] = []
+        real_delete = store._adelete_objects
+
+        async def adelete_objects(hash_keys: Any) -> None:
+            seen.append(store._holds_loop_transaction())
+            await real_delete(hash_keys)
+
+        store._adelete_objects = adelete_objects  # type: ignore[method-assign]
+        assert not store._holds_loop_transaction()
+        assert await store.agc() == 1
+        assert seen == [True] and not store._holds_loop_transaction()
 
 
 def test_pending_bounds_are_checked() -> None:

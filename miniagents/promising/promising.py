@@ -366,6 +366,9 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         One consumer at a time pulls from the streamer; the others wait for that piece rather than for a lock,
         so the consumer that is pulling carries on to the next piece without handing over to each waiting one
         (with a lock, two consumers of the same stream would take turns through the event loop on every piece).
+        The pull is written out here rather than in a coroutine of its own: every piece of every stream (an agent
+        call's replies and input among them) passes through this loop, and a coroutine more per piece is a
+        measurable share of an agent call.
         """
         while index >= len(self._pieces) and not self._stream_done:
             if self._pulling:
@@ -373,9 +376,31 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
                 self._piece_waiters.append(waiter)
                 await waiter
                 continue
+            iterator = self._stream_iterator
+            if iterator is None:
+                iterator = self._start_streamer()
+                if iterator is None:  # it could not be started: its error is the last piece now
+                    return
             self._pulling = True
             try:
-                await self._apull_piece()
+                piece = await iterator.__anext__()
+            except StopAsyncIteration:
+                self._end_stream()
+            except asyncio.CancelledError as exc:
+                if inspect.isasyncgen(iterator):
+                    # the generator is dead now: every consumer sees the cancellation at this position
+                    self._append_piece(exc)
+                    self._end_stream()
+                raise
+            except BaseException as exc:
+                # one line: the traceback is logged once, by whoever reports the failure (see `_first_report_of`)
+                logger.debug("The streamer of a StreamedPromise raised %s", type(exc).__name__)
+                self._append_piece(exc)
+                if not isinstance(exc, Exception):
+                    self._end_stream()
+                    raise
+            else:
+                self._append_piece(piece)
             finally:
                 self._pulling = False
                 waiters = self._piece_waiters
@@ -385,44 +410,26 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
                         if not waiter.done():
                             waiter.set_result(None)
 
-    async def _apull_piece(self) -> None:
-        """Pull one piece from the streamer (started on first use) and append it, or end the stream."""
-        if self._stream_iterator is None:
-            try:
-                iterator = self._streamer()
-                if not callable(getattr(iterator, "__anext__", None)):
-                    if inspect.iscoroutine(iterator):
-                        iterator.close()  # never awaited: close it so it does not warn later
-                    raise TypeError(
-                        f"The streamer of {type(self).__name__} returned a {type(iterator).__name__}, but it "
-                        "must return an async iterator (write it as an `async def` with `yield`)."
-                    )
-                self._stream_iterator = iterator
-            except BaseException as exc:
-                logger.debug("The streamer of a StreamedPromise could not be started", exc_info=True)
-                self._stream_iterator = FAILED
-                self._append_piece(exc)
-                self._end_stream()
-                return
+    def _start_streamer(self) -> Any:
+        """Start the streamer and keep its iterator; if it cannot be started, end the stream with the error as its
+        last piece and return None."""
         try:
-            piece = await self._stream_iterator.__anext__()
-        except StopAsyncIteration:
-            self._end_stream()
-        except asyncio.CancelledError as exc:
-            if inspect.isasyncgen(self._stream_iterator):
-                # the generator is dead now: every consumer sees the cancellation at this position
-                self._append_piece(exc)
-                self._end_stream()
-            raise
+            iterator = self._streamer()
+            if not callable(getattr(iterator, "__anext__", None)):
+                if inspect.iscoroutine(iterator):
+                    iterator.close()  # never awaited: close it so it does not warn later
+                raise TypeError(
+                    f"The streamer of {type(self).__name__} returned a {type(iterator).__name__}, but it "
+                    "must return an async iterator (write it as an `async def` with `yield`)."
+                )
         except BaseException as exc:
-            # one line: the traceback is logged once, by whoever reports the failure (see `_first_report_of`)
-            logger.debug("The streamer of a StreamedPromise raised %s", type(exc).__name__)
+            logger.debug("The streamer of a StreamedPromise could not be started", exc_info=True)
+            self._stream_iterator = FAILED
             self._append_piece(exc)
-            if not isinstance(exc, Exception):
-                self._end_stream()
-                raise
-        else:
-            self._append_piece(piece)
+            self._end_stream()
+            return None
+        self._stream_iterator = iterator
+        return iterator
 
     def _append_piece(self, piece: Any) -> None:
         self._pieces.append(piece)

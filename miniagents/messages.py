@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 from miniagents.miniagent_typing import MessageTokenStreamer
@@ -17,7 +18,7 @@ from miniagents.promising.ext.frozen import (
     reserve_field_name_suffixes,
 )
 from miniagents.promising.promising import StreamedPromise
-from miniagents.promising.sentinels import DEFAULT, Sentinel
+from miniagents.promising.sentinels import DEFAULT, NO_VALUE, Sentinel
 
 if TYPE_CHECKING:
     from miniagents.miniagents import AgentCall
@@ -27,6 +28,11 @@ REFERENCE_SUFFIX = "__hash_key"
 REFERENCES_SUFFIX = "__hash_keys"
 """Ends the name under which a canonical form holds the hash keys of a tuple of messages (`<field>__hash_keys`)."""
 _REFERENCE_MARKER = REFERENCE_SUFFIX.encode()
+
+_CURRENT_CALL: ContextVar[Optional[AgentCall]] = ContextVar("miniagents.current_agent_call", default=None)
+"""The agent call whose function is running in the current task (None outside agents). It belongs to the agent
+layer (`miniagents.miniagents`, which reads and sets it), but lives here: every message promise records the call
+that made it, and importing it from the agent layer when each one is made would cost more than making it."""
 
 # a field named like a reference would make the canonical form ambiguous: `Message(x=inner)` and
 # `Message(x__hash_key=inner.hash_key)` would share one hash key, so such names are refused, at any depth
@@ -336,23 +342,19 @@ class MessagePromise(StreamedPromise[str, Message]):
                 )
             self.preliminary_metadata = prefill_message
             self._chunk_times: Optional[list[float]] = None
-            from miniagents.miniagents import current_agent_call
-
-            self.producer_call: Optional[AgentCall] = current_agent_call()
+            self.producer_call: Optional[AgentCall] = _CURRENT_CALL.get()
             """The agent call that made this message (None outside agents); its `message` event names it."""
             super().__init__(prefill_pieces=[str(prefill_message)], prefill_result=prefill_message)
             return
         if message_token_streamer is None:
             raise PromisingError("MessagePromise needs a `message_token_streamer` or a `prefill_message`.")
-        from miniagents.miniagents import current_agent_call
-
         self.preliminary_metadata = Frozen(**preliminary_metadata)
         self._metadata_so_far = self.preliminary_metadata.frozen_fields_and_values()
         self._message_token_streamer = message_token_streamer
         self._message_class = message_class
         self._chunk_times = []
         self._stream_started_at = 0.0
-        self.producer_call = current_agent_call()
+        self.producer_call = _CURRENT_CALL.get()
         super().__init__(start_asap=start_asap)
 
     @property
@@ -386,19 +388,21 @@ class MessagePromise(StreamedPromise[str, Message]):
         text = "".join([token async for token in self])
         return self._message_class(text=text, **self._metadata_so_far)
 
-    def __aiter__(self) -> AsyncIterator[str]:
-        return super().__aiter__()
-
 
 class MessageSequencePromise(StreamedPromise[MessagePromise, tuple[MessagePromise, ...]]):
     """A promise of a sequence of messages, consumed message promise by message promise."""
 
     async def aresolve_messages(self) -> tuple[Message, ...]:
         """Every message of the sequence, fully received."""
-        return tuple([await message_promise async for message_promise in self])
-
-    def __aiter__(self) -> AsyncIterator[MessagePromise]:
-        return super().__aiter__()
+        messages = []
+        async for message_promise in self:
+            # a message known already is taken as it is: awaiting it would give the same without yielding to the
+            # event loop, through a coroutine more per message
+            message = message_promise._result
+            if message is NO_VALUE or isinstance(message, BaseException):
+                message = await message_promise  # (raises the error of a promise that failed)
+            messages.append(message)
+        return tuple(messages)
 
     def as_single_promise(self, **kwargs: Any) -> MessagePromise:
         """All messages of the sequence joined into one (see `join_messages` for the options)."""

@@ -8,7 +8,6 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Optional, TypeVar, Union, overload
 
@@ -16,7 +15,7 @@ from pydantic import BaseModel
 
 from miniagents.errors import AgentDefinitionError, EventSinkError, FrozenValueError
 from miniagents.events import CallInterceptor, EventSink, InterceptedCall, ReplyRecord
-from miniagents.messages import Message, MessagePromise, MessageSequencePromise
+from miniagents.messages import _CURRENT_CALL, Message, MessagePromise, MessageSequencePromise
 from miniagents.miniagent_typing import AgentFunction, MessageType, PersistMessageEventHandler
 from miniagents.promising.ext.frozen import Frozen, freeze
 from miniagents.promising.promise_typing import PromiseResolvedEventHandler, PromiseStreamer
@@ -29,8 +28,6 @@ from miniagents.run_recording import RunRecorder, partial_reply, whole_reply
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-_CURRENT_CALL: ContextVar[Optional[AgentCall]] = ContextVar("miniagents.current_agent_call", default=None)
 
 
 def current_agent_call() -> Optional[AgentCall]:
@@ -516,7 +513,8 @@ class AgentCall:
         try:
             with self._reply_appender:
                 try:
-                    if not await self._aanswer_from_interceptor():
+                    # (no coroutine to ask when there is no interceptor: this is on the path of every call)
+                    if context.replay is None or not await self._aanswer_from_interceptor():
                         ctx = InteractionContext(self.agent, self.input_sequence_promise, self._reply_appender, self)
                         bound = self.agent._partial_kwargs
                         kwargs = {**bound, **self._function_kwargs} if bound else self._function_kwargs

@@ -830,23 +830,32 @@ class _Flattener(AsyncIterator[MessagePromise]):
         stack = self._stack
         while stack:
             top = stack[-1]
-            # the source (an appender) needs no current call; what was appended to it might make calls
-            token = _CURRENT_CALL.set(self._call) if self._call is not None and len(stack) > 1 else None
-            try:
-                item = await top.__anext__() if hasattr(top, "__anext__") else next(top)
-            except (StopAsyncIteration, StopIteration):
-                stack.pop()
-                continue
-            except asyncio.CancelledError as exc:
-                if inspect.isasyncgen(top):
-                    self._broken = exc
-                raise
-            except BaseException:
-                stack.clear()
-                raise
-            finally:
-                if token is not None:
-                    _CURRENT_CALL.reset(token)
+            if type(top) is StreamAppender and (top._pieces or top.is_closed):
+                # what an appender holds already, or its end, is taken as its `__anext__` would give it, but without
+                # a coroutine (nor a StopAsyncIteration raised through one): an agent call's input and replies come
+                # from appenders, and mostly like this
+                if not top._pieces:
+                    stack.pop()
+                    continue
+                item = top._pieces.popleft()
+            else:
+                # the source (an appender) needs no current call; what was appended to it might make calls
+                token = _CURRENT_CALL.set(self._call) if self._call is not None and len(stack) > 1 else None
+                try:
+                    item = await top.__anext__() if hasattr(top, "__anext__") else next(top)
+                except (StopAsyncIteration, StopIteration):
+                    stack.pop()
+                    continue
+                except asyncio.CancelledError as exc:
+                    if inspect.isasyncgen(top):
+                        self._broken = exc
+                    raise
+                except BaseException:
+                    stack.clear()
+                    raise
+                finally:
+                    if token is not None:
+                        _CURRENT_CALL.reset(token)
             try:
                 message_promise = self._message_promise_of(item)
             except BaseException:

@@ -57,7 +57,9 @@ class Message(Frozen):
     text_template: Optional[str] = None
 
     def __init__(self, text: Optional[str] = None, **metadata: Any) -> None:
-        super().__init__(**{"text": text, **metadata})
+        # what `BaseModel.__init__` does, without its frame and a second copy of the fields (every message is built
+        # here); the model validator freezes the values (see `Frozen`)
+        self.__pydantic_validator__.validate_python({"text": text, **metadata}, self_instance=self)
 
     @property
     def as_promise(self) -> MessagePromise:

@@ -8,7 +8,7 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import Any, Optional, TypeVar, Union, overload
 
 from pydantic import BaseModel
@@ -416,7 +416,9 @@ class AgentCall:
     """One call of an agent: send input messages, then take the reply sequence (which ends the input)."""
 
     def __init__(self, agent: MiniAgent, function_kwargs: dict[str, Any], start_asap: Union[bool, Sentinel]) -> None:
-        context = MiniAgents.get_current()
+        context = PromisingContext._current.get()
+        if type(context) is not MiniAgents:
+            context = MiniAgents.get_current()  # (a subclass, or raises the error saying there is none)
         self._context = context
         self.agent = agent
         if function_kwargs:
@@ -519,7 +521,7 @@ class AgentCall:
                         bound = self.agent._partial_kwargs
                         kwargs = {**bound, **self._function_kwargs} if bound else self._function_kwargs
                         result = self.agent._func(ctx, **kwargs)  # a keyword given to the call wins
-                        if not inspect.isawaitable(result):
+                        if type(result) is not CoroutineType and not inspect.isawaitable(result):
                             raise AgentDefinitionError(
                                 f"The function of agent {self.agent.alias} returned a {type(result).__name__}, "
                                 "not an awaitable: it must be an `async def` function."
@@ -550,8 +552,9 @@ class AgentCall:
                 recorder.record_agent_error(self, exc)
         finally:
             self._function_done = True
-            for child in list(self._open_child_calls):
-                child.finish()
+            if self._open_child_calls:
+                for child in list(self._open_child_calls):
+                    child.finish()
         if outcome is not None:
             await asyncio.shield(outcome)  # if this task is cancelled, the outcome is still recorded
 

@@ -237,7 +237,9 @@ class Promise(Generic[T]):
         resolver: Optional[PromiseResolver[T]] = None,
         prefill_result: Union[Optional[T], Sentinel] = NO_VALUE,
     ) -> None:
-        context = PromisingContext.get_current()
+        context = PromisingContext._current.get()
+        if context is None:
+            context = PromisingContext.get_current()  # (raises the error saying there is none)
         if resolver is not None and prefill_result is not NO_VALUE:
             raise PromisingError(f"{type(self).__name__} takes either `resolver` or `prefill_result`, not both.")
         self._context = context
@@ -246,7 +248,7 @@ class Promise(Generic[T]):
         self._result: Any = prefill_result
         if prefill_result is not NO_VALUE:
             self._notify_resolved()
-        elif self._should_start(start_asap):
+        elif start_asap is not False and self._should_start(start_asap):  # (no call for the core's own promises)
             context.spawn(self._aresolve_in_background())
 
     def _should_start(self, start_asap: Union[bool, Sentinel]) -> bool:
@@ -328,7 +330,7 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         self._streamer_fn = streamer
         self._stream_iterator: Any = None
         self._pulling = False  # a consumer is pulling the next piece from the streamer right now
-        self._piece_waiters: list[asyncio.Future[None]] = []  # consumers waiting for that piece
+        self._piece_waiters: Optional[list[asyncio.Future[None]]] = None  # consumers waiting for that piece
         if prefill_pieces is NO_VALUE:
             self._pieces: list[Any] = []
             self._stream_done = False
@@ -336,7 +338,11 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
             self._pieces = list(prefill_pieces or ())  # type: ignore[arg-type]
             self._stream_done = True
         super().__init__(start_asap=False, resolver=resolver, prefill_result=prefill_result)
-        if (not self._stream_done or self._result is NO_VALUE) and self._should_start(start_asap):
+        if (
+            start_asap is not False
+            and (not self._stream_done or self._result is NO_VALUE)
+            and self._should_start(start_asap)
+        ):
             self._context.spawn(self._aproduce_in_background())
 
     def _streamer(self) -> AsyncIterator[PIECE]:
@@ -373,6 +379,8 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         while index >= len(self._pieces) and not self._stream_done:
             if self._pulling:
                 waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                if self._piece_waiters is None:
+                    self._piece_waiters = []
                 self._piece_waiters.append(waiter)
                 await waiter
                 continue
@@ -405,7 +413,7 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
                 self._pulling = False
                 waiters = self._piece_waiters
                 if waiters:
-                    self._piece_waiters = []
+                    self._piece_waiters = None
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_result(None)

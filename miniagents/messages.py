@@ -10,8 +10,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 from miniagents.miniagent_typing import MessageTokenStreamer
 from miniagents.promising.errors import PromisingError
 from miniagents.promising.ext.frozen import (
+    _FIELD_NAME_KINDS,
+    _PLAIN_NAME,
     _RECURSION_BUDGET,
     PLAIN_VALUE_TYPES,
+    REDACTION,
     Frozen,
     FrozenDict,
     declared_field_names,
@@ -96,6 +99,31 @@ class Message(Frozen):
         if self.text_template is not None:
             return self.text_template.format(**self.frozen_fields_and_values())
         return super()._as_string()
+
+
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_TEXT_MESSAGES_NEED_VALIDATION = Message.__pydantic_post_init__ is not None or bool(Message.__private_attributes__)
+
+
+def _text_message(text: str) -> Message:
+    """`Message(text=text)`. A `Message` of an ASCII `str` (what agents mostly send and reply: every string sent
+    or replied becomes one) is built the way pydantic builds it, but without pydantic's validation of what is
+    valid by construction (a `str` text, redacted as `Frozen` would, the `class_`, no `text_template`); anything
+    else goes through `Message(text=...)`. A test checks that both build the same object."""
+    if (
+        type(text) is not str
+        or not text.isascii()  # (`Frozen` refuses invalid unicode)
+        or _FIELD_NAME_KINDS.get("text") != _PLAIN_NAME  # not known yet to be a plain name (and no secret's)
+        or _TEXT_MESSAGES_NEED_VALIDATION
+    ):
+        return Message(text=text)
+    message = _new_object(Message)
+    _set_slot(message, "__dict__", {"class_": "Message", "text": REDACTION.redact_text(text), "text_template": None})
+    _set_slot(message, "__pydantic_fields_set__", {"class_", "text"})
+    _set_slot(message, "__pydantic_extra__", {})
+    _set_slot(message, "__pydantic_private__", None)
+    return message
 
 
 def _dump_with_references(frozen: Frozen, depth: int = 0) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from miniagents.errors import AgentDefinitionError, EventSinkError, FrozenValueError
 from miniagents.events import CallInterceptor, EventSink, InterceptedCall, ReplyRecord
-from miniagents.messages import _CURRENT_CALL, Message, MessagePromise, MessageSequencePromise
+from miniagents.messages import _CURRENT_CALL, Message, MessagePromise, MessageSequencePromise, _text_message
 from miniagents.miniagent_typing import AgentFunction, MessageType, PersistMessageEventHandler
 from miniagents.promising.ext.frozen import Frozen, freeze
 from miniagents.promising.promise_typing import PromiseResolvedEventHandler, PromiseStreamer
@@ -875,7 +875,7 @@ class _Flattener(AsyncIterator[MessagePromise]):
         if isinstance(item, Message):
             return self._produced(item)
         if isinstance(item, str):
-            return self._produced(Message(text=item))
+            return self._produced(_text_message(item))
         if isinstance(item, MessageSequencePromise):
             self._stack.append(item.__aiter__())
         elif isinstance(item, dict):

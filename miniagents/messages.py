@@ -424,10 +424,24 @@ class MessageSequencePromise(StreamedPromise[MessagePromise, tuple[MessagePromis
 
     async def aresolve_messages(self) -> tuple[Message, ...]:
         """Every message of the sequence, fully received."""
+        # what `async for message_promise in self` gives, written out: no iterator, a coroutine less per message and
+        # no StopAsyncIteration at the end (the replies of every agent call are read here)
         messages = []
-        async for message_promise in self:
+        pieces = self._pieces
+        index = 0
+        while True:
+            if index >= len(pieces):
+                if self._stream_done:
+                    break
+                await self._aproduce_piece(index)
+                if index >= len(pieces):
+                    break
+            message_promise = pieces[index]
+            index += 1
+            if isinstance(message_promise, BaseException):
+                raise message_promise
             # a message known already is taken as it is: awaiting it would give the same without yielding to the
-            # event loop, through a coroutine more per message
+            # event loop, through a coroutine more
             message = message_promise._result
             if message is NO_VALUE or isinstance(message, BaseException):
                 message = await message_promise  # (raises the error of a promise that failed)

@@ -833,7 +833,7 @@ class _Flattener(AsyncIterator[MessagePromise]):
         stack = self._stack
         while stack:
             top = stack[-1]
-            if type(top) is StreamAppender and (top._pieces or top.is_closed):
+            if type(top) is StreamAppender and (top._pieces or top._append_closed):
                 # what an appender holds already, or its end, is taken as its `__anext__` would give it, but without
                 # a coroutine (nor a StopAsyncIteration raised through one): an agent call's input and replies come
                 # from appenders, and mostly like this

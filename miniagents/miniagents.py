@@ -19,7 +19,7 @@ from miniagents.messages import _CURRENT_CALL, Message, MessagePromise, MessageS
 from miniagents.miniagent_typing import AgentFunction, MessageType, PersistMessageEventHandler
 from miniagents.promising.ext.frozen import Frozen, freeze
 from miniagents.promising.promise_typing import PromiseResolvedEventHandler, PromiseStreamer
-from miniagents.promising.promising import Promise, PromisingContext, StreamAppender
+from miniagents.promising.promising import Promise, PromisingContext, StreamAppender, _StreamReplayIterator
 from miniagents.promising.sentinels import DEFAULT, Sentinel
 from miniagents.promising.sequence import FlatSequence, collect_tuple
 from miniagents.redaction import REDACTION
@@ -826,6 +826,21 @@ class _Flattener(AsyncIterator[MessagePromise]):
 
     def __aiter__(self) -> _Flattener:
         return self
+
+    def _is_exhausted(self) -> bool:
+        """Whether `__anext__` would raise StopAsyncIteration right away, without running or awaiting anything:
+        every source on the stack has ended (ended appenders, sequences replayed to their end). The promise this
+        flattens into then ends its stream as soon as it has its last piece (see `StreamedPromise._stream_exhausted`):
+        an agent call's replies end without one more pull through the reply and input sequences."""
+        if self._broken is not None:
+            return False
+        for source in self._stack:
+            if type(source) is StreamAppender:
+                if source._pieces or not source._append_closed:
+                    return False
+            elif type(source) is not _StreamReplayIterator or not source._is_exhausted():
+                return False
+        return True
 
     async def __anext__(self) -> MessagePromise:
         if self._broken is not None:

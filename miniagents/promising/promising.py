@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Optional, TypeVar, Union
@@ -345,6 +345,10 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         ):
             self._context.spawn(self._aproduce_in_background())
 
+    _stream_exhausted: Optional[Callable[[], bool]] = None
+    """The `_is_exhausted()` of the streamer's iterator, if it has one: whether its next `__anext__` would raise
+    StopAsyncIteration right away, without running or awaiting anything (such a stream ends as soon as it can)."""
+
     def _streamer(self) -> AsyncIterator[PIECE]:
         if self._streamer_fn is None:
             raise FunctionNotProvidedError(
@@ -409,6 +413,9 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
                     raise
             else:
                 self._append_piece(piece)
+                if self._stream_exhausted is not None and self._stream_exhausted():
+                    # the streamer knows it has nothing more: the stream ends now, not on one more pull through it
+                    self._end_stream()
             finally:
                 self._pulling = False
                 waiters = self._piece_waiters
@@ -437,6 +444,7 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
             self._end_stream()
             return None
         self._stream_iterator = iterator
+        self._stream_exhausted = getattr(iterator, "_is_exhausted", None)
         return iterator
 
     def _append_piece(self, piece: Any) -> None:
@@ -447,6 +455,7 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         # let go of the streamer and its iterator: they often refer back to this promise
         self._streamer_fn = None
         self._stream_iterator = FAILED
+        self._stream_exhausted = None
 
 
 class _StreamReplayIterator(AsyncIterator[PIECE]):
@@ -460,6 +469,10 @@ class _StreamReplayIterator(AsyncIterator[PIECE]):
 
     def __aiter__(self) -> _StreamReplayIterator[PIECE]:
         return self
+
+    def _is_exhausted(self) -> bool:
+        """Whether `__anext__` would raise StopAsyncIteration right away (see `StreamedPromise._stream_exhausted`)."""
+        return self._promise._stream_done and self._index >= len(self._promise._pieces)
 
     async def __anext__(self) -> PIECE:
         promise = self._promise

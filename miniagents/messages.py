@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 from miniagents.miniagent_typing import MessageTokenStreamer
 from miniagents.promising.errors import PromisingError
 from miniagents.promising.ext.frozen import (
+    _FIELD_NAME_KINDS,
+    _PLAIN_NAME,
     _RECURSION_BUDGET,
     PLAIN_VALUE_TYPES,
+    REDACTION,
     Frozen,
     FrozenDict,
     declared_field_names,
     reserve_field_name_suffixes,
 )
 from miniagents.promising.promising import StreamedPromise
-from miniagents.promising.sentinels import DEFAULT, Sentinel
+from miniagents.promising.sentinels import DEFAULT, NO_VALUE, Sentinel
 
 if TYPE_CHECKING:
     from miniagents.miniagents import AgentCall
@@ -27,6 +31,11 @@ REFERENCE_SUFFIX = "__hash_key"
 REFERENCES_SUFFIX = "__hash_keys"
 """Ends the name under which a canonical form holds the hash keys of a tuple of messages (`<field>__hash_keys`)."""
 _REFERENCE_MARKER = REFERENCE_SUFFIX.encode()
+
+_CURRENT_CALL: ContextVar[Optional[AgentCall]] = ContextVar("miniagents.current_agent_call", default=None)
+"""The agent call whose function is running in the current task (None outside agents). It belongs to the agent
+layer (`miniagents.miniagents`, which reads and sets it), but lives here: every message promise records the call
+that made it, and importing it from the agent layer when each one is made would cost more than making it."""
 
 # a field named like a reference would make the canonical form ambiguous: `Message(x=inner)` and
 # `Message(x__hash_key=inner.hash_key)` would share one hash key, so such names are refused, at any depth
@@ -51,7 +60,9 @@ class Message(Frozen):
     text_template: Optional[str] = None
 
     def __init__(self, text: Optional[str] = None, **metadata: Any) -> None:
-        super().__init__(**{"text": text, **metadata})
+        # what `BaseModel.__init__` does, without its frame and a second copy of the fields (every message is built
+        # here); the model validator freezes the values (see `Frozen`)
+        self.__pydantic_validator__.validate_python({"text": text, **metadata}, self_instance=self)
 
     @property
     def as_promise(self) -> MessagePromise:
@@ -88,6 +99,31 @@ class Message(Frozen):
         if self.text_template is not None:
             return self.text_template.format(**self.frozen_fields_and_values())
         return super()._as_string()
+
+
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_TEXT_MESSAGES_NEED_VALIDATION = Message.__pydantic_post_init__ is not None or bool(Message.__private_attributes__)
+
+
+def _text_message(text: str) -> Message:
+    """`Message(text=text)`. A `Message` of an ASCII `str` (what agents mostly send and reply: every string sent
+    or replied becomes one) is built the way pydantic builds it, but without pydantic's validation of what is
+    valid by construction (a `str` text, redacted as `Frozen` would, the `class_`, no `text_template`); anything
+    else goes through `Message(text=...)`. A test checks that both build the same object."""
+    if (
+        type(text) is not str
+        or not text.isascii()  # (`Frozen` refuses invalid unicode)
+        or _FIELD_NAME_KINDS.get("text") != _PLAIN_NAME  # not known yet to be a plain name (and no secret's)
+        or _TEXT_MESSAGES_NEED_VALIDATION
+    ):
+        return Message(text=text)
+    message = _new_object(Message)
+    _set_slot(message, "__dict__", {"class_": "Message", "text": REDACTION.redact_text(text), "text_template": None})
+    _set_slot(message, "__pydantic_fields_set__", {"class_", "text"})
+    _set_slot(message, "__pydantic_extra__", {})
+    _set_slot(message, "__pydantic_private__", None)
+    return message
 
 
 def _dump_with_references(frozen: Frozen, depth: int = 0) -> dict[str, Any]:
@@ -336,23 +372,19 @@ class MessagePromise(StreamedPromise[str, Message]):
                 )
             self.preliminary_metadata = prefill_message
             self._chunk_times: Optional[list[float]] = None
-            from miniagents.miniagents import current_agent_call
-
-            self.producer_call: Optional[AgentCall] = current_agent_call()
+            self.producer_call: Optional[AgentCall] = _CURRENT_CALL.get()
             """The agent call that made this message (None outside agents); its `message` event names it."""
             super().__init__(prefill_pieces=[str(prefill_message)], prefill_result=prefill_message)
             return
         if message_token_streamer is None:
             raise PromisingError("MessagePromise needs a `message_token_streamer` or a `prefill_message`.")
-        from miniagents.miniagents import current_agent_call
-
         self.preliminary_metadata = Frozen(**preliminary_metadata)
         self._metadata_so_far = self.preliminary_metadata.frozen_fields_and_values()
         self._message_token_streamer = message_token_streamer
         self._message_class = message_class
         self._chunk_times = []
         self._stream_started_at = 0.0
-        self.producer_call = current_agent_call()
+        self.producer_call = _CURRENT_CALL.get()
         super().__init__(start_asap=start_asap)
 
     @property
@@ -386,19 +418,35 @@ class MessagePromise(StreamedPromise[str, Message]):
         text = "".join([token async for token in self])
         return self._message_class(text=text, **self._metadata_so_far)
 
-    def __aiter__(self) -> AsyncIterator[str]:
-        return super().__aiter__()
-
 
 class MessageSequencePromise(StreamedPromise[MessagePromise, tuple[MessagePromise, ...]]):
     """A promise of a sequence of messages, consumed message promise by message promise."""
 
     async def aresolve_messages(self) -> tuple[Message, ...]:
         """Every message of the sequence, fully received."""
-        return tuple([await message_promise async for message_promise in self])
-
-    def __aiter__(self) -> AsyncIterator[MessagePromise]:
-        return super().__aiter__()
+        # what `async for message_promise in self` gives, written out: no iterator, a coroutine less per message and
+        # no StopAsyncIteration at the end (the replies of every agent call are read here)
+        messages = []
+        pieces = self._pieces
+        index = 0
+        while True:
+            if index >= len(pieces):
+                if self._stream_done:
+                    break
+                await self._aproduce_piece(index)
+                if index >= len(pieces):
+                    break
+            message_promise = pieces[index]
+            index += 1
+            if isinstance(message_promise, BaseException):
+                raise message_promise
+            # a message known already is taken as it is: awaiting it would give the same without yielding to the
+            # event loop, through a coroutine more
+            message = message_promise._result
+            if message is NO_VALUE or isinstance(message, BaseException):
+                message = await message_promise  # (raises the error of a promise that failed)
+            messages.append(message)
+        return tuple(messages)
 
     def as_single_promise(self, **kwargs: Any) -> MessagePromise:
         """All messages of the sequence joined into one (see `join_messages` for the options)."""

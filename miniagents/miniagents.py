@@ -8,19 +8,18 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextvars import ContextVar
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import Any, Optional, TypeVar, Union, overload
 
 from pydantic import BaseModel
 
 from miniagents.errors import AgentDefinitionError, EventSinkError, FrozenValueError
 from miniagents.events import CallInterceptor, EventSink, InterceptedCall, ReplyRecord
-from miniagents.messages import Message, MessagePromise, MessageSequencePromise
+from miniagents.messages import _CURRENT_CALL, Message, MessagePromise, MessageSequencePromise, _text_message
 from miniagents.miniagent_typing import AgentFunction, MessageType, PersistMessageEventHandler
 from miniagents.promising.ext.frozen import Frozen, freeze
 from miniagents.promising.promise_typing import PromiseResolvedEventHandler, PromiseStreamer
-from miniagents.promising.promising import Promise, PromisingContext, StreamAppender
+from miniagents.promising.promising import Promise, PromisingContext, StreamAppender, _StreamReplayIterator
 from miniagents.promising.sentinels import DEFAULT, Sentinel
 from miniagents.promising.sequence import FlatSequence, collect_tuple
 from miniagents.redaction import REDACTION
@@ -29,8 +28,6 @@ from miniagents.run_recording import RunRecorder, partial_reply, whole_reply
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-_CURRENT_CALL: ContextVar[Optional[AgentCall]] = ContextVar("miniagents.current_agent_call", default=None)
 
 
 def current_agent_call() -> Optional[AgentCall]:
@@ -419,7 +416,9 @@ class AgentCall:
     """One call of an agent: send input messages, then take the reply sequence (which ends the input)."""
 
     def __init__(self, agent: MiniAgent, function_kwargs: dict[str, Any], start_asap: Union[bool, Sentinel]) -> None:
-        context = MiniAgents.get_current()
+        context = PromisingContext._current.get()
+        if type(context) is not MiniAgents:
+            context = MiniAgents.get_current()  # (a subclass, or raises the error saying there is none)
         self._context = context
         self.agent = agent
         if function_kwargs:
@@ -516,12 +515,13 @@ class AgentCall:
         try:
             with self._reply_appender:
                 try:
-                    if not await self._aanswer_from_interceptor():
+                    # (no coroutine to ask when there is no interceptor: this is on the path of every call)
+                    if context.replay is None or not await self._aanswer_from_interceptor():
                         ctx = InteractionContext(self.agent, self.input_sequence_promise, self._reply_appender, self)
                         bound = self.agent._partial_kwargs
                         kwargs = {**bound, **self._function_kwargs} if bound else self._function_kwargs
                         result = self.agent._func(ctx, **kwargs)  # a keyword given to the call wins
-                        if not inspect.isawaitable(result):
+                        if type(result) is not CoroutineType and not inspect.isawaitable(result):
                             raise AgentDefinitionError(
                                 f"The function of agent {self.agent.alias} returned a {type(result).__name__}, "
                                 "not an awaitable: it must be an `async def` function."
@@ -552,8 +552,9 @@ class AgentCall:
                 recorder.record_agent_error(self, exc)
         finally:
             self._function_done = True
-            for child in list(self._open_child_calls):
-                child.finish()
+            if self._open_child_calls:
+                for child in list(self._open_child_calls):
+                    child.finish()
         if outcome is not None:
             await asyncio.shield(outcome)  # if this task is cancelled, the outcome is still recorded
 
@@ -826,29 +827,53 @@ class _Flattener(AsyncIterator[MessagePromise]):
     def __aiter__(self) -> _Flattener:
         return self
 
+    def _is_exhausted(self) -> bool:
+        """Whether `__anext__` would raise StopAsyncIteration right away, without running or awaiting anything:
+        every source on the stack has ended (ended appenders, sequences replayed to their end). The promise this
+        flattens into then ends its stream as soon as it has its last piece (see `StreamedPromise._stream_exhausted`):
+        an agent call's replies end without one more pull through the reply and input sequences."""
+        if self._broken is not None:
+            return False
+        for source in self._stack:
+            if type(source) is StreamAppender:
+                if source._pieces or not source._append_closed:
+                    return False
+            elif type(source) is not _StreamReplayIterator or not source._is_exhausted():
+                return False
+        return True
+
     async def __anext__(self) -> MessagePromise:
         if self._broken is not None:
             raise self._broken
         stack = self._stack
         while stack:
             top = stack[-1]
-            # the source (an appender) needs no current call; what was appended to it might make calls
-            token = _CURRENT_CALL.set(self._call) if self._call is not None and len(stack) > 1 else None
-            try:
-                item = await top.__anext__() if hasattr(top, "__anext__") else next(top)
-            except (StopAsyncIteration, StopIteration):
-                stack.pop()
-                continue
-            except asyncio.CancelledError as exc:
-                if inspect.isasyncgen(top):
-                    self._broken = exc
-                raise
-            except BaseException:
-                stack.clear()
-                raise
-            finally:
-                if token is not None:
-                    _CURRENT_CALL.reset(token)
+            if type(top) is StreamAppender and (top._pieces or top._append_closed):
+                # what an appender holds already, or its end, is taken as its `__anext__` would give it, but without
+                # a coroutine (nor a StopAsyncIteration raised through one): an agent call's input and replies come
+                # from appenders, and mostly like this
+                if not top._pieces:
+                    stack.pop()
+                    continue
+                item = top._pieces.popleft()
+            else:
+                # the source (an appender) needs no current call; what was appended to it might make calls
+                token = _CURRENT_CALL.set(self._call) if self._call is not None and len(stack) > 1 else None
+                try:
+                    item = await top.__anext__() if hasattr(top, "__anext__") else next(top)
+                except (StopAsyncIteration, StopIteration):
+                    stack.pop()
+                    continue
+                except asyncio.CancelledError as exc:
+                    if inspect.isasyncgen(top):
+                        self._broken = exc
+                    raise
+                except BaseException:
+                    stack.clear()
+                    raise
+                finally:
+                    if token is not None:
+                        _CURRENT_CALL.reset(token)
             try:
                 message_promise = self._message_promise_of(item)
             except BaseException:
@@ -865,7 +890,7 @@ class _Flattener(AsyncIterator[MessagePromise]):
         if isinstance(item, Message):
             return self._produced(item)
         if isinstance(item, str):
-            return self._produced(Message(text=item))
+            return self._produced(_text_message(item))
         if isinstance(item, MessageSequencePromise):
             self._stack.append(item.__aiter__())
         elif isinstance(item, dict):

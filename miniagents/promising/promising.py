@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Optional, TypeVar, Union
@@ -237,7 +237,9 @@ class Promise(Generic[T]):
         resolver: Optional[PromiseResolver[T]] = None,
         prefill_result: Union[Optional[T], Sentinel] = NO_VALUE,
     ) -> None:
-        context = PromisingContext.get_current()
+        context = PromisingContext._current.get()
+        if context is None:
+            context = PromisingContext.get_current()  # (raises the error saying there is none)
         if resolver is not None and prefill_result is not NO_VALUE:
             raise PromisingError(f"{type(self).__name__} takes either `resolver` or `prefill_result`, not both.")
         self._context = context
@@ -246,7 +248,7 @@ class Promise(Generic[T]):
         self._result: Any = prefill_result
         if prefill_result is not NO_VALUE:
             self._notify_resolved()
-        elif self._should_start(start_asap):
+        elif start_asap is not False and self._should_start(start_asap):  # (no call for the core's own promises)
             context.spawn(self._aresolve_in_background())
 
     def _should_start(self, start_asap: Union[bool, Sentinel]) -> bool:
@@ -328,7 +330,7 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         self._streamer_fn = streamer
         self._stream_iterator: Any = None
         self._pulling = False  # a consumer is pulling the next piece from the streamer right now
-        self._piece_waiters: list[asyncio.Future[None]] = []  # consumers waiting for that piece
+        self._piece_waiters: Optional[list[asyncio.Future[None]]] = None  # consumers waiting for that piece
         if prefill_pieces is NO_VALUE:
             self._pieces: list[Any] = []
             self._stream_done = False
@@ -336,8 +338,16 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
             self._pieces = list(prefill_pieces or ())  # type: ignore[arg-type]
             self._stream_done = True
         super().__init__(start_asap=False, resolver=resolver, prefill_result=prefill_result)
-        if (not self._stream_done or self._result is NO_VALUE) and self._should_start(start_asap):
+        if (
+            start_asap is not False
+            and (not self._stream_done or self._result is NO_VALUE)
+            and self._should_start(start_asap)
+        ):
             self._context.spawn(self._aproduce_in_background())
+
+    _stream_exhausted: Optional[Callable[[], bool]] = None
+    """The `_is_exhausted()` of the streamer's iterator, if it has one: whether its next `__anext__` would raise
+    StopAsyncIteration right away, without running or awaiting anything (such a stream ends as soon as it can)."""
 
     def _streamer(self) -> AsyncIterator[PIECE]:
         if self._streamer_fn is None:
@@ -366,63 +376,76 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         One consumer at a time pulls from the streamer; the others wait for that piece rather than for a lock,
         so the consumer that is pulling carries on to the next piece without handing over to each waiting one
         (with a lock, two consumers of the same stream would take turns through the event loop on every piece).
+        The pull is written out here rather than in a coroutine of its own: every piece of every stream (an agent
+        call's replies and input among them) passes through this loop, and a coroutine more per piece is a
+        measurable share of an agent call.
         """
         while index >= len(self._pieces) and not self._stream_done:
             if self._pulling:
                 waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                if self._piece_waiters is None:
+                    self._piece_waiters = []
                 self._piece_waiters.append(waiter)
                 await waiter
                 continue
+            iterator = self._stream_iterator
+            if iterator is None:
+                iterator = self._start_streamer()
+                if iterator is None:  # it could not be started: its error is the last piece now
+                    return
             self._pulling = True
             try:
-                await self._apull_piece()
+                piece = await iterator.__anext__()
+            except StopAsyncIteration:
+                self._end_stream()
+            except asyncio.CancelledError as exc:
+                if inspect.isasyncgen(iterator):
+                    # the generator is dead now: every consumer sees the cancellation at this position
+                    self._append_piece(exc)
+                    self._end_stream()
+                raise
+            except BaseException as exc:
+                # one line: the traceback is logged once, by whoever reports the failure (see `_first_report_of`)
+                logger.debug("The streamer of a StreamedPromise raised %s", type(exc).__name__)
+                self._append_piece(exc)
+                if not isinstance(exc, Exception):
+                    self._end_stream()
+                    raise
+            else:
+                self._append_piece(piece)
+                if self._stream_exhausted is not None and self._stream_exhausted():
+                    # the streamer knows it has nothing more: the stream ends now, not on one more pull through it
+                    self._end_stream()
             finally:
                 self._pulling = False
                 waiters = self._piece_waiters
                 if waiters:
-                    self._piece_waiters = []
+                    self._piece_waiters = None
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_result(None)
 
-    async def _apull_piece(self) -> None:
-        """Pull one piece from the streamer (started on first use) and append it, or end the stream."""
-        if self._stream_iterator is None:
-            try:
-                iterator = self._streamer()
-                if not callable(getattr(iterator, "__anext__", None)):
-                    if inspect.iscoroutine(iterator):
-                        iterator.close()  # never awaited: close it so it does not warn later
-                    raise TypeError(
-                        f"The streamer of {type(self).__name__} returned a {type(iterator).__name__}, but it "
-                        "must return an async iterator (write it as an `async def` with `yield`)."
-                    )
-                self._stream_iterator = iterator
-            except BaseException as exc:
-                logger.debug("The streamer of a StreamedPromise could not be started", exc_info=True)
-                self._stream_iterator = FAILED
-                self._append_piece(exc)
-                self._end_stream()
-                return
+    def _start_streamer(self) -> Any:
+        """Start the streamer and keep its iterator; if it cannot be started, end the stream with the error as its
+        last piece and return None."""
         try:
-            piece = await self._stream_iterator.__anext__()
-        except StopAsyncIteration:
-            self._end_stream()
-        except asyncio.CancelledError as exc:
-            if inspect.isasyncgen(self._stream_iterator):
-                # the generator is dead now: every consumer sees the cancellation at this position
-                self._append_piece(exc)
-                self._end_stream()
-            raise
+            iterator = self._streamer()
+            if not callable(getattr(iterator, "__anext__", None)):
+                if inspect.iscoroutine(iterator):
+                    iterator.close()  # never awaited: close it so it does not warn later
+                raise TypeError(
+                    f"The streamer of {type(self).__name__} returned a {type(iterator).__name__}, but it "
+                    "must return an async iterator (write it as an `async def` with `yield`)."
+                )
         except BaseException as exc:
-            # one line: the traceback is logged once, by whoever reports the failure (see `_first_report_of`)
-            logger.debug("The streamer of a StreamedPromise raised %s", type(exc).__name__)
+            logger.debug("The streamer of a StreamedPromise could not be started", exc_info=True)
+            self._stream_iterator = FAILED
             self._append_piece(exc)
-            if not isinstance(exc, Exception):
-                self._end_stream()
-                raise
-        else:
-            self._append_piece(piece)
+            self._end_stream()
+            return None
+        self._stream_iterator = iterator
+        self._stream_exhausted = getattr(iterator, "_is_exhausted", None)
+        return iterator
 
     def _append_piece(self, piece: Any) -> None:
         self._pieces.append(piece)
@@ -432,6 +455,7 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
         # let go of the streamer and its iterator: they often refer back to this promise
         self._streamer_fn = None
         self._stream_iterator = FAILED
+        self._stream_exhausted = None
 
 
 class _StreamReplayIterator(AsyncIterator[PIECE]):
@@ -445,6 +469,10 @@ class _StreamReplayIterator(AsyncIterator[PIECE]):
 
     def __aiter__(self) -> _StreamReplayIterator[PIECE]:
         return self
+
+    def _is_exhausted(self) -> bool:
+        """Whether `__anext__` would raise StopAsyncIteration right away (see `StreamedPromise._stream_exhausted`)."""
+        return self._promise._stream_done and self._index >= len(self._promise._pieces)
 
     async def __anext__(self) -> PIECE:
         promise = self._promise

@@ -10,7 +10,7 @@ from blake3 import blake3
 
 from miniagents import EventKind, ListEventSink, MiniAgents
 from miniagents.errors import FrozenValueError
-from miniagents.messages import Message, MessagePromise
+from miniagents.messages import Message, MessagePromise, _text_message
 from miniagents.promising.errors import PromisingError
 from miniagents.promising.ext.frozen import Frozen
 from miniagents.promising.promising import Promise, PromisingContext
@@ -283,3 +283,34 @@ async def test_a_message_derived_with_model_copy_is_recorded_as_a_message_of_its
         assert _EMITTED_BY in original.__dict__
     recorded = [event.hash_key for event in sink.of_kind(EventKind.MESSAGE)]
     assert recorded == [original.hash_key, derived.hash_key]
+
+
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hello",
+        "",
+        "  spaces\nand lines ",
+        "key sk-abcdefghijklmnopqrstuvwxyz0123 here",
+        "Bearer abc.def",
+        "ünïcode",
+        _Text("x"),
+    ],
+)
+def test_text_message_is_built_like_message(text: str) -> None:
+    """The shortcut that turns strings sent to and replied by agents into messages builds what `Message` does."""
+    expected = Message(text=text)
+    built = _text_message(text)
+    assert type(built) is Message
+    for attribute in ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__"):
+        assert getattr(built, attribute) == getattr(expected, attribute)
+        assert type(getattr(built, attribute)) is type(getattr(expected, attribute))
+    assert list(built.__dict__) == list(expected.__dict__)
+    assert built == expected
+    assert repr(built) == repr(expected)
+    assert built.hash_key == expected.hash_key
+    assert built.canonical_bytes == expected.canonical_bytes

@@ -1,5 +1,6 @@
 """FlatSequence and MessageSequence: flattening nested message types, errors at the right position."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Union
 
@@ -7,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from miniagents.messages import Message, MessagePromise
-from miniagents.miniagents import MessageSequence, MiniAgents
+from miniagents.miniagents import InteractionContext, MessageSequence, MiniAgents, miniagent
 from miniagents.promising.promising import PromisingContext, StreamAppender
 from miniagents.promising.sentinels import DEFAULT, Sentinel
 from miniagents.promising.sequence import FlatSequence
@@ -156,3 +157,45 @@ async def test_a_subclass_flattener_sees_every_item_nested_ones_included() -> No
         with sequence.message_appender:
             sequence.message_appender.append(["b", 9])
         assert [str(m) for m in await sequence.sequence_promise.aresolve_messages()] == ["b", "int 9"]
+
+
+async def test_a_sequence_ends_with_its_last_piece_once_its_sources_have_ended() -> None:
+    """The replies of an agent call end as soon as their last piece is there when everything they come from has
+    ended (the agent's replies, the input it forwarded), without one more pull; while the agent may still reply,
+    they go on."""
+    release = asyncio.Event()
+
+    @miniagent
+    async def echo(ctx: InteractionContext) -> None:
+        ctx.reply(ctx.messages)
+
+    @miniagent
+    async def slow(ctx: InteractionContext) -> None:
+        ctx.reply("x")
+        await release.wait()
+
+    async def next_text(iterator: AsyncIterator[MessagePromise]) -> str:
+        return str(await (await anext(iterator)))
+
+    async with MiniAgents():
+        call = echo.initiate_inquiry()
+        call.send_message("a")
+        call.send_message("b")
+        replies = call.reply_sequence()
+        iterator = aiter(replies)
+        assert await next_text(iterator) == "a"
+        assert not call.input_sequence_promise._stream_done
+        assert not replies._stream_done
+        assert await next_text(iterator) == "b"
+        assert call.input_sequence_promise._stream_done
+        assert replies._stream_done
+        assert [str(message) for message in await replies.aresolve_messages()] == ["a", "b"]
+
+        replies = slow.inquire()
+        iterator = aiter(replies)
+        assert await next_text(iterator) == "x"
+        assert not replies._stream_done
+        release.set()
+        with pytest.raises(StopAsyncIteration):
+            await anext(iterator)
+        assert replies._stream_done

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Optional, Union
 
 from pydantic._internal._model_construction import ModelMetaclass
@@ -39,21 +39,42 @@ async def achain_loop(agents: Iterable[ChainStep], initial_input: Optional[Messa
             "achain_loop needs at least one AWAIT among its agents, e.g. [user_agent, AWAIT, assistant_agent]; "
             "without it the loop schedules turns forever without waiting for any of them."
         )
-    for step in steps:
-        if not (step is AWAIT or step is CLEAR or isinstance(step, MiniAgent) or callable(step)):
-            raise UsageError(f"achain_loop got {step!r}: each step must be an agent, a callable, AWAIT or CLEAR.")
+    turns = [_chain_turn(step) for step in steps]
     messages: Any = initial_input
     while True:
-        for step in steps:
-            if step is AWAIT:
-                if isinstance(messages, MessageSequencePromise):
-                    messages = await messages.aresolve_messages()
-            elif step is CLEAR:
-                messages = None
-            elif isinstance(step, MiniAgent):
-                messages = step.inquire(messages)
-            else:
-                messages = step(messages)  # type: ignore[operator]
+        for turn in turns:
+            messages = await turn(messages)
+
+
+def _chain_turn(step: ChainStep) -> Callable[[Any], Awaitable[Any]]:
+    """What one step of `achain_loop` does with the replies so far (only `AWAIT` suspends the loop)."""
+    if step is AWAIT:
+        return _aresolve_replies
+    if step is CLEAR:
+        return _adrop_replies
+    if isinstance(step, MiniAgent):
+        agent = step
+
+        async def ainquire(messages: Any) -> Any:
+            return agent.inquire(messages)
+
+        return ainquire
+    if callable(step):
+        function = step
+
+        async def acall(messages: Any) -> Any:
+            return function(messages)
+
+        return acall
+    raise UsageError(f"achain_loop got {step!r}: each step must be an agent, a callable, AWAIT or CLEAR.")
+
+
+async def _aresolve_replies(messages: Any) -> Any:
+    return await messages.aresolve_messages() if isinstance(messages, MessageSequencePromise) else messages
+
+
+async def _adrop_replies(messages: Any) -> None:
+    return None
 
 
 def join_messages(

@@ -1214,6 +1214,25 @@ class StoreConformance:
             assert await athreads_left(before) == []
         assert failures == []
 
+    async def test_a_gc_tells_backpressure_not_to_block_the_loop(self) -> None:
+        async with self.make_store() as store:
+            writer = store._pending.batch_writer
+            if writer is None or not writer.writes_elsewhere:
+                pytest.skip("this backend writes in the caller's thread: backpressure never blocks the loop for it")
+            await arecord_events(store, "run", [message_event("run", Message(text="soon garbage"))])
+            await store.adelete_run("run")
+            seen: list[bool] = []
+            real_delete = store._adelete_objects
+
+            async def adelete_objects(hash_keys: Any) -> None:
+                seen.append(store._holds_loop_transaction())  # the writer waits for the gc's transaction
+                await real_delete(hash_keys)
+
+            store._adelete_objects = adelete_objects  # type: ignore[method-assign]
+            assert not store._holds_loop_transaction()
+            assert await store.agc() == 1
+            assert seen == [True] and not store._holds_loop_transaction()
+
     # --------------------------------------------------------------------------------------------------- retention
 
     async def test_deleting_a_run_and_collecting_garbage_keeps_what_other_runs_need(self) -> None:

@@ -442,21 +442,3 @@ async def test_an_object_another_process_stores_at_the_same_moment_is_stored_onc
         assert [event.hash_key for event in await store.aget_events("run")] == [message.hash_key]
         assert await store.aget(message.hash_key) == message
         assert (await store.averify()).ok
-
-
-async def test_a_gc_tells_backpressure_not_to_block_the_loop(postgres_dsn: str) -> None:
-    # the writer thread waits for the gc's transaction, which the event loop drives: blocking the loop would stall both
-    async with PostgresStore(postgres_dsn) as store:
-        await arecord_events(store, "run", [message_event("run", Message(text="soon garbage"))])
-        await store.adelete_run("run")
-        seen: list[bool] = []
-        real_delete = store._adelete_objects
-
-        async def adelete_objects(hash_keys: Any) -> None:
-            seen.append(store._holds_loop_transaction())
-            await real_delete(hash_keys)
-
-        store._adelete_objects = adelete_objects  # type: ignore[method-assign]
-        assert not store._holds_loop_transaction()
-        assert await store.agc() == 1
-        assert seen == [True] and not store._holds_loop_transaction()

@@ -701,23 +701,6 @@ async def test_a_writer_held_up_is_waited_for_on_age_once_not_on_every_append(
     assert 1 <= held_up_waits <= 2  # one wait ran out on the oldest batch; later appends did not wait again
 
 
-async def test_a_gc_tells_backpressure_not_to_block_the_loop(tmp_path: Path) -> None:
-    async with SQLiteStore(tmp_path / "store.db") as store:
-        await arecord_events(store, "run", [message_event("run", Message(text="soon garbage"))])
-        await store.adelete_run("run")
-        seen: list[bool] = []
-        real_delete = store._adelete_objects
-
-        async def adelete_objects(hash_keys: Any) -> None:
-            seen.append(store._holds_loop_transaction())
-            await real_delete(hash_keys)
-
-        store._adelete_objects = adelete_objects  # type: ignore[method-assign]
-        assert not store._holds_loop_transaction()
-        assert await store.agc() == 1
-        assert seen == [True] and not store._holds_loop_transaction()
-
-
 def test_pending_bounds_are_checked() -> None:
     with pytest.raises(StoreUsageError, match=r"max_pending_events \(10\) must be at least batch_size \(100\)"):
         SQLiteStore("x.db", batch_size=100, max_pending_events=10)

@@ -315,20 +315,31 @@ class WriteBuffer:
 
     def _resolve(self, batches: list[Batch]) -> Optional[Write]:
         """The write of these batches (None if nothing of them is left to write)."""
-        generations = {batch.cache_generation for batch in batches}
-        generation = generations.pop() if len(generations) == 1 else None
+        merged = batches[0] if len(batches) == 1 else _merged(batches)  # the usual case: the batch's own lists
+        write = Write(
+            events=merged.events,
+            hash_keys=merged.hash_keys,
+            data=merged.data,
+            links=merged.links,
+            objects=merged.objects,
+            counts=merged.counts,
+            new_runs=frozenset(run_id for run_id in merged.counts if run_id not in self._registered),
+            run_updates=merged.run_updates,
+            gc_generation=merged.cache_generation,
+        )
+        return self._without_deleted_runs(write)
         objects: dict[str, bytes] = {}
-        for batch in batches:
-            objects.update(batch.objects)
-        if generation is None and len(generations) > 0:  # prepared across a gc: each brings all it needs
-            _add_nested(objects, batches)
-        events = [event for batch in batches for event in batch.events]
         counts: dict[str, int] = {}
         for batch in batches:
+            objects.update(batch.objects)
             for run_id, count in batch.counts.items():
                 counts[run_id] = counts.get(run_id, 0) + count
+        generations = {batch.cache_generation for batch in batches}
+        generation = next(iter(generations)) if len(generations) == 1 else None
+        if len(generations) > 1:  # prepared across a gc: each brings every object it needs
+            _add_nested(objects, batches)
         write = Write(
-            events=events,
+            events=[event for batch in batches for event in batch.events],
             hash_keys=[key for batch in batches for key in batch.hash_keys],
             data=[data for batch in batches for data in batch.data],
             links=[link for batch in batches for link in batch.links],
@@ -606,6 +617,26 @@ class WriteBuffer:
             except StoreError as error:
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
                 logger.warning("%s; retrying in %.1f s", error, delay)
+
+
+def _merged(batches: list[Batch]) -> Batch:
+    """One batch with the events, objects and run updates of `batches`, in order (what one write holds). Batches
+    prepared across a gc (under other generations) each bring every object they need: the merged batch counts on
+    no generation."""
+    generations = {batch.cache_generation for batch in batches}
+    merged = Batch([], [], [], {}, [], {}, cache_generation=generations.pop() if len(generations) == 1 else None)
+    for batch in batches:
+        merged.events.extend(batch.events)
+        merged.hash_keys.extend(batch.hash_keys)
+        merged.data.extend(batch.data)
+        merged.links.extend(batch.links)
+        merged.objects.update(batch.objects)
+        merged.run_updates.extend(batch.run_updates)
+        for run_id, count in batch.counts.items():
+            merged.counts[run_id] = merged.counts.get(run_id, 0) + count
+    if generations:
+        _add_nested(merged.objects, batches)
+    return merged
 
 
 def _add_nested(objects: dict[str, bytes], batches: list[Batch]) -> None:

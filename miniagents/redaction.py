@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Optional
 
@@ -118,7 +119,11 @@ class SecretRedaction:
         self._names: frozenset[str] = self.DEFAULT_NAMES
         self._verdicts: dict[str, bool] = {}
         self._values: dict[str, None] = {}  # insertion-ordered set
-        self._values_pattern: Optional[re.Pattern[str]] = None
+        self._lookup: tuple[tuple[str, ...], Optional[re.Pattern[str]]] = ((), None)
+        """The values and one pattern of them all, replaced together (never changed in place): what the scans
+        read, on any thread (a store's writer thread redacts too) while another registers values."""
+        self._lock = threading.Lock()
+        """Held to change the values (from any thread)."""
         self._listeners: list[Callable[[], None]] = []
 
     @property
@@ -143,7 +148,9 @@ class SecretRedaction:
         if marker is not None:
             self.marker = marker
         if values is not None:
-            self._values = {}
+            with self._lock:
+                self._values = {}
+                self._lookup = ((), None)
             self.register_values(*values)
         self._verdicts = {}
         for listener in self._listeners:
@@ -171,16 +178,23 @@ class SecretRedaction:
     def register_values(self, *values: Any) -> None:
         """Treat these values as secrets: replaced by the marker wherever they appear (strings of at least
         `MIN_VALUE_LENGTH` characters; others are ignored)."""
-        added = False
-        for value in values:
-            if isinstance(value, str) and len(value.strip()) >= MIN_VALUE_LENGTH and value not in self._values:
+        new = [
+            value
+            for value in values
+            if isinstance(value, str) and len(value.strip()) >= MIN_VALUE_LENGTH and value not in self._values
+        ]
+        if not new:
+            return
+        with self._lock:
+            for value in new:
+                if value in self._values:
+                    continue
                 if len(self._values) >= _MAX_VALUES:
                     self._values.pop(next(iter(self._values)))
                 self._values[value] = None
-                added = True
-        if added:
             longest_first = sorted(self._values, key=len, reverse=True)
-            self._values_pattern = re.compile("|".join(re.escape(value) for value in longest_first))
+            pattern = re.compile("|".join(re.escape(value) for value in longest_first))
+            self._lookup = (tuple(self._values), pattern)
 
     def register_environment(self, environ: Optional[Mapping[str, str]] = None) -> None:
         """Register the values of the secret-named environment variables (`OPENAI_API_KEY`, ...)."""
@@ -195,7 +209,7 @@ class SecretRedaction:
             any(word in lowered for word in _NAME_HINTS)
             or "sk-" in text
             or "://" in text
-            or any(value in text for value in self._values)
+            or any(value in text for value in self._lookup[0])
         )
 
     def redact_text(self, text: str) -> str:
@@ -203,10 +217,11 @@ class SecretRedaction:
 
         On the path of every message built, so the look is cheap: one-character scans (memchr) before substring
         searches, and one search per registered value."""
-        if self._values_pattern is not None:
-            for value in self._values:  # (a loop rather than `any()` of a generator: no generator per message)
+        values, pattern = self._lookup
+        if pattern is not None:
+            for value in values:  # (a loop rather than `any()` of a generator: no generator per message)
                 if value in text:
-                    text = self._values_pattern.sub(self.marker, text)
+                    text = pattern.sub(self.marker, text)
                     break
         if "-" in text and "sk-" in text:
             text = _API_KEY_SHAPE.sub(self.marker, text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Container
@@ -22,7 +23,7 @@ from store.backend import GcGenerationChanged, RunsDeleted, Write
 from store.chain import first_link, next_link
 from store.encoding import RunUpdate, encode_data, nested_messages, run_update
 from store.errors import StoreClosedError, StoreError, StoreUsageError, StoreWriteError
-from store.writer import BatchWriter
+from store.writer import BatchWriter, weak_method
 
 if TYPE_CHECKING:
     from store.base import EventStore
@@ -127,6 +128,10 @@ class WriteBuffer:
         """Appended events not handed over yet, in order."""
         self._buffered_since = 0.0
         """When (`time.monotonic()`) the oldest buffered event was appended."""
+        self._hand_over_lock = threading.Lock()
+        """Held while events leave the buffer for the batch writer (`_hand_over`), while written batches are taken
+        stock of (`_settle`), and by what changes the state those read: the event loop's thread and the writer's
+        thread both hand over (see `hand_over_stale`). `add` appends without it (one atomic `list.append`)."""
         self._in_flight: deque[tuple[Batch, Future[None]]] = deque()
         """Batches handed to the batch writer, in order, that were not yet found written."""
         self._in_flight_events = 0
@@ -167,7 +172,8 @@ class WriteBuffer:
     def count(self) -> int:
         """How many appended events are not written yet (buffered, or handed over and still being written)."""
         self._settle()
-        return len(self.events) + self._in_flight_events
+        with self._hand_over_lock:
+            return len(self.events) + self._in_flight_events
 
     @property
     def has_unwritten(self) -> bool:
@@ -176,11 +182,14 @@ class WriteBuffer:
 
     def start(self, batch_writer: BatchWriter[Batch]) -> None:
         """The store opened: write through `batch_writer`, hand over periodically (call on the event loop)."""
-        self.batch_writer = batch_writer
-        self._forget_in_flight()
-        self.lock = asyncio.Lock()
-        self.stopping = self._failing = False
-        self._is_open = True
+        with self._hand_over_lock:
+            self.batch_writer = batch_writer
+            self._forget_in_flight()
+            self.lock = asyncio.Lock()
+            self.stopping = self._failing = False
+            self._is_open = True
+        # a writer of its own thread hands over what a busy event loop leaves buffered
+        batch_writer.hand_over_when_idle(weak_method(self.hand_over_stale), self._flush_interval / 2)
         # the store's own task, not one of a MiniAgents context (whose task flush would wait for it forever)
         self._task = asyncio.get_running_loop().create_task(self._arun(), name=f"store writer {self._store!r}")
 
@@ -195,26 +204,30 @@ class WriteBuffer:
     def close(self) -> Optional[BatchWriter[Batch]]:
         """The store closes: nothing more is handed over; return the batch writer for the store to stop (what was
         handed over is still written), then to `discard` what is left."""
-        self._is_open = False
-        batch_writer, self.batch_writer = self.batch_writer, None
+        with self._hand_over_lock:
+            self._is_open = False
+            batch_writer, self.batch_writer = self.batch_writer, None
         return batch_writer
 
     def discard(self) -> None:
         """Drop what is left unwritten (the store reported it as lost)."""
-        self.events = []
-        self._forget_in_flight()
+        with self._hand_over_lock:
+            self.events = []
+            self._forget_in_flight()
         self.forget_stored()
 
     def register_run(self, run_id: str) -> None:
         """This store object registered the run: its chain starts, and its row must exist from now on."""
-        self._run_links[run_id] = first_link(run_id)
-        remember_run(self._registered, run_id)
-        self._deleted_runs.pop(run_id, None)
+        with self._hand_over_lock:
+            self._run_links[run_id] = first_link(run_id)
+            remember_run(self._registered, run_id)
+            self._deleted_runs.pop(run_id, None)
 
     def forget_stored(self) -> None:
         """Forget which objects were written (a gc may delete them): later batches bring every object they need."""
-        self._recently_stored.clear()
-        self._cache_generation = None
+        with self._hand_over_lock:
+            self._recently_stored.clear()
+            self._cache_generation = None
 
     def pop_lost(self, run_id: str) -> Optional[StoreError]:
         """Why events of this run were dropped, if they were (once)."""
@@ -272,17 +285,46 @@ class WriteBuffer:
             except Exception as error:
                 self._failing = True
                 raise self._flush_error(error) from error
-            if not self._in_flight:
-                return
-            last = self._in_flight[-1][1]  # the writer finishes batches in order: when it is done, all are
-            while True:
+            last = self._last_in_flight()  # the writer finishes batches in order: when it is done, all are
+            while last is not None:
                 await _await_done(last)
                 failure = self._settle()
                 if failure is not None:
                     raise self._flush_error(failure) from failure
-                if all(future is not last for _, future in self._in_flight):
-                    return
-                last = self._in_flight[-1][1]  # a failed batch comes back once the batches after it are done
+                with self._hand_over_lock:
+                    if all(future is not last for _, future in self._in_flight):
+                        return
+                # a failed batch comes back once the batches after it are done, or the writer's thread handed over
+                # more (`hand_over_stale`)
+                last = self._last_in_flight()
+
+    def _last_in_flight(self) -> Optional[Future[None]]:
+        with self._hand_over_lock:
+            return self._in_flight[-1][1] if self._in_flight else None
+
+    def hand_over_stale(self) -> None:
+        """Hand over events buffered for more than 1.5 `flush_interval` (called on the batch writer's own thread
+        whenever it has had nothing to write for a while).
+
+        The event loop's thread hands over from `add` and from the periodic hand-over, but a busy loop may do
+        neither for seconds: an agent replying in a tight loop whose replies nobody reads yet (so none is
+        appended), the end of a call with a hundred thousand replies. The writer's thread gets its share of the
+        interpreter meanwhile (Python switches threads every few milliseconds), so it takes those events itself;
+        what a crash loses stays bounded by the age of the oldest event, not by how long the loop is busy.
+        Skipped while a flush or a store operation holds `lock`, while a hand-over is under way, after a failure
+        (the periodic flush retries and reports it) and once the store closes."""
+        if not self.events or time.monotonic() - self._buffered_since <= 1.5 * self._flush_interval:
+            return
+        if self.lock.locked() or self._failing or self.stopping or not self._is_open:
+            return
+        if not self._hand_over_lock.acquire(blocking=False):
+            return
+        try:
+            self._hand_over_locked()
+        except Exception:  # the events stay buffered; the periodic flush retries and reports why
+            self._failing = True
+        finally:
+            self._hand_over_lock.release()
 
     # ---------------------------------------------------------------------------------------------- the write side
 
@@ -421,19 +463,29 @@ class WriteBuffer:
     def _hand_over(self) -> None:
         """Encode what is buffered into batches and hand them to the batch writer (the events leave the buffer
         only once their batch is handed over)."""
+        with self._hand_over_lock:
+            self._hand_over_locked()
+
+    def _hand_over_locked(self) -> None:
         events = self.events
         if not events:
             return
         writer = self.batch_writer
         if writer is None:
             raise StoreClosedError(f"{self._store!r} is not open, so nothing can be written.", self._store.location)
-        while events:
-            batch = self._prepare_batch(events[: self._max_batch_size])
+        started = time.monotonic()
+        # `add` may append meanwhile (on the loop's thread, while the writer's thread hands over): the events
+        # counted here leave, from the front; those appended since stay, and were appended after `started`
+        left = len(events)
+        while left:
+            batch = self._prepare_batch(events[: min(self._max_batch_size, left)])
             batch.appended_since = self._buffered_since
             self._in_flight.append((batch, writer.submit(batch, self._generation)))
             self._in_flight_events += len(batch)
             self._in_flight_bytes += batch.size_bytes
             del events[: len(batch)]
+            left -= len(batch)
+        self._buffered_since = started
 
     def _wait_for_room(self) -> None:
         """Backpressure: while more than `max_pending_events` events (or `max_pending_bytes` bytes) are handed over
@@ -488,6 +540,10 @@ class WriteBuffer:
         """Take stock of what the batch writer finished, in order: forget the written batches. After a failure,
         once every batch handed over has come back, put their events in front of the buffer (in order) and return
         the error."""
+        with self._hand_over_lock:
+            return self._settle_locked()
+
+    def _settle_locked(self) -> Optional[BaseException]:
         in_flight = self._in_flight
         while in_flight:
             batch, future = in_flight[0]
@@ -554,6 +610,7 @@ class WriteBuffer:
         generation = self._cache_generation if self._recently_stored else None
         batch = Batch(list(events), [], [], {}, [], {}, cache_generation=generation)
         objects, counts, links, run_links = batch.objects, batch.counts, batch.links, self._run_links
+        ends: dict[str, bytes] = {}  # per run: the link of its last event in this batch so far
         size = 0
         for event in events:
             hash_key, run_id, kind = event.hash_key, event.run_id, event.kind
@@ -563,16 +620,14 @@ class WriteBuffer:
             if data is not None:
                 size += len(data)
             counts[run_id] = counts.get(run_id, 0) + 1
-            previous = run_links.get(run_id)
-            if previous is None:  # a run no `astart_run` of this store object announced
-                previous = first_link(run_id)
-            if run_id not in batch.link_starts:
+            previous = ends.get(run_id)
+            if previous is None:  # the run's first event in this batch
+                previous = run_links.get(run_id)
+                if previous is None:  # a run no `astart_run` of this store object announced
+                    previous = first_link(run_id)
                 batch.link_starts[run_id] = previous
             link = next_link(previous, kind, event.t, hash_key, event.call_id, event.parent_call_id, data)
-            run_links.pop(run_id, None)  # the newest run last: the oldest is forgotten first
-            run_links[run_id] = link
-            if len(run_links) > RUNS_REMEMBERED:
-                del run_links[next(iter(run_links))]
+            ends[run_id] = link
             links.append(link)
             obj = event.obj
             if obj is not None and hash_key is not None and hash_key not in objects:
@@ -590,6 +645,13 @@ class WriteBuffer:
                 if update is not None:
                     batch.run_updates.append(update)
         batch.size_bytes = size
+        # the chains move on only once the whole batch is prepared (if encoding fails, the events stay buffered
+        # and are linked again from where they were)
+        for run_id, link in ends.items():
+            run_links.pop(run_id, None)  # the newest run last: the oldest is forgotten first
+            run_links[run_id] = link
+            if len(run_links) > RUNS_REMEMBERED:
+                del run_links[next(iter(run_links))]
         return batch
 
     async def _arun(self) -> None:

@@ -1233,6 +1233,48 @@ class StoreConformance:
             assert await store.agc() == 1
             assert seen == [True] and not store._holds_loop_transaction()
 
+    async def test_what_a_busy_event_loop_left_buffered_is_written_meanwhile(self) -> None:
+        async with self.make_store() as store:
+            writer = store._pending.batch_writer
+            if writer is None or not writer.writes_elsewhere:
+                pytest.skip("this backend writes on the loop's thread: nothing can write while the loop is busy")
+            committed = threading.Event()
+            real_commit = store._commit_write
+
+            def commit(write: Write) -> int:
+                generation = real_commit(write)
+                committed.set()
+                return generation
+
+            store._commit_write = commit  # type: ignore[method-assign]
+            await store.astart_run("run")
+            store.append(message_event("run", Message(text="waits in the buffer")))
+            # the loop stays busy (no await, no further `append`): the writer's thread takes the event over
+            deadline = time.monotonic() + 10
+            while not committed.is_set() and time.monotonic() < deadline:
+                sum(range(1_000))
+            assert committed.is_set()
+            await store.afinish_run("run")
+            [event] = await store.aget_events("run", kinds=[EventKind.MESSAGE])
+            assert await store.aget(event.hash_key or "") == Message(text="waits in the buffer")
+
+    async def test_appending_while_the_writer_takes_over_keeps_every_event_in_order(self) -> None:
+        async with self.make_store(flush_interval=0.01, batch_size=50) as store:
+            if not store._pending.batch_writer or not store._pending.batch_writer.writes_elsewhere:
+                pytest.skip("this backend writes on the loop's thread: nothing takes the buffer over")
+            messages = [Message(text=f"reply {index}") for index in range(3_000)]
+            await store.astart_run("run")
+            for index, message in enumerate(messages):
+                store.append(message_event("run", message, t=float(index)))
+                if index % 50 == 0:  # a busy loop (no await) that stops appending a while: the writer's thread
+                    busy_until = time.monotonic() + 0.02  # takes over, and more is appended as it does
+                    while time.monotonic() < busy_until:
+                        sum(range(100))
+            await store.afinish_run("run")
+            stored = await store.aget_events("run", kinds=[EventKind.MESSAGE])
+            assert [event.hash_key for event in stored] == [message.hash_key for message in messages]
+            assert (await store.averify()).ok
+
     # --------------------------------------------------------------------------------------------------- retention
 
     async def test_deleting_a_run_and_collecting_garbage_keeps_what_other_runs_need(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import weakref
@@ -11,6 +12,8 @@ from collections.abc import Awaitable, Callable, Sized
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Generic, Optional, TypeVar, Union
+
+logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _BatchT = TypeVar("_BatchT", bound=Sized)
@@ -48,6 +51,11 @@ class BatchWriter(Generic[_BatchT]):
     def stop(self) -> Future[None]:
         """Finish what was submitted, then take no more work."""
         raise NotImplementedError
+
+    def hand_over_when_idle(self, hand_over: Callable[[], None], interval: float) -> None:
+        """Call `hand_over` where the batches are written whenever nothing was submitted for `interval` seconds:
+        a writer with a thread of its own takes over what a busy event loop leaves buffered. Writers that write
+        on the loop's thread (inline, or on the event loop) cannot, and ignore it."""
 
     def _begin(self, futures: list[Future[None]], generation: int) -> bool:
         """Whether batches of this generation are to be written (not after a failure of their generation)."""
@@ -154,6 +162,8 @@ class ThreadedBatchWriter(_BlockingBatchWriter[_BatchT]):
         super().__init__(write_batches)
         self._max_events = max_events
         self._on_stop = on_stop
+        self._on_idle: Optional[Callable[[], None]] = None
+        self._idle_interval: Optional[float] = None
         self._jobs: queue.SimpleQueue[_Job[_BatchT]] = queue.SimpleQueue()
         self._stopped: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -173,12 +183,33 @@ class ThreadedBatchWriter(_BlockingBatchWriter[_BatchT]):
         self._jobs.put(_StopJob())
         return self._stopped
 
+    def hand_over_when_idle(self, hand_over: Callable[[], None], interval: float) -> None:
+        self._on_idle, self._idle_interval = hand_over, interval
+        self.call(_nothing)  # the thread may be waiting without a timeout: it waits with one from now on
+
+    def _next_job(self) -> _Job[_BatchT]:
+        """The next job; while there is none, call `_on_idle` every `_idle_interval` seconds."""
+        while True:
+            try:
+                return self._jobs.get(timeout=self._idle_interval)
+            except queue.Empty:
+                on_idle = self._on_idle
+                if on_idle is None:
+                    continue
+                try:
+                    on_idle()
+                except ReferenceError:  # its object is gone: there is nothing to hand over any more
+                    self._on_idle = self._idle_interval = None
+                except Exception:  # a bug; the loop's own hand-over still writes everything
+                    logger.exception("The store writer's hand-over of a busy event loop's events failed")
+                    self._on_idle = self._idle_interval = None
+
     def _run(self) -> None:
         try:
             job: Optional[_Job[_BatchT]] = None
             while True:
                 if job is None:
-                    job = self._jobs.get()
+                    job = self._next_job()
                 if isinstance(job, _StopJob):
                     if self._on_stop is not None:
                         try:
@@ -294,6 +325,10 @@ class LoopBatchWriter(BatchWriter[_BatchT]):
                 if isinstance(left, (_BatchJob, _CallJob)):
                     _settle(left.future, asyncio.CancelledError())
             _settle(self._stopped, None)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _being_cancelled() -> bool:

@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Container
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -311,11 +310,13 @@ class WriteBuffer:
         appended), the end of a call with a hundred thousand replies. The writer's thread gets its share of the
         interpreter meanwhile (Python switches threads every few milliseconds), so it takes those events itself;
         what a crash loses stays bounded by the age of the oldest event, not by how long the loop is busy.
-        Skipped while a flush or a store operation holds `lock`, while a hand-over is under way, after a failure
-        (the periodic flush retries and reports it) and once the store closes."""
+        Like a hand-over from `add`, it does not wait for `lock`: a flush may hold it for as long as the loop is busy
+        (waiting for its write, behind the busy task), and what the lock's other holders do (a gc, deleting a run)
+        is checked by the backend in the write's own transaction. Skipped while another hand-over is under way,
+        after a failure (the periodic flush retries and reports it) and once the store closes."""
         if not self.events or time.monotonic() - self._buffered_since <= 1.5 * self._flush_interval:
             return
-        if self.lock.locked() or self._failing or self.stopping or not self._is_open:
+        if self._failing or self.stopping or not self._is_open:
             return
         if not self._hand_over_lock.acquire(blocking=False):
             return
@@ -635,8 +636,7 @@ class WriteBuffer:
                 objects[hash_key] = body
                 size += len(body)
                 if may_reference_messages(body):
-                    known = _EitherContainer(objects, self._recently_stored)
-                    for nested_key, nested_body in nested_messages(obj, known):
+                    for nested_key, nested_body in nested_messages(obj, objects, self._recently_stored):
                         if nested_key not in objects:
                             objects[nested_key] = nested_body
                             size += len(nested_body)
@@ -715,16 +715,6 @@ def remember_run(remembered: dict[str, None], run_id: str) -> None:
     remembered[run_id] = None
     if len(remembered) > RUNS_REMEMBERED:
         del remembered[next(iter(remembered))]
-
-
-class _EitherContainer:
-    """`in` either of two containers."""
-
-    def __init__(self, first: Container[str], second: Container[str]) -> None:
-        self._first, self._second = first, second
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._first or item in self._second
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -406,3 +406,14 @@ def test_walking_in_a_loop_gives_what_walking_by_recursion_gives(monkeypatch: py
         assert repr(again.serialize()) == repr(serialized)  # the same order of keys, the same tuples
         assert again.canonical_bytes == canonical_bytes and again.full_json == full_json
         assert [id(message) for message in sub_messages(again)] == [id(message) for message in nested]
+
+
+def test_a_long_list_of_messages_is_kept_as_it_is_and_checked_like_a_short_one() -> None:
+    replies = tuple(Message(text=str(index)) for index in range(1_000))
+    assert Message(replies=replies).replies is replies  # frozen already: nothing is copied
+    deepest = message_chain(MAX_NESTING_DEPTH)[-1]  # nested 999 levels: one level too deep inside a list
+    for length in (1, 1_000):
+        with pytest.raises(FrozenValueError, match=rf"^Message\.replies\[{length - 1}\].* is nested 1001 levels"):
+            Message(replies=[*replies[: length - 1], deepest])
+    with pytest.raises(FrozenValueError, match=r"^Message\.replies mixes messages with other values"):
+        Message(replies=[*replies, Frozen(note="not a message")])

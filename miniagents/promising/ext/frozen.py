@@ -7,7 +7,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import Enum
 from itertools import chain, pairwise
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -580,6 +580,8 @@ def _freeze_container(root: Any, path: str, owner: str, mappings: bool) -> Froze
     each), so that depth costs no recursion. Frame: [container, its items, frozen items so far, whether a dict, its
     key in the container above, deepest nesting of its frozen items, key of the item being frozen]. A value that
     contains itself is found when the walk reaches `MAX_NESTING_DEPTH` (it would go on forever)."""
+    if type(root) is tuple and len(root) > _MANY_ITEMS and _frozen_objects_as_they_are(root):
+        return root
     kinds = _FIELD_NAME_KINDS
     redact_text = REDACTION.redact_text
     stack = [_new_frame(root, None, mappings)]
@@ -662,6 +664,24 @@ def _freeze_container(root: Any, path: str, owner: str, mappings: bool) -> Froze
             parent[2].append(built)
         if levels + 1 > parent[5]:
             parent[5] = levels + 1
+
+
+_MANY_ITEMS = 64
+_is_frozen = Frozen.__instancecheck__
+_nesting_depth_of_each = attrgetter("_nesting_depth")
+_is_message_each = attrgetter("_is_message")
+
+
+def _frozen_objects_as_they_are(items: tuple[Any, ...]) -> bool:
+    """Whether a tuple of `Frozen` objects is frozen already (the objects are; none nested too deep; messages not
+    mixed with other objects): checked in C for long tuples, such as a call's hundred thousand replies. Anything
+    else takes the general walk, which also says what is wrong."""
+    if not all(map(_is_frozen, items)):
+        return False
+    if 2 + max(map(_nesting_depth_of_each, items)) > MAX_NESTING_DEPTH:
+        return False
+    messages = sum(map(_is_message_each, items))
+    return messages == 0 or messages == len(items)
 
 
 def _new_frame(container: Any, key: Any, mappings: bool) -> list[Any]:

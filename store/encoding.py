@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Container
 from dataclasses import dataclass
-from itertools import filterfalse
+from itertools import compress, filterfalse
 from operator import attrgetter
 from typing import Any, Optional, Union
 
@@ -216,15 +216,13 @@ def nested_messages(
             stack.extend(value.frozen_fields_and_values().values())
         elif isinstance(value, tuple):
             if all(map(_IS_MESSAGE, value)):  # a tuple of messages (a call's replies: maybe 100,000s), filtered in C
-                keys = map(_HASH_KEY, value)
-                unknown = list(filterfalse(also_known.__contains__, filterfalse(known.__contains__, keys)))
-                if unknown:
-                    by_key = {message.hash_key: message for message in value}
-                    for key in unknown:
-                        if key not in found:
-                            message = by_key[key]
-                            found[key] = message.encode_canonical()
-                            stack.extend(message.frozen_fields_and_values().values())
+                keys = list(map(_HASH_KEY, value))
+                unknown = set(filterfalse(also_known.__contains__, filterfalse(known.__contains__, keys)))
+                for message in compress(value, map(unknown.__contains__, keys)) if unknown else ():
+                    key = message.hash_key
+                    if key not in found:
+                        found[key] = message.encode_canonical()
+                        stack.extend(message.frozen_fields_and_values().values())
             else:
                 stack.extend(value)
         elif isinstance(value, dict):  # a declared mapping field's FrozenDict

@@ -940,6 +940,9 @@ def _is_frozen_container(value: Any) -> bool:
 def _nesting_depth_of(root: Any) -> int:
     """How many containers are nested in each other in the frozen container `root`, found by a loop (no recursion),
     kept on every `Frozen` and `FrozenDict` in it that did not know its own yet."""
+    if isinstance(root, Frozen) and all(map(PLAIN_VALUE_TYPES.__contains__, map(type, _child_values(root)))):
+        root.__dict__["_nesting_depth"] = 0  # the usual message: plain values only (checked in C)
+        return 0
     stack: list[list[Any]] = [[root, iter(_child_values(root)), 0]]
     while True:
         frame = stack[-1]

@@ -134,7 +134,7 @@ class SecretRedaction:
     @property
     def values(self) -> tuple[str, ...]:
         """The secret values replaced wherever they appear."""
-        return tuple(self._values)
+        return self._lookup[0]
 
     def configure(
         self,
@@ -148,10 +148,9 @@ class SecretRedaction:
         if marker is not None:
             self.marker = marker
         if values is not None:
-            with self._lock:
+            with self._lock:  # the new values are published at once: a scan never sees none in between
                 self._values = {}
-                self._lookup = ((), None)
-            self.register_values(*values)
+                self._publish(_trackable(values))
         self._verdicts = {}
         for listener in self._listeners:
             listener()
@@ -178,23 +177,22 @@ class SecretRedaction:
     def register_values(self, *values: Any) -> None:
         """Treat these values as secrets: replaced by the marker wherever they appear (strings of at least
         `MIN_VALUE_LENGTH` characters; others are ignored)."""
-        new = [
-            value
-            for value in values
-            if isinstance(value, str) and len(value.strip()) >= MIN_VALUE_LENGTH and value not in self._values
-        ]
-        if not new:
-            return
-        with self._lock:
-            for value in new:
-                if value in self._values:
-                    continue
-                if len(self._values) >= _MAX_VALUES:
-                    self._values.pop(next(iter(self._values)))
-                self._values[value] = None
-            longest_first = sorted(self._values, key=len, reverse=True)
-            pattern = re.compile("|".join(re.escape(value) for value in longest_first))
-            self._lookup = (tuple(self._values), pattern)
+        new = [value for value in _trackable(values) if value not in self._values]
+        if new:
+            with self._lock:
+                self._publish(new)
+
+    def _publish(self, new: list[str]) -> None:
+        """Add values (holding `_lock`) and publish the lookup of them all in one assignment."""
+        for value in new:
+            if value in self._values:
+                continue
+            if len(self._values) >= _MAX_VALUES:
+                self._values.pop(next(iter(self._values)))
+            self._values[value] = None
+        longest_first = sorted(self._values, key=len, reverse=True)
+        pattern = re.compile("|".join(re.escape(value) for value in longest_first)) if longest_first else None
+        self._lookup = (tuple(self._values), pattern)
 
     def register_environment(self, environ: Optional[Mapping[str, str]] = None) -> None:
         """Register the values of the secret-named environment variables (`OPENAI_API_KEY`, ...)."""
@@ -286,6 +284,11 @@ class SecretRedaction:
     def redact_sequence(self, items: Iterable[Any]) -> list[Any]:
         """The items of a list redacted one by one, after `mask_secret_items`."""
         return [self.redact(item) for item in self.mask_secret_items(list(items))]
+
+
+def _trackable(values: Iterable[Any]) -> list[str]:
+    """The values that are tracked as secrets: strings of at least `MIN_VALUE_LENGTH` characters."""
+    return [value for value in values if isinstance(value, str) and len(value.strip()) >= MIN_VALUE_LENGTH]
 
 
 REDACTION = SecretRedaction()

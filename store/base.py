@@ -84,7 +84,8 @@ class EventStore(Backend):
     Objects (hash key -> canonical bytes) are stored once each; events form an append-only log with a sequence
     number that only grows. `append()` buffers; as soon as `batch_size` events are waiting it hands them, encoded
     as one batch, to the store's batch writer (`SQLiteStore` writes on a thread of its own, so it never waits for
-    the event loop), and a writer task hands over the rest at least every `flush_interval` seconds. A batch that
+    the event loop), and a writer task hands over the rest at least every `flush_interval` seconds (a batch
+    writer with a thread of its own takes over what a busy loop leaves waiting longer). A batch that
     cannot be written goes back into the buffer, in order (nothing is dropped), and `aflush()` / `afinish_run()`
     raise `StoreWriteError`. More than `max_pending_events` events (or `max_pending_bytes` bytes) handed over and
     not written, or one of them older than `max_pending_seconds`, make `append()` wait for the writer

@@ -1,6 +1,8 @@
 """The write buffer of a store: appended events wait here, are encoded into batches at hand-over, go to the store's
 batch writer, and are resolved into the `Write` the backend commits. It keeps the order of the log across failures,
-slows a producer that outruns the disk (backpressure), and hands over what waits at least every `flush_interval`.
+slows a producer that outruns the disk (backpressure), and hands over what waits at least every `flush_interval`
+(from `add` or a periodic task on the event loop, or, when the loop is too busy for either, from a batch writer's
+own thread: `WriteBuffer.hand_over_stale`).
 """
 
 from __future__ import annotations
@@ -129,8 +131,11 @@ class WriteBuffer:
         """When (`time.monotonic()`) the oldest buffered event was appended."""
         self._hand_over_lock = threading.Lock()
         """Held while events leave the buffer for the batch writer (`_hand_over`), while written batches are taken
-        stock of (`_settle`), and by what changes the state those read: the event loop's thread and the writer's
-        thread both hand over (see `hand_over_stale`). `add` appends without it (one atomic `list.append`)."""
+        stock of (`_settle`), and to change what those two share (the batches in flight and their counts, the
+        chains, the memory of stored objects, the registered runs, the batch writer): the event loop's thread and
+        the writer's thread both hand over (see `hand_over_stale`). The loop's thread alone changes the rest
+        without it: `add` appends (one atomic `list.append`) and notes when the buffer began to fill; a hand-over
+        on the other thread sets that to when it began, no later than any event it leaves was appended."""
         self._in_flight: deque[tuple[Batch, Future[None]]] = deque()
         """Batches handed to the batch writer, in order, that were not yet found written."""
         self._in_flight_events = 0
@@ -321,6 +326,9 @@ class WriteBuffer:
         if not self._hand_over_lock.acquire(blocking=False):
             return
         try:
+            # again under the lock: the loop may have taken stock of a failed write, or begun to close, meanwhile
+            if self._failing or self.stopping or not self._is_open:
+                return
             self._hand_over_locked()
         except Exception:  # the events stay buffered; the periodic flush retries and reports why
             self._failing = True
@@ -369,28 +377,6 @@ class WriteBuffer:
             new_runs=frozenset(run_id for run_id in merged.counts if run_id not in self._registered),
             run_updates=merged.run_updates,
             gc_generation=merged.cache_generation,
-        )
-        return self._without_deleted_runs(write)
-        objects: dict[str, bytes] = {}
-        counts: dict[str, int] = {}
-        for batch in batches:
-            objects.update(batch.objects)
-            for run_id, count in batch.counts.items():
-                counts[run_id] = counts.get(run_id, 0) + count
-        generations = {batch.cache_generation for batch in batches}
-        generation = next(iter(generations)) if len(generations) == 1 else None
-        if len(generations) > 1:  # prepared across a gc: each brings every object it needs
-            _add_nested(objects, batches)
-        write = Write(
-            events=[event for batch in batches for event in batch.events],
-            hash_keys=[key for batch in batches for key in batch.hash_keys],
-            data=[data for batch in batches for data in batch.data],
-            links=[link for batch in batches for link in batch.links],
-            objects=objects,
-            counts=counts,
-            new_runs=frozenset(run_id for run_id in counts if run_id not in self._registered),
-            run_updates=[update for batch in batches for update in batch.run_updates],
-            gc_generation=generation,
         )
         return self._without_deleted_runs(write)
 

@@ -8,13 +8,15 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from miniagents import InteractionContext, Message, MiniAgents, miniagent
 from miniagents.ext.llm.stand_in import stand_in_llm_agent
-from miniagents.redaction import REDACTION, name_words
+from miniagents.redaction import REDACTION, SecretRedaction, name_words
 from replay import aload_tree
 from store import open_store
+from store.encoding import encode_data
 
 
 class Planted:
@@ -191,3 +193,57 @@ def test_credential_shapes_are_masked_in_texts() -> None:
         REDACTION.redact_text("We have 20 tokens left; the bearer of news.")
         == "We have 20 tokens left; the bearer of news."
     )
+
+
+API_KEY = "sk-proj-" + "A1b2C3d4" * 5  # an API key's shape: masked wherever it turns up
+
+
+@pytest.mark.parametrize("replies", [10, 300])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"hash": API_KEY},
+        {"hash": "0" * 40, "chunks": [f"my key is {API_KEY}"], "offsets": [0.0]},
+        {"hash": "0" * 40, "note": API_KEY},
+        {"failed": {"error": {"message": f"with {API_KEY}"}}},
+    ],
+)
+def test_every_reply_record_of_a_call_s_end_is_scanned_unless_it_is_a_hash_key(
+    replies: int, record: dict[str, Any]
+) -> None:
+    # the records of many whole replies are skipped by the scan only once found to hold hex digits only
+    whole = [{"hash": f"{index:040x}"} for index in range(replies)]
+    encoded = encode_data({"agent_alias": "a", "replies": [*whole, record]})
+    assert encoded is not None and API_KEY.encode() not in encoded
+
+
+def test_a_registered_secret_made_of_hex_digits_is_found_among_many_whole_replies() -> None:
+    hex_secret = secrets.token_hex(20)
+    REDACTION.register_values(hex_secret)
+    whole = [{"hash": f"{index:040x}"} for index in range(300)]
+    encoded = encode_data({"agent_alias": "a", "replies": [*whole, {"hash": hex_secret}]})
+    assert encoded is not None and hex_secret.encode() not in encoded
+
+
+def test_many_whole_replies_are_stored_as_they_are() -> None:
+    whole = [{"hash": f"{index:040x}"} for index in range(1_000)]
+    data = {"agent_alias": "a", "replies": whole, "error": None}
+    assert encode_data(data) == orjson.dumps(data)
+
+
+def test_new_secret_values_replace_the_old_ones_at_once_for_every_thread() -> None:
+    # another thread scanning while the values are replaced sees the old set or the new one, never none
+    seen: list[str] = []
+
+    class Watched(SecretRedaction):
+        def __setattr__(self, name: str, value: Any) -> None:
+            super().__setattr__(name, value)
+            if name == "_lookup" and getattr(self, "armed", False):
+                seen.append(self.redact_text("login with hunter2-is-my-password"))
+
+    watched = Watched()
+    watched.register_values("hunter2-is-my-password")
+    watched.armed = True  # type: ignore[attr-defined]
+    watched.configure(values=["hunter2-is-my-password", "another-secret-value"])
+    assert seen and all(text == f"login with {watched.marker}" for text in seen)
+    assert set(watched.values) == {"hunter2-is-my-password", "another-secret-value"}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any, Optional
 
@@ -796,3 +797,60 @@ async def test_a_cancelled_run_registration_leaves_the_file_unlocked(tmp_path: P
             await second.astart_run(f"other {steps}")  # raised StoreWriteError (busy) while the lock was held
             await second.afinish_run(f"other {steps}")
         assert (await second.averify()).ok
+
+
+class _LockTakenAfter:
+    """A lock whose first `acquire` first runs `meanwhile()`: what the other thread did between a check and the
+    lock."""
+
+    def __init__(self, lock: Any, meanwhile: Any) -> None:
+        self._lock, self._meanwhile = lock, meanwhile
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        meanwhile, self._meanwhile = self._meanwhile, lambda: None
+        meanwhile()
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+async def test_the_writer_thread_leaves_a_failure_the_loop_just_found_to_the_periodic_flush(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "s.db", flush_interval=60) as store:
+        pending = store._pending
+        real_commit = store._commit_write
+        failures = [OSError("disk hiccup")]
+
+        def commit(write: Any) -> int:
+            if failures:
+                raise failures.pop()
+            return real_commit(write)
+
+        store._commit_write = commit  # type: ignore[method-assign]
+        await store.astart_run("run")
+        first, second = Message(text="first"), Message(text="second")
+        store.append(message_event("run", first))
+        pending._hand_over()
+        wait_futures([pending._in_flight[-1][1]])  # its write failed; the loop has not taken stock of it yet
+        store.append(message_event("run", second))
+        pending._buffered_since -= 100  # `second` waited long: the writer's thread takes it over
+        # the writer's thread finds no failure, then the loop takes stock of the failed write, then the writer's
+        # thread gets the lock: it must not retry at once (no back-off, and a success would leave `_failing` set)
+        lock = pending._hand_over_lock
+        pending._hand_over_lock = _LockTakenAfter(lock, pending._settle)  # type: ignore[assignment]
+        try:
+            writer_thread = threading.Thread(target=pending.hand_over_stale)
+            writer_thread.start()
+            writer_thread.join()
+        finally:
+            pending._hand_over_lock = lock
+        assert not pending._in_flight
+        assert [event.hash_key for event in pending.events] == [first.hash_key, second.hash_key]
+        await store.afinish_run("run")
+        assert len(await store.aget_events("run", kinds=[EventKind.MESSAGE])) == 2

@@ -626,6 +626,10 @@ class Event:
     canonical_bytes: Optional[bytes] = field(default=None, repr=False, compare=False)
     """`obj.canonical_bytes` when the emitter had them at hand (a store then does not encode `obj` again); like
     `obj`, it only travels to the sink."""
+    sub_messages_emitted: bool = field(default=False, repr=False, compare=False)
+    """True when the emitter appended an event for every message nested in `obj` before this one (a store then
+    need not look for nested messages to store with `obj`: they come with their own events); like `obj`, it only
+    travels to the sink."""
     _payload: Optional[EventPayload] = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod

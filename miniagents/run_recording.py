@@ -223,6 +223,7 @@ class RunRecorder:
                 message,
                 None,
                 canonical_bytes or encoded,
+                sub_messages_emitted=True,  # `persist` emits every sub-message first
             )
             if parent is not None:
                 payload = MessagePayload(parent=parent.hash_key)

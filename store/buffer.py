@@ -621,7 +621,9 @@ class WriteBuffer:
                 body = event.canonical_bytes or obj.encode_canonical()
                 objects[hash_key] = body
                 size += len(body)
-                if may_reference_messages(body):
+                # nested messages come with the object unless they came with events of their own before it (in
+                # this batch or an earlier one: batches are written in order, and come back together on failure)
+                if not event.sub_messages_emitted and may_reference_messages(body):
                     for nested_key, nested_body in nested_messages(obj, objects, self._recently_stored):
                         if nested_key not in objects:
                             objects[nested_key] = nested_body

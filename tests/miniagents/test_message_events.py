@@ -92,3 +92,18 @@ async def test_the_stored_events_keep_the_fields_verify_and_replay_with_the_same
         ]
         assert [type(event.payload) for event in stored] == [MessagePayload, MessagePayload]
         assert {event.parent_call_id for event in await store.aget_events(recording.run_id)} > {None}
+
+
+async def test_a_message_event_says_its_sub_messages_came_before_it() -> None:
+    sink = ListEventSink()
+    async with MiniAgents(store=sink):
+        await outer.inquire("asked outside any agent").aresolve_messages()
+    seen: set[str] = set()
+    events = sink.of_kind(EventKind.MESSAGE)
+    for event in events:
+        assert isinstance(event.obj, Message) and event.sub_messages_emitted
+        assert {sub.hash_key for sub in event.obj.sub_messages()} <= seen, event.obj
+        seen.add(str(event.hash_key))
+    assert any(any(True for _ in event.obj.sub_messages()) for event in events if isinstance(event.obj, Message))
+    # an event built by anyone else promises nothing: a store then looks for the nested messages itself
+    assert not Event(EventKind.MESSAGE, "run", 0.0).sub_messages_emitted

@@ -616,7 +616,7 @@ class AgentCall:
         context = self._context
         received, input_error = await self._areceive_input()
         call_node = self._call_node_of(received) if input_error is None else None
-        replies: list[ReplyRecord] = []
+        replies: list[Union[ReplyRecord, str]] = []
         messages: list[Message] = []
         sequence_error: Optional[BaseException] = None
         try:

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from miniagents.errors import EventSinkError
 from miniagents.events import (
@@ -274,7 +274,7 @@ class RunRecorder:
     def record_call_finished(
         self,
         call: AgentCall,
-        replies: list[ReplyRecord],
+        replies: list[Union[ReplyRecord, str]],
         sequence_error: Optional[BaseException],
         reply_node: Optional[Message],
         partial_call_node: Optional[Message],
@@ -291,7 +291,7 @@ class RunRecorder:
             reply_node=reply_node.hash_key if reply_node is not None else None,
             occurrence=call.occurrence,
             position=call.position,
-            replies=tuple(replies),
+            replies=tuple(WholeReply(reply) if isinstance(reply, str) else reply for reply in replies),
             error=_described(sequence_error),
             replayed=call.replayed,
             partial_call_node=partial_call_node.hash_key if partial_call_node is not None else None,
@@ -300,10 +300,12 @@ class RunRecorder:
         self.emit(payload, payload.call_node, call.call_id, call.parent_call_id)
 
 
-def whole_reply(promise: MessagePromise, message: Message) -> WholeReply:
-    """What is recorded of a reply received whole (its chunking too, when it was streamed)."""
+def whole_reply(promise: MessagePromise, message: Message) -> Union[WholeReply, str]:
+    """What is recorded of a reply received whole: its chunking too when it was streamed, else only its hash key
+    (a `WholeReply` once the call ends, see `record_call_finished`: until then a call with 100,000s of replies
+    keeps strings, which Python's collector does not walk, instead of as many objects it would)."""
     if not promise.is_streamed:
-        return WholeReply(message.hash_key)
+        return message.hash_key
     chunks, offsets = promise.chunk_record()
     return WholeReply(message.hash_key, tuple(len(chunk) for chunk in chunks), tuple(offsets))
 

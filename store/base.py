@@ -319,6 +319,15 @@ class EventStore(Backend):
 
     def append(self, event: Event) -> None:
         """Buffer one event (synchronous and cheap); every `batch_size` events go to the batch writer as a batch."""
+        try:
+            checked = self._checked_event(event)
+        except StoreError:
+            self._pending.note_refused(event.run_id)  # its sub-messages may be missing: later events bring them
+            raise
+        self._pending.add(checked)
+
+    def _checked_event(self, event: Event) -> Event:
+        """`event` if this open store can take it (with its object's hash key filled in), or the error why not."""
         if not self._is_open:
             raise StoreClosedError(
                 f"{self!r} is closed, so the {event.kind.value} event of run {event.run_id!r} cannot be stored; "
@@ -350,7 +359,7 @@ class EventStore(Backend):
                 f"finite number of seconds, its `call_id` ({call_id!r}) and `parent_call_id` ({parent_call_id!r}) "
                 "None or 64-bit integers."
             )
-        self._pending.add(event)
+        return event
 
     @staticmethod
     def _check_event_hash_key(event: Event, hash_key: object, obj: Optional[Frozen] = None) -> None:

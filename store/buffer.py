@@ -165,6 +165,10 @@ class WriteBuffer:
         registered again)."""
         self._lost_runs: dict[str, StoreError] = {}
         """Runs whose events were dropped (see `_deleted_runs`), with the error `pop_lost` gives for them."""
+        self._lossy_runs: dict[str, None] = {}
+        """Runs some of whose events this store object refused or dropped unwritten (newest last, bounded): an
+        event of theirs that says its sub-messages came with events of their own (`Event.sub_messages_emitted`)
+        may be wrong about that here, so its nested messages are looked for as for any other event."""
         self._recently_stored: set[str] = set()
         """Hash keys this store object wrote (bounded): messages nested in later objects need no second look."""
         self._cache_generation: Optional[int] = None
@@ -216,9 +220,18 @@ class WriteBuffer:
     def discard(self) -> None:
         """Drop what is left unwritten (the store reported it as lost)."""
         with self._hand_over_lock:
+            lost = {event.run_id for event in self.events}
+            lost.update(event.run_id for batch, _ in self._in_flight for event in batch.events)
+            for run_id in lost:
+                remember_run(self._lossy_runs, run_id)
             self.events = []
             self._forget_in_flight()
         self.forget_stored()
+
+    def note_refused(self, run_id: str) -> None:
+        """The store refused an event of this run (see `_lossy_runs`)."""
+        with self._hand_over_lock:
+            remember_run(self._lossy_runs, run_id)
 
     def register_run(self, run_id: str) -> None:
         """This store object registered the run: its chain starts, and its row must exist from now on."""
@@ -623,7 +636,7 @@ class WriteBuffer:
                 size += len(body)
                 # nested messages come with the object unless they came with events of their own before it (in
                 # this batch or an earlier one: batches are written in order, and come back together on failure)
-                if not event.sub_messages_emitted and may_reference_messages(body):
+                if (not event.sub_messages_emitted or run_id in self._lossy_runs) and may_reference_messages(body):
                     for nested_key, nested_body in nested_messages(obj, objects, self._recently_stored):
                         if nested_key not in objects:
                             objects[nested_key] = nested_body

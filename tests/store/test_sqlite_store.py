@@ -20,6 +20,7 @@ import pytest
 import miniagents
 from miniagents import EventSinkError, InteractionContext, Message, MiniAgents, miniagent
 from miniagents.events import Event, EventKind
+from miniagents.promising.promising import Promise
 from store import (
     EventStore,
     ForeignDatabaseError,
@@ -854,3 +855,51 @@ async def test_the_writer_thread_leaves_a_failure_the_loop_just_found_to_the_per
         assert [event.hash_key for event in pending.events] == [first.hash_key, second.hash_key]
         await store.afinish_run("run")
         assert len(await store.aget_events("run", kinds=[EventKind.MESSAGE])) == 2
+
+
+async def test_a_sub_message_the_store_refused_is_stored_with_its_parent_once_it_is_open_again(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.aopen()
+    inner = Message(text="inner")
+    outer = Message(text="outer", quote=inner)
+    try:
+        with pytest.raises(EventSinkError):
+            async with MiniAgents(store=store):
+                await store.aclose()  # closed inside the run (a nested `async with store:` that ended)
+                Promise(prefill_result=inner)  # its event is refused, yet the recorder counts it as emitted
+                await store.aopen()
+                Promise(prefill_result=outer)  # says its sub-messages came before it: not in this store
+        assert (await store.averify()).ok
+        assert await store.aget(outer.hash_key) == outer
+    finally:
+        await store.aclose()
+
+
+async def test_a_sub_message_a_close_could_not_write_is_stored_with_its_parent_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.aopen()
+    inner = Message(text="inner")
+    outer = Message(text="outer", quote=inner)
+    failing = [False]
+
+    def fail() -> None:
+        if failing[0]:
+            raise OSError("disk full")
+
+    patch_commits(monkeypatch, store, fail)
+    try:
+        async with MiniAgents(store=store):
+            await store.aflush()
+            failing[0] = True
+            Promise(prefill_result=inner)  # buffered ...
+            with pytest.raises(StoreWriteError):
+                await store.aclose()  # ... and reported lost by the close
+            failing[0] = False
+            await store.aopen()
+            Promise(prefill_result=outer)
+        assert (await store.averify()).ok
+        assert await store.aget(outer.hash_key) == outer
+    finally:
+        await store.aclose()

@@ -165,7 +165,7 @@ class WriteBuffer:
         registered again)."""
         self._lost_runs: dict[str, StoreError] = {}
         """Runs whose events were dropped (see `_deleted_runs`), with the error `pop_lost` gives for them."""
-        self._lossy_runs: dict[str, None] = {}
+        self._runs_missing_events: dict[str, None] = {}
         """Runs some of whose events this store object refused or dropped unwritten (newest last, bounded): an
         event of theirs that says its sub-messages came with events of their own (`Event.sub_messages_emitted`)
         may be wrong about that here, so its nested messages are looked for as for any other event."""
@@ -223,15 +223,15 @@ class WriteBuffer:
             lost = {event.run_id for event in self.events}
             lost.update(event.run_id for batch, _ in self._in_flight for event in batch.events)
             for run_id in lost:
-                remember_run(self._lossy_runs, run_id)
+                remember_run(self._runs_missing_events, run_id)
             self.events = []
             self._forget_in_flight()
         self.forget_stored()
 
     def note_refused(self, run_id: str) -> None:
-        """The store refused an event of this run (see `_lossy_runs`)."""
+        """The store refused an event of this run (see `_runs_missing_events`)."""
         with self._hand_over_lock:
-            remember_run(self._lossy_runs, run_id)
+            remember_run(self._runs_missing_events, run_id)
 
     def register_run(self, run_id: str) -> None:
         """This store object registered the run: its chain starts, and its row must exist from now on."""
@@ -334,12 +334,10 @@ class WriteBuffer:
         after a failure (the periodic flush retries and reports it) and once the store closes."""
         if not self.events or time.monotonic() - self._buffered_since <= 1.5 * self._flush_interval:
             return
-        if self._failing or self.stopping or not self._is_open:
-            return
         if not self._hand_over_lock.acquire(blocking=False):
             return
         try:
-            # again under the lock: the loop may have taken stock of a failed write, or begun to close, meanwhile
+            # under the lock, which stock-taking (where failed writes are found) and `close` take too
             if self._failing or self.stopping or not self._is_open:
                 return
             self._hand_over_locked()
@@ -636,7 +634,8 @@ class WriteBuffer:
                 size += len(body)
                 # nested messages come with the object unless they came with events of their own before it (in
                 # this batch or an earlier one: batches are written in order, and come back together on failure)
-                if (not event.sub_messages_emitted or run_id in self._lossy_runs) and may_reference_messages(body):
+                emitted = event.sub_messages_emitted and run_id not in self._runs_missing_events
+                if not emitted and may_reference_messages(body):
                     for nested_key, nested_body in nested_messages(obj, objects, self._recently_stored):
                         if nested_key not in objects:
                             objects[nested_key] = nested_body

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Container
 from dataclasses import dataclass
-from itertools import compress, filterfalse
-from operator import attrgetter, itemgetter, not_
+from itertools import compress
+from operator import itemgetter, not_
 from typing import Any, Optional, Union
 
 import orjson
@@ -30,8 +30,6 @@ from store.decoding import find_hash_keys
 from store.results import RunStatus
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
-_IS_MESSAGE = Message.__instancecheck__
-_HASH_KEY = attrgetter("hash_key")
 _HASH_OF_RECORD = itemgetter("hash")
 INT64_MIN, INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
@@ -225,16 +223,7 @@ def nested_messages(
         elif isinstance(value, Frozen):
             stack.extend(value.frozen_fields_and_values().values())
         elif isinstance(value, tuple):
-            if all(map(_IS_MESSAGE, value)):  # a tuple of messages (a call's replies: maybe 100,000s), filtered in C
-                keys = list(map(_HASH_KEY, value))
-                unknown = set(filterfalse(also_known.__contains__, filterfalse(known.__contains__, keys)))
-                for message in compress(value, map(unknown.__contains__, keys)) if unknown else ():
-                    key = message.hash_key
-                    if key not in found:
-                        found[key] = message.encode_canonical()
-                        stack.extend(message.frozen_fields_and_values().values())
-            else:
-                stack.extend(value)
+            stack.extend(value)
         elif isinstance(value, dict):  # a declared mapping field's FrozenDict
             stack.extend(value.values())
     return list(found.items())

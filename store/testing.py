@@ -135,6 +135,19 @@ async def acancel_at_every_point(step: Callable[[], Awaitable[object]]) -> int:
     raise AssertionError("the step never finished before its cancellation")
 
 
+async def acancel_everywhere_then_close(step: Callable[[], Awaitable[object]], stores: list[EventStore]) -> int:
+    """`acancel_at_every_point(step)`, then close `stores` (those the runs of `step` opened), checking that no
+    store thread is left and that none died; return how many runs were cancelled."""
+    before = set(threading.enumerate())
+    with thread_failures() as failures:
+        cancelled = await acancel_at_every_point(step)
+        for store in stores:
+            await store.aclose()
+        assert await athreads_left(before) == []
+    assert failures == []
+    return cancelled
+
+
 class Answer(Message):
     """A message subclass the tests define (so it is importable while decoding)."""
 
@@ -1156,14 +1169,7 @@ class StoreConformance:
             stores.append(opening)
             await opening.aopen()
 
-        before = set(threading.enumerate())
-        with thread_failures() as failures:
-            cancelled = await acancel_at_every_point(aopen)
-            for opened in stores:
-                await opened.aclose()
-            assert await athreads_left(before) == []
-        assert failures == []
-        assert cancelled > 0
+        assert await acancel_everywhere_then_close(aopen, stores) > 0
         async with self.reopened(store) as reader:
             assert (await reader.averify()).ok
 
@@ -1183,14 +1189,7 @@ class StoreConformance:
             appended.append(message.hash_key)
             await store.aclose()  # the close writes the buffered event, whenever it is cancelled
 
-        before = set(threading.enumerate())
-        with thread_failures() as failures:
-            cancelled = await acancel_at_every_point(arecord_and_close)
-            for store in stores:
-                await store.aclose()
-            assert await athreads_left(before) == []
-        assert failures == []
-        assert cancelled > 0 and appended
+        assert await acancel_everywhere_then_close(arecord_and_close, stores) > 0 and appended
         async with self.reopened(shared) as reader:
             assert (await reader.averify()).ok
             stored = {event.hash_key for event in await reader.aget_events()}

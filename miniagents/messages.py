@@ -13,12 +13,15 @@ from miniagents.promising.ext.frozen import (
     _FIELD_NAME_KINDS,
     _PLAIN_NAME,
     _RECURSION_BUDGET,
+    FIELD_NAMES_BY_KEYS,
     PLAIN_VALUE_TYPES,
     REDACTION,
+    FieldNames,
     Frozen,
     FrozenDict,
     declared_field_names,
     reserve_field_name_suffixes,
+    share_field_names,
 )
 from miniagents.promising.promising import StreamedPromise
 from miniagents.promising.sentinels import DEFAULT, NO_VALUE, Sentinel
@@ -63,6 +66,15 @@ class Message(Frozen):
         # what `BaseModel.__init__` does, without its frame and a second copy of the fields (every message is built
         # here); the model validator freezes the values (see `Frozen`)
         self.__pydantic_validator__.validate_python({"text": text, **metadata}, self_instance=self)
+        # the names pydantic puts in `model_fields_set` depend only on the keys passed: one shared set for every
+        # message built with the same keys, rather than a set of its own the collector walks for as long as it lives
+        keys = (type(self), *metadata)
+        try:
+            names = FIELD_NAMES_BY_KEYS[keys]
+        except KeyError:
+            share_field_names(self, keys)
+        else:
+            _set_slot(self, "__pydantic_fields_set__", names)
 
     @property
     def as_promise(self) -> MessagePromise:
@@ -103,6 +115,7 @@ class Message(Frozen):
 
 _new_object = object.__new__
 _set_slot = object.__setattr__
+_TEXT_FIELD_NAMES = FIELD_NAMES_BY_KEYS.setdefault((Message,), FieldNames(("class_", "text")))
 _TEXT_MESSAGES_NEED_VALIDATION = Message.__pydantic_post_init__ is not None or bool(Message.__private_attributes__)
 
 
@@ -120,7 +133,7 @@ def _text_message(text: str) -> Message:
         return Message(text=text)
     message = _new_object(Message)
     _set_slot(message, "__dict__", {"class_": "Message", "text": REDACTION.redact_text(text), "text_template": None})
-    _set_slot(message, "__pydantic_fields_set__", {"class_", "text"})
+    _set_slot(message, "__pydantic_fields_set__", _TEXT_FIELD_NAMES)
     _set_slot(message, "__pydantic_extra__", {})
     _set_slot(message, "__pydantic_private__", None)
     return message

@@ -435,6 +435,33 @@ class StoreConformance:
         ]
         assert all(event.seq is None for event in sent), "the core's events are not modified"
 
+    async def test_large_objects_and_event_data_among_small_ones_keep_their_bytes_and_order(self) -> None:
+        """Values of megabytes (the reply node and the record of a call with 100,000s of replies) written in one
+        batch with small ones: each read back as it was, in the order appended, and the run verifies."""
+        large_message = Answer(text="L" * 3_000_000, score=1)
+        small_message = Answer(text="s", score=2)
+        large_data = {"chunks": list(range(400_000))}
+        sent = [
+            Event(EventKind.CALL_STARTED, "run", 0.25, call_id=1, data={"agent_alias": "A"}),
+            Event(EventKind.MESSAGE, "run", 0.5, hash_key=large_message.hash_key, call_id=1, obj=large_message),
+            Event(EventKind.STREAM, "run", 0.6, hash_key=large_message.hash_key, call_id=1, data=large_data),
+            Event(EventKind.MESSAGE, "run", 0.7, hash_key=small_message.hash_key, call_id=1, obj=small_message),
+            Event(EventKind.STREAM, "run", 0.8, hash_key=small_message.hash_key, call_id=1, data=large_data),
+            Event(EventKind.ERROR, "run", 1.0, call_id=1, data={"where": "message", "position": 2}),
+        ]
+        async with self.make_store() as store:
+            await arecord_events(store, "run", sent)
+        async with self.reopened(store) as reader:
+            (run,) = await reader.alist_runs()
+            received = await reader.aget_events(run.run_id)
+            objects = await reader.aget_many([large_message.hash_key, small_message.hash_key])
+            report = await reader.averify()
+        assert [(e.kind, e.hash_key, e.call_id, e.data) for e in received] == [
+            (e.kind, e.hash_key, e.call_id, e.data) for e in sent
+        ]
+        assert objects == {large_message.hash_key: large_message, small_message.hash_key: small_message}
+        assert report.ok, report
+
     async def test_secret_looking_fields_of_event_data_are_redacted(self) -> None:
         async with self.make_store() as store:
             await store.astart_run("run")

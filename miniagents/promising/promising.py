@@ -335,7 +335,9 @@ class StreamedPromise(Promise[WHOLE], Generic[PIECE, WHOLE]):
             self._pieces: list[Any] = []
             self._stream_done = False
         else:
-            self._pieces = list(prefill_pieces or ())  # type: ignore[arg-type]
+            # a tuple: nothing is appended to a stream that is done, and the collector stops walking a tuple of
+            # strings (a message known from the start keeps one such promise for as long as its sequence is kept)
+            self._pieces = tuple(prefill_pieces or ())  # type: ignore[assignment,arg-type]
             self._stream_done = True
         super().__init__(start_asap=False, resolver=resolver, prefill_result=prefill_result)
         if (

@@ -84,12 +84,53 @@ class computed_once(Generic[_V]):
         return value
 
 
+_set_slot = object.__setattr__
 _PLAIN_NAME, _SECRET_NAME, _CLASS_NAME, _RESERVED_NAME = range(4)
 _FIELD_NAME_KINDS: dict[str, int] = {}
 """What each field name seen so far is (plain, secret, `class_`, reserved): one dict lookup per field per build."""
 _FIELD_NAME_KINDS_KEPT = 10_000
 _reserved_name_suffixes: tuple[str, ...] = ()
 REDACTION.on_configure(_FIELD_NAME_KINDS.clear)  # secret names changed: every name is looked at again
+
+
+class FieldNames(set[str]):
+    """The names of the fields a frozen object was built with (its `model_fields_set`), shared by every object built
+    with the same names and read-only: an object keeps no set of its own for the collector to walk (one per
+    message and per nested dict otherwise). Still a `set`, which pydantic requires."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            f"The field names of a frozen object cannot change ({sorted(self)}); "
+            "build a new object with `model_copy(update=...)`."
+        )
+
+    add = discard = remove = clear = update = _refuse
+    pop = _refuse  # type: ignore[assignment]
+    intersection_update = difference_update = symmetric_difference_update = _refuse
+    __ior__ = __iand__ = __isub__ = __ixor__ = _refuse  # type: ignore[assignment]
+
+    def __copy__(self) -> set[str]:
+        return set(self)
+
+    def __reduce__(self) -> Any:
+        return set, (list(self),)
+
+
+FIELD_NAMES_BY_KEYS: dict[tuple[Any, ...], FieldNames] = {}
+"""The shared `FieldNames` of the objects built from the same keys: `(class, *keys passed)` -> names (the names
+pydantic puts in `model_fields_set` depend on nothing else). Looked up where objects are built in numbers."""
+_FIELD_NAMES_KEPT = 10_000
+
+
+def share_field_names(obj: Frozen, keys: tuple[Any, ...]) -> None:
+    """Give `obj`, just built by pydantic from `keys`, the shared `FieldNames` in place of its own set."""
+    shared = FIELD_NAMES_BY_KEYS.get(keys)
+    if shared is None:
+        shared = FieldNames(obj.__pydantic_fields_set__)
+        if len(FIELD_NAMES_BY_KEYS) >= _FIELD_NAMES_KEPT:
+            FIELD_NAMES_BY_KEYS.clear()
+        FIELD_NAMES_BY_KEYS[keys] = shared
+    _set_slot(obj, "__pydantic_fields_set__", shared)
 
 
 def reserve_field_name_suffixes(*suffixes: str) -> None:
@@ -655,6 +696,7 @@ def _freeze_container(root: Any, path: str, owner: str, mappings: bool) -> Froze
         else:
             built = Frozen.model_validate(results)
             built.__dict__["_nesting_depth"] = levels
+            share_field_names(built, (Frozen, *results))
         if not stack:
             return built
         parent = stack[-1]

@@ -858,7 +858,8 @@ class SQLiteStore(EventStore):
                 rowids = _resolve_runs(connection, write, self._run_rowids)
                 for object_group in object_parameters:
                     connection.execute(_INSERT_OBJECTS, object_group)
-                connection.executemany(_INSERT_OBJECT, large_objects)
+                if large_objects:
+                    connection.executemany(_INSERT_OBJECT, large_objects)
                 event_parameters, large_data = _event_parameters(write, rowids, kind_codes)
                 last_seq = connection.execute(_INSERT_EVENTS, event_parameters).lastrowid
                 if large_data:  # the events' seqs are consecutive: one statement in a write transaction

@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _EMITTED_BY = "_miniagents_emitted_by"
-"""Key, in a message's `__dict__`, of the serials of the runs that emitted it (the last few: contexts can nest)."""
+"""Key, in a message's `__dict__`, of the serial of the run that emitted it, or a tuple of the serials of the last few
+runs that did (contexts can nest). An int for the one run that emits most messages: a tuple would make the Python
+collector walk the message's `__dict__` and the tuple."""
 _EMITTED_BY_KEPT = 8
 _context_serials = itertools.count(1)
 
@@ -193,6 +195,8 @@ class RunRecorder:
 
     def _emitted_here(self, message: Message) -> bool:
         emitted_by = message.__dict__.get(_EMITTED_BY)
+        if type(emitted_by) is int:
+            return emitted_by == self._serial
         return emitted_by is not None and self._serial in emitted_by
 
     def _persist_one(
@@ -207,9 +211,12 @@ class RunRecorder:
         """Emit one message (sub-messages first is the caller's job); `canonical_bytes` if the caller encoded them
         to hash the message; `parent`: the message it is nested in (for a sub-message)."""
         emitted_by = message.__dict__.get(_EMITTED_BY)
-        message.__dict__[_EMITTED_BY] = (
-            (self._serial,) if emitted_by is None else (*emitted_by[1 - _EMITTED_BY_KEPT :], self._serial)
-        )
+        if emitted_by is None:
+            message.__dict__[_EMITTED_BY] = self._serial
+        elif type(emitted_by) is int:
+            message.__dict__[_EMITTED_BY] = (emitted_by, self._serial)
+        else:
+            message.__dict__[_EMITTED_BY] = (*emitted_by[1 - _EMITTED_BY_KEPT :], self._serial)
         if self.sinks and self.run_id is not None:
             hash_key, encoded = message.hash_key_and_canonical_bytes()
             event = Event(

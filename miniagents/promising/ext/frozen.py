@@ -194,7 +194,9 @@ class Frozen(BaseModel):
     `Mapping[str, Any]`, ...) are validated by pydantic and hold `FrozenDict`s.
 
     `model_copy(update=...)` builds a new object, validated like any other; copies (`copy`, `deepcopy`, pickle)
-    never inherit what the original computed once (`hash_key`, ...) or marks kept on it.
+    never inherit what the original computed once (`hash_key`, ...) or marks kept on it. `model_fields_set` of the
+    objects built in numbers (messages, and the objects nested dicts become) is one `FieldNames` shared by every
+    object built from the same keys, which cannot change; a copy gets a set of its own.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow", ignored_types=(computed_once,))

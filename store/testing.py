@@ -440,13 +440,13 @@ class StoreConformance:
         batch with small ones: each read back as it was, in the order appended, and the run verifies."""
         large_message = Answer(text="L" * 3_000_000, score=1)
         small_message = Answer(text="s", score=2)
-        large_data = {"chunks": list(range(400_000))}
+        large_data, other_large_data = {"chunks": list(range(400_000))}, {"chunks": list(range(1, 400_001))}
         sent = [
             Event(EventKind.CALL_STARTED, "run", 0.25, call_id=1, data={"agent_alias": "A"}),
             Event(EventKind.MESSAGE, "run", 0.5, hash_key=large_message.hash_key, call_id=1, obj=large_message),
             Event(EventKind.STREAM, "run", 0.6, hash_key=large_message.hash_key, call_id=1, data=large_data),
             Event(EventKind.MESSAGE, "run", 0.7, hash_key=small_message.hash_key, call_id=1, obj=small_message),
-            Event(EventKind.STREAM, "run", 0.8, hash_key=small_message.hash_key, call_id=1, data=large_data),
+            Event(EventKind.STREAM, "run", 0.8, hash_key=small_message.hash_key, call_id=1, data=other_large_data),
             Event(EventKind.ERROR, "run", 1.0, call_id=1, data={"where": "message", "position": 2}),
         ]
         async with self.make_store() as store:

@@ -9,6 +9,7 @@ from typing import Any, Union
 
 import pytest
 from blake3 import blake3
+from pydantic import ConfigDict, model_validator
 
 import miniagents.messages as messages_module
 import miniagents.promising.ext.frozen as frozen_module
@@ -330,7 +331,8 @@ def test_objects_built_with_the_same_keys_share_their_field_names() -> None:
     assert first.model_fields_set == {"class_", "text", "n"}
     assert first.__pydantic_fields_set__ is second.__pydantic_fields_set__
     assert Message(n=3).model_fields_set == {"class_", "text", "n"}  # `text` is passed, as None
-    assert Message(text="c").__pydantic_fields_set__ is _text_message("d").__pydantic_fields_set__
+    assert Message(text="c").__pydantic_fields_set__ is Message(text="e").__pydantic_fields_set__
+    assert Message(text="c").model_fields_set == _text_message("d").model_fields_set == {"class_", "text"}
     assert Message(text="c", m=1).model_fields_set == {"class_", "text", "m"}
 
     one, other = Message(data={"x": 1, "y": {"z": 2}}), Message(data={"x": 5, "y": {"z": 6}})
@@ -374,6 +376,38 @@ def test_shared_field_names_cannot_change_and_copies_get_their_own() -> None:
         assert message.model_fields_set == {"class_", "text", "n"}
 
 
+class _Tagged(Message):
+    @model_validator(mode="before")
+    @classmethod
+    def _tag_urgent(cls, values: Any) -> Any:
+        return {**values, "priority": 1} if isinstance(values, dict) and values.get("text") == "urgent" else values
+
+
+class _Unfrozen(Message):
+    model_config = ConfigDict(frozen=False)
+
+
+class _Preprocessed(Message):
+    @classmethod
+    def _preprocess_values(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in values.items() if value is not None}
+
+
+def test_classes_whose_own_validation_decides_the_fields_keep_sets_of_their_own() -> None:
+    """A validator or `_preprocess_values` of a class's own may add or drop fields depending on the values, so the
+    keys passed do not tell its field names; nor do they for a class that is not frozen (assigning a field adds
+    its name)."""
+    assert _Tagged(text="normal").model_fields_set == {"class_", "text"}
+    assert _Tagged(text="urgent").model_fields_set == {"class_", "text", "priority"}
+    assert _Preprocessed(text="x", note="n").model_fields_set == {"class_", "text", "note"}
+    assert _Preprocessed(text="y", note=None).model_fields_set == {"class_", "text"}
+    unfrozen = _Unfrozen(text="a", n=1)
+    unfrozen.n = 2
+    unfrozen.extra = 3
+    assert unfrozen.model_fields_set == {"class_", "text", "n", "extra"}
+    assert _Unfrozen(text="b", n=1).model_fields_set == {"class_", "text", "n"}
+
+
 def test_the_shared_field_names_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(frozen_module, "_FIELD_NAMES_KEPT", 3)
     monkeypatch.setattr(frozen_module, "FIELD_NAMES_BY_KEYS", {})
@@ -410,3 +444,19 @@ async def test_kept_replies_leave_the_collector_few_objects_to_walk(payload: str
         per_reply = (len(gc.get_objects()) - before) / count
         assert len(kept) == count and len(warm) == 10
         assert per_reply <= most_per_reply, per_reply
+
+
+async def test_recording_a_message_leaves_its_fields_untracked_by_the_collector() -> None:
+    """The mark of the run that recorded a message, kept in the message's `__dict__`, is a number: recording does
+    not make the collector track that dict (a tuple did, until a collection found it holds nothing to walk)."""
+    sink = ListEventSink()
+    gc.disable()  # (a collection would untrack the dict either way)
+    try:
+        async with MiniAgents(store=sink):
+            replies = await _replier.inquire(count=3, payload="text").aresolve_messages()
+            assert all(not gc.is_tracked(message.__dict__) for message in replies)
+            assert all(_EMITTED_BY in message.__dict__ for message in replies)
+    finally:
+        gc.enable()
+    recorded = {event.hash_key for event in sink.events if event.kind is EventKind.MESSAGE}
+    assert all(message.hash_key in recorded for message in replies)

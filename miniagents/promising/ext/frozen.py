@@ -117,13 +117,22 @@ class FieldNames(set[str]):
 
 
 FIELD_NAMES_BY_KEYS: dict[tuple[Any, ...], FieldNames] = {}
-"""The shared `FieldNames` of the objects built from the same keys: `(class, *keys passed)` -> names (the names
-pydantic puts in `model_fields_set` depend on nothing else). Looked up where objects are built in numbers."""
+"""The shared `FieldNames` of the objects built from the same keys: `(class, *keys passed, in order)` -> names.
+Only classes whose validation is `Frozen`'s own have entries (see `_field_names_follow_keys`): the names pydantic
+puts in their `model_fields_set` depend on nothing else. Looked up where objects are built in numbers."""
 _FIELD_NAMES_KEPT = 10_000
+_FOLLOW_KEYS: dict[type, bool] = {}
 
 
 def share_field_names(obj: Frozen, keys: tuple[Any, ...]) -> None:
-    """Give `obj`, just built by pydantic from `keys`, the shared `FieldNames` in place of its own set."""
+    """Give `obj`, just built by pydantic from `keys`, the shared `FieldNames` in place of its own set, if its
+    class's field names follow from the keys alone (else it keeps its own set)."""
+    cls = type(obj)
+    follow = _FOLLOW_KEYS.get(cls)
+    if follow is None:
+        follow = _FOLLOW_KEYS[cls] = _field_names_follow_keys(cls)
+    if not follow:
+        return
     shared = FIELD_NAMES_BY_KEYS.get(keys)
     if shared is None:
         shared = FieldNames(obj.__pydantic_fields_set__)
@@ -131,6 +140,23 @@ def share_field_names(obj: Frozen, keys: tuple[Any, ...]) -> None:
             FIELD_NAMES_BY_KEYS.clear()
         FIELD_NAMES_BY_KEYS[keys] = shared
     _set_slot(obj, "__pydantic_fields_set__", shared)
+
+
+def _field_names_follow_keys(cls: type[Frozen]) -> bool:
+    """Whether the field names of every `cls` object follow from the keys it was built from: it is frozen, and
+    nothing but `Frozen`'s own validation (and its freezing of declared values afterwards) runs when one is built.
+    A validator or a `_preprocess_values` of the class's own may add or drop fields depending on the values, and a
+    class that is not frozen adds names to its set when a field is assigned."""
+    decorators = cls.__pydantic_decorators__
+    validators = [getattr(validator.func, "__func__", None) for validator in decorators.model_validators.values()]
+    return (
+        cls.model_config.get("frozen") is True
+        and validators == [_FROZEN_VALIDATE]
+        and not decorators.root_validators
+        and not decorators.validators
+        and getattr(cls._preprocess_values, "__func__", None) is _FROZEN_PREPROCESS
+        and (cls.__pydantic_post_init__ is None or getattr(cls.model_post_init, "_freezes_declared_fields", False))
+    )
 
 
 def reserve_field_name_suffixes(*suffixes: str) -> None:
@@ -398,6 +424,10 @@ class Frozen(BaseModel):
         if self._nesting_depth > _RECURSION_SAFE_DEPTH:
             return _deep_repr(self)
         return super().__repr__()
+
+
+_FROZEN_PREPROCESS = Frozen._preprocess_values.__func__  # type: ignore[attr-defined]
+_FROZEN_VALIDATE = Frozen._validate_and_freeze_values.__func__
 
 
 def _field_values(frozen: Frozen) -> dict[str, Any]:

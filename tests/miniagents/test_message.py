@@ -412,10 +412,15 @@ def test_the_shared_field_names_kept_are_bounded(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(frozen_module, "_FIELD_NAMES_KEPT", 3)
     monkeypatch.setattr(frozen_module, "FIELD_NAMES_BY_KEYS", {})
     monkeypatch.setattr(messages_module, "FIELD_NAMES_BY_KEYS", frozen_module.FIELD_NAMES_BY_KEYS)
+    monkeypatch.setattr(frozen_module, "_FOLLOW_KEYS", {})
     built = [Message(text="a", **{f"field_{index}": index}) for index in range(10)]
     assert len(frozen_module.FIELD_NAMES_BY_KEYS) <= 3
     for index, message in enumerate(built):
         assert message.model_fields_set == {"class_", "text", f"field_{index}"}
+    classes_made_on_the_fly = [type(f"Made{index}", (Message,), {}) for index in range(10)]
+    for cls in classes_made_on_the_fly:
+        assert cls(text="a", n=1).model_fields_set == {"class_", "text", "n"}
+    assert len(frozen_module._FOLLOW_KEYS) <= 3
 
 
 @miniagent

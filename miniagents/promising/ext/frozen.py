@@ -130,6 +130,8 @@ def share_field_names(obj: Frozen, keys: tuple[Any, ...]) -> None:
     cls = type(obj)
     follow = _FOLLOW_KEYS.get(cls)
     if follow is None:
+        if len(_FOLLOW_KEYS) >= _FIELD_NAMES_KEPT:  # (classes made on the fly, such as stand-ins, are not kept)
+            _FOLLOW_KEYS.clear()
         follow = _FOLLOW_KEYS[cls] = _field_names_follow_keys(cls)
     if not follow:
         return

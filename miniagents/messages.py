@@ -66,8 +66,9 @@ class Message(Frozen):
         # what `BaseModel.__init__` does, without its frame and a second copy of the fields (every message is built
         # here); the model validator freezes the values (see `Frozen`)
         self.__pydantic_validator__.validate_python({"text": text, **metadata}, self_instance=self)
-        # the names pydantic puts in `model_fields_set` depend only on the keys passed: one shared set for every
-        # message built with the same keys, rather than a set of its own the collector walks for as long as it lives
+        # one shared set of field names for every message built with the same keys, rather than a set of its own the
+        # collector walks for as long as it lives (for classes whose field names follow from the keys alone: see
+        # `share_field_names`, which also makes the entries)
         keys = (type(self), *metadata)
         try:
             names = FIELD_NAMES_BY_KEYS[keys]

@@ -144,8 +144,8 @@ _SET_EVENT_DATA = "UPDATE events SET data = ? WHERE seq = ?"
 _LARGE_VALUE = 1 << 20
 """Objects and event data this large are written by statements of their own (`_INSERT_OBJECT`, `_SET_EVENT_DATA`),
 not sliced out of one concatenation: SQLite copies every value of the batch statements once more (the window of
-`_INSERT_OBJECTS`, the ordering of `_INSERT_EVENTS`), which tripled the time to write the 31 MB record of a call
-with 600,000 replies."""
+`_INSERT_OBJECTS`, the ordering of `_INSERT_EVENTS`), so the 31 MB record of a call with 600,000 replies took 0.49 s
+of CPU to write, against about 0.2 s for a plain insert."""
 _CHUNK = 5_000
 _MAX_TRANSACTION_EVENTS = 20_000
 _IN_LIMIT = 500

@@ -9,7 +9,7 @@ from typing import Any, Union
 
 import pytest
 from blake3 import blake3
-from pydantic import ConfigDict, model_validator
+from pydantic import AliasPath, ConfigDict, Field, model_validator
 
 import miniagents.messages as messages_module
 import miniagents.promising.ext.frozen as frozen_module
@@ -325,8 +325,10 @@ class _Note(Message):
     topic: str = ""
 
 
-def test_objects_built_with_the_same_keys_share_their_field_names() -> None:
+def test_objects_built_with_the_same_keys_share_their_field_names(monkeypatch: pytest.MonkeyPatch) -> None:
     """`model_fields_set` is what pydantic says, and one shared set for every object built from the same keys."""
+    monkeypatch.setattr(frozen_module, "FIELD_NAMES_BY_KEYS", {})  # (not one other tests nearly filled)
+    monkeypatch.setattr(messages_module, "FIELD_NAMES_BY_KEYS", frozen_module.FIELD_NAMES_BY_KEYS)
     first, second = Message(text="a", n=1), Message(text="b", n=2)
     assert first.model_fields_set == {"class_", "text", "n"}
     assert first.__pydantic_fields_set__ is second.__pydantic_fields_set__
@@ -393,14 +395,30 @@ class _Preprocessed(Message):
         return {key: value for key, value in values.items() if value is not None}
 
 
+class _PostInit(Message):
+    score: float = 0.0  # (a float field: the library's own `model_post_init` freezes it, then calls this one)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.score < 0:
+            self.__pydantic_fields_set__.discard("score")
+
+
+class _AliasPath(Message):
+    first: Any = Field(None, validation_alias=AliasPath("items", 0))
+
+
 def test_classes_whose_own_validation_decides_the_fields_keep_sets_of_their_own() -> None:
-    """A validator or `_preprocess_values` of a class's own may add or drop fields depending on the values, so the
-    keys passed do not tell its field names; nor do they for a class that is not frozen (assigning a field adds
-    its name)."""
+    """A validator, `_preprocess_values` or `model_post_init` of a class's own, or an alias path, may add or drop
+    fields depending on the values, so the keys passed do not tell its field names; nor do they for a class that
+    is not frozen (assigning a field adds its name)."""
     assert _Tagged(text="normal").model_fields_set == {"class_", "text"}
     assert _Tagged(text="urgent").model_fields_set == {"class_", "text", "priority"}
     assert _Preprocessed(text="x", note="n").model_fields_set == {"class_", "text", "note"}
     assert _Preprocessed(text="y", note=None).model_fields_set == {"class_", "text"}
+    assert _PostInit(score=-1.0).model_fields_set == {"class_", "text"}
+    assert _PostInit(score=2.0).model_fields_set == {"class_", "text", "score"}
+    assert _AliasPath(items=[5]).model_fields_set == {"class_", "text", "first"}
+    assert _AliasPath(items=[]).model_fields_set == {"class_", "text", "items"}
     unfrozen = _Unfrozen(text="a", n=1)
     unfrozen.n = 2
     unfrozen.extra = 3

@@ -145,10 +145,11 @@ def share_field_names(obj: Frozen, keys: tuple[Any, ...]) -> None:
 
 
 def _field_names_follow_keys(cls: type[Frozen]) -> bool:
-    """Whether the field names of every `cls` object follow from the keys it was built from: it is frozen, and
-    nothing but `Frozen`'s own validation (and its freezing of declared values afterwards) runs when one is built.
-    A validator or a `_preprocess_values` of the class's own may add or drop fields depending on the values, and a
-    class that is not frozen adds names to its set when a field is assigned."""
+    """Whether the field names of every `cls` object follow from the keys it was built from: it is frozen, nothing
+    but `Frozen`'s own validation (and its freezing of declared values afterwards) runs when one is built, and no
+    field is read under an alias. A validator, a `_preprocess_values` or a `model_post_init` of the class's own may
+    add or drop fields depending on the values, so may an alias path (`AliasPath("items", 0)` is set only when the
+    list has an item), and a class that is not frozen adds names to its set when a field is assigned."""
     decorators = cls.__pydantic_decorators__
     validators = [getattr(validator.func, "__func__", None) for validator in decorators.model_validators.values()]
     return (
@@ -157,7 +158,8 @@ def _field_names_follow_keys(cls: type[Frozen]) -> bool:
         and not decorators.root_validators
         and not decorators.validators
         and getattr(cls._preprocess_values, "__func__", None) is _FROZEN_PREPROCESS
-        and (cls.__pydantic_post_init__ is None or getattr(cls.model_post_init, "_freezes_declared_fields", False))
+        and (cls.__pydantic_post_init__ is None or getattr(cls.model_post_init, "_freezes_only", False))
+        and all(info.alias is None and info.validation_alias is None for info in cls.model_fields.values())
     )
 
 
@@ -224,7 +226,9 @@ class Frozen(BaseModel):
     `model_copy(update=...)` builds a new object, validated like any other; copies (`copy`, `deepcopy`, pickle)
     never inherit what the original computed once (`hash_key`, ...) or marks kept on it. `model_fields_set` of the
     objects built in numbers (messages, and the objects nested dicts become) is one `FieldNames` shared by every
-    object built from the same keys, which cannot change; a copy gets a set of its own.
+    object built from the same keys, which cannot change; a copy gets a set of its own. Classes whose own
+    validation, `model_post_init` or aliases decide which fields are set keep a set each (see
+    `_field_names_follow_keys`).
     """
 
     model_config = ConfigDict(frozen=True, extra="allow", ignored_types=(computed_once,))
@@ -506,6 +510,7 @@ def _freeze_declared_fields_after_validation(cls: type[Frozen]) -> None:
             original(self, context)
 
     model_post_init._freezes_declared_fields = True  # type: ignore[attr-defined]
+    model_post_init._freezes_only = not calls_original  # type: ignore[attr-defined]
     setattr(cls, "model_post_init", model_post_init)  # noqa: B010 (mypy refuses assigning to a method)
     cls.__pydantic_post_init__ = "model_post_init"
     if cls.__pydantic_complete__:

@@ -7,7 +7,7 @@ also reads after killing a worker). Lag = the age of the oldest appended event n
 
 No thread of the process runs while Python's collector makes a full (generation 2) collection: its pauses grow with
 everything the application keeps (the dict shape keeps 200k messages; the same flow without a store pauses up to
-about 0.6 s), and no writer inside the process can write during them. So the script also reports the collector's
+about 0.4 s), and no writer inside the process can write during them. So the script also reports the collector's
 pauses, with the store and without, and the lag net of them: the lag minus the collector pauses that fell between
 the oldest unwritten event's append and the sample.
 """

@@ -822,18 +822,18 @@ class _LockTakenAfter:
         self.release()
 
 
-async def test_the_writer_thread_leaves_a_failure_the_loop_just_found_to_the_periodic_flush(tmp_path: Path) -> None:
+async def test_the_writer_thread_leaves_a_failure_the_loop_just_found_to_the_periodic_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with SQLiteStore(tmp_path / "s.db", flush_interval=60) as store:
         pending = store._pending
-        real_commit = store._commit_write
         failures = [OSError("disk hiccup")]
 
-        def commit(write: Any) -> int:
+        def fail_once() -> None:
             if failures:
                 raise failures.pop()
-            return real_commit(write)
 
-        store._commit_write = commit  # type: ignore[method-assign]
+        patch_commits(monkeypatch, store, fail_once)
         await store.astart_run("run")
         first, second = Message(text="first"), Message(text="second")
         store.append(message_event("run", first))

@@ -59,6 +59,7 @@ from store import (
     UnknownRunError,
     is_stand_in_class,
 )
+from store import buffer as store_buffer
 from store.backend import Backend, Write
 from store.format import APPLICATION
 
@@ -1299,6 +1300,93 @@ class StoreConformance:
             await store.afinish_run("run")
             stored = await store.aget_events("run", kinds=[EventKind.MESSAGE])
             assert [event.hash_key for event in stored] == [message.hash_key for message in messages]
+            assert (await store.averify()).ok
+
+    async def test_a_full_collection_on_the_loops_thread_first_writes_what_waits(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async with self.make_store(flush_interval=60, batch_size=5_000) as store:
+            writer = store._pending.batch_writer
+            if writer is None or not writer.writes_elsewhere:
+                pytest.skip("this backend writes on the loop's thread: nothing can write before a collection")
+            await store.astart_run("run")
+            await store.aflush()
+            patch_commits(monkeypatch, store, lambda: time.sleep(0.3))  # a writer slower than the loop
+            messages = [Message(text=f"waits {index}") for index in range(100)]
+            for message in messages[:50]:
+                store.append(message_event("run", message))
+            store._pending._hand_over()  # handed over, being written
+            for message in messages[50:]:
+                store.append(message_event("run", message))  # buffered (neither the batch size nor the interval)
+            gc.collect(1)  # a young collection waits for nothing
+            assert store.pending_count >= 50
+            gc.collect()
+            assert store.pending_count == 0
+            stored = await store.aget_events("run", kinds=[EventKind.MESSAGE])
+            assert [event.hash_key for event in stored] == [message.hash_key for message in messages]
+
+    async def test_a_collection_waits_for_a_stuck_writer_only_so_long(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async with self.make_store(flush_interval=60, batch_size=5_000) as store:
+            writer = store._pending.batch_writer
+            if writer is None or not writer.writes_elsewhere:
+                pytest.skip("this backend writes on the loop's thread: nothing can write before a collection")
+            await store.astart_run("run")
+            await store.aflush()
+            monkeypatch.setattr(store_buffer, "_BACKPRESSURE_MAX_WAIT", 0.3)
+            unstuck = threading.Event()
+
+            def stuck() -> None:  # (another connection's lock, say)
+                unstuck.wait()
+
+            patch_commits(monkeypatch, store, stuck)
+            store.append(message_event("run", Message(text="waits")))
+            try:
+                started = time.monotonic()
+                gc.collect()
+                assert time.monotonic() - started >= 0.3
+                assert store.pending_count == 1
+            finally:
+                unstuck.set()
+            await store.aflush()
+            assert store.pending_count == 0
+            assert len(await store.aget_events("run", kinds=[EventKind.MESSAGE])) == 1
+
+    async def test_full_collections_at_any_point_of_a_flow_keep_every_event_in_order(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async with self.make_store(flush_interval=0.01, batch_size=20) as store:
+            writer = store._pending.batch_writer
+            if writer is None or not writer.writes_elsewhere:
+                pytest.skip("this backend writes on the loop's thread: nothing is written before a collection")
+            buffer = store._pending
+            waits: list[int] = []
+            real_write = buffer.write_before_collection
+
+            def write_before_collection() -> None:
+                if buffer.events or buffer._in_flight:
+                    waits.append(writer.batches_done)
+                real_write()
+
+            monkeypatch.setattr(buffer, "write_before_collection", write_before_collection)
+            thresholds = gc.get_threshold()
+            gc.freeze()  # what the process holds already is left out: a full collection every few hundred objects
+            gc.set_threshold(100, 1, 1)
+            try:
+                gc.collect()  # (the collector makes a full collection whenever the heap left grows by a quarter)
+                with thread_failures() as failures:
+                    replies = [await arun_flow(store, count=100) for _ in range(10)]
+            finally:
+                gc.set_threshold(*thresholds)
+                gc.unfreeze()
+            assert failures == []
+            assert len(waits) > 10  # full collections came while events waited (in `add`, hand-overs, waits...)
+            runs = await store.alist_runs()
+            assert len(runs) == 10
+            for run, run_replies in zip(sorted(runs, key=lambda run: run.started_at or 0), replies, strict=True):
+                stored = await store.aget_events(run.run_id)
+                assert len(stored) == run.event_count and run.status == "ok"
+                messages = [event.hash_key for event in stored if event.kind is EventKind.MESSAGE]
+                assert messages[1:101] == [reply.hash_key for reply in run_replies]  # after the question
             assert (await store.averify()).ok
 
     # --------------------------------------------------------------------------------------------------- retention

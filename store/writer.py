@@ -39,6 +39,10 @@ class BatchWriter(Generic[_BatchT]):
 
     def __init__(self) -> None:
         self._failed_generation: Optional[int] = None
+        self.batches_done = 0
+        """How many submitted batches this writer is done with (written, failed or skipped), counted before their
+        futures are settled, by the one thread that writes: a waiter that must not touch the futures' locks polls
+        it (see `WriteBuffer.write_before_collection`)."""
 
     def submit(self, batch: _BatchT, generation: int) -> Future[None]:
         """Have `batch` written after every batch submitted before it."""
@@ -62,6 +66,7 @@ class BatchWriter(Generic[_BatchT]):
         for future in futures:
             future.set_running_or_notify_cancel()
         if self._failed_generation == generation:
+            self.batches_done += len(futures)
             for future in futures:
                 _settle(future, SkippedAfterFailure())
             return False
@@ -69,11 +74,12 @@ class BatchWriter(Generic[_BatchT]):
 
     def _fail(self, futures: list[Future[None]], generation: int, error: BaseException) -> None:
         self._failed_generation = generation
+        self.batches_done += len(futures)
         for future in futures:
             _settle(future, error)
 
-    @staticmethod
-    def _succeed(futures: list[Future[None]]) -> None:
+    def _succeed(self, futures: list[Future[None]]) -> None:
+        self.batches_done += len(futures)
         for future in futures:
             _settle(future, None)
 
@@ -281,6 +287,8 @@ class LoopBatchWriter(BatchWriter[_BatchT]):
 
     def _put(self, job: _Job[_BatchT]) -> None:
         if self._task.done():  # stopped (or its loop ended): nothing would ever run the job
+            if isinstance(job, _BatchJob):
+                self.batches_done += 1
             if isinstance(job, (_BatchJob, _CallJob)):
                 _settle(job.future, RuntimeError("the store's loop batch writer has stopped"))
             return
@@ -322,6 +330,8 @@ class LoopBatchWriter(BatchWriter[_BatchT]):
                     self._succeed(futures)
         finally:
             for left in jobs:  # cancelled with the loop: nothing queued is left waiting
+                if isinstance(left, _BatchJob):
+                    self.batches_done += 1
                 if isinstance(left, (_BatchJob, _CallJob)):
                     _settle(left.future, asyncio.CancelledError())
             _settle(self._stopped, None)

@@ -703,6 +703,51 @@ async def test_a_writer_held_up_is_waited_for_on_age_once_not_on_every_append(
     assert 1 <= held_up_waits <= 2  # one wait ran out on the oldest batch; later appends did not wait again
 
 
+CTRL_C_DURING_THE_WAIT_BEFORE_A_COLLECTION = """
+import asyncio, gc, os, signal, sys, time
+from miniagents import Message
+from store import SQLiteStore
+from store.testing import message_event
+
+store = SQLiteStore(sys.argv[1], flush_interval=60)
+
+async def main():
+    await store.aopen()
+    await store.astart_run("run")
+    real_commit = store._commit_write
+
+    def slow_commit(write):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the loop's thread waits for this write
+        time.sleep(0.3)
+        return real_commit(write)
+
+    store._commit_write = slow_commit
+    store.append(message_event("run", Message(text="waits")))
+    gc.collect()
+    print("collected", flush=True)
+    await asyncio.sleep(5)  # the interrupt comes from the loop's next callback
+    print("lost")
+
+loop = asyncio.new_event_loop()  # (not asyncio.run: its handler of Ctrl-C cancels the main task instead)
+try:
+    loop.run_until_complete(main())
+except KeyboardInterrupt:
+    print("interrupted")
+loop.run_until_complete(store.aclose())
+print("closed", store.pending_count)
+"""
+
+
+def test_ctrl_c_while_a_collection_waits_for_the_writer_is_raised_after_it(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", CTRL_C_DURING_THE_WAIT_BEFORE_A_COLLECTION, str(tmp_path / "agents.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.stdout.split() == ["collected", "interrupted", "closed", "0"], finished.stderr
+
+
 def test_pending_bounds_are_checked() -> None:
     with pytest.raises(StoreUsageError, match=r"max_pending_events \(10\) must be at least batch_size \(100\)"):
         SQLiteStore("x.db", batch_size=100, max_pending_events=10)

@@ -7,7 +7,8 @@ also reads after killing a worker). Lag = the age of the oldest appended event n
 
 No thread of the process runs while Python's collector makes a full (generation 2) collection: its pauses grow with
 everything the application keeps (the dict shape keeps 200k messages; the same flow without a store pauses up to
-about 0.4 s), and no writer inside the process can write during them. So the script also reports the collector's
+about 0.4 s), and no writer inside the process can write during them (the store writes what waits just before
+each one the event loop's thread starts: `store.full_collections`). So the script also reports the collector's
 pauses, with the store and without, and the lag net of them: the lag minus the collector pauses that fell between
 the oldest unwritten event's append and the sample.
 """
@@ -201,11 +202,13 @@ def worker(shape: Shape, path: Optional[Path], counter_path: Optional[Path], sig
 
     async def arun() -> int:
         async with MiniAgents(store=store):
-            return await aconsume(shape)
+            # installed once the store is open, so after its own callback: a pause is the collection alone, not
+            # the store's wait for its writer before it
+            with collector:
+                return await aconsume(shape)
 
     start = time.perf_counter()
-    with collector:
-        replies = asyncio.run(arun())
+    replies = asyncio.run(arun())
     elapsed = time.perf_counter() - start
     result: dict[str, Any] = {
         "replies": replies,

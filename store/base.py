@@ -144,7 +144,7 @@ class EventStore(Backend):
         if writer is None:
             self._check_open()
             raise StoreClosedError(f"{self!r} is closing, so nothing more runs on its writer.", self.location)
-        return await asyncio.wrap_future(writer.call(function))
+        return await self._pending.wrap_future(writer.call(function))
 
     # --------------------------------------------------------------------------------------------------- lifecycle
 

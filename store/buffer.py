@@ -7,22 +7,21 @@ own thread: `WriteBuffer.hand_over_stale`).
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import dataclasses
-import gc
 import logging
+import os
 import threading
 import time
-import weakref
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from miniagents.events import Event, EventKind
 from miniagents.messages import may_reference_messages
+from store import full_collections
 from store.backend import GcGenerationChanged, RunsDeleted, Write
 from store.chain import first_link, next_link
 from store.encoding import RunUpdate, encode_data, nested_messages, run_update
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     from store.base import EventStore
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_BATCH_SIZE = 1_000
 DEFAULT_FLUSH_INTERVAL = 0.1
@@ -47,8 +47,6 @@ _BACKPRESSURE_MAX_WAIT = 1.0
 """The longest one backpressure wait blocks the event loop (seconds)."""
 _BACKPRESSURE_SLICE = 0.1
 """Backpressure waits in slices this long (seconds), so that signals such as Ctrl-C get through meanwhile."""
-_COLLECTION_POLL = 0.001
-"""How often a wait before a full collection looks whether the writer is done (seconds)."""
 _RECENTLY_STORED_LIMIT = 1_000_000
 _MAX_BATCH_SIZE = 20_000
 """The most events one handed-over batch holds (a flush of a larger buffer hands over several batches)."""
@@ -180,10 +178,13 @@ class WriteBuffer:
         """The gc generation of the store `_recently_stored` holds keys of (None while it is empty)."""
         self._loop_thread: Optional[int] = None
         """The thread of the event loop the store was opened on (where `add` is called)."""
+        self._pid = 0
+        """The process the store was opened in (a forked child has the buffer, not the writer's thread)."""
         self._batches_handed_over = 0
         """Batches handed to the current batch writer (compared with its `batches_done`)."""
-        self._waiting_for_writer = False
-        """Set while backpressure waits on the batches' futures (see `write_before_collection`)."""
+        self._using_futures = False
+        """Set while the loop's thread reads or waits on the writer's futures: it may hold a lock of one that the
+        writer needs to go on, so a collection starting meanwhile must not wait for the writer."""
         self._collection_wait_stalled_at: Optional[int] = None
         """The writer's `batches_done` when a wait before a full collection ran out: the next collections do not
         wait again until the writer has done more."""
@@ -212,9 +213,9 @@ class WriteBuffer:
             self.lock = asyncio.Lock()
             self.stopping = self._failing = False
             self._is_open = True
-        self._loop_thread = threading.get_ident()
+        self._loop_thread, self._pid = threading.get_ident(), os.getpid()
         if batch_writer.writes_elsewhere:
-            _write_before_full_collections(self)
+            full_collections.write_before(self)
         # a writer of its own thread hands over what a busy event loop leaves buffered
         batch_writer.hand_over_when_idle(weak_method(self.hand_over_stale), self._flush_interval / 2)
         # the store's own task, not one of a MiniAgents context (whose task flush would wait for it forever)
@@ -234,7 +235,7 @@ class WriteBuffer:
         with self._hand_over_lock:
             self._is_open = False
             batch_writer, self.batch_writer = self.batch_writer, None
-        _stop_writing_before_full_collections(self)
+        full_collections.stop_writing_before(self)
         return batch_writer
 
     def discard(self) -> None:
@@ -324,7 +325,7 @@ class WriteBuffer:
                 raise self._flush_error(error) from error
             last = self._last_in_flight()  # the writer finishes batches in order: when it is done, all are
             while last is not None:
-                await _await_done(last)
+                await self._await_done(last)
                 failure = self._settle()
                 if failure is not None:
                     raise self._flush_error(failure) from failure
@@ -334,6 +335,28 @@ class WriteBuffer:
                 # a failed batch comes back once the batches after it are done, or the writer's thread handed over
                 # more (`hand_over_stale`)
                 last = self._last_in_flight()
+
+    async def _await_done(self, future: Future[Any]) -> None:
+        """Wait until a future of the writer's thread is done, whatever its outcome (which the caller reads from
+        it)."""
+        self._using_futures = True
+        try:
+            done = future.done()
+        finally:
+            self._using_futures = False
+        if not done:
+            waited = self.wrap_future(future)
+            waited.add_done_callback(_mark_retrieved)
+            await asyncio.wait([waited])
+
+    def wrap_future(self, future: Future[_T]) -> asyncio.Future[_T]:
+        """`asyncio.wrap_future(future)`, saying meanwhile that the loop's thread uses the writer's futures (see
+        `_using_futures`)."""
+        self._using_futures = True
+        try:
+            return asyncio.wrap_future(future)
+        finally:
+            self._using_futures = False
 
     def _last_in_flight(self) -> Optional[Future[None]]:
         with self._hand_over_lock:
@@ -366,59 +389,46 @@ class WriteBuffer:
         finally:
             self._hand_over_lock.release()
 
-    def write_before_collection(self) -> None:
-        """Hand over what is buffered and wait until the writer has written everything handed over (called when
-        Python's collector is about to make a full collection on the event loop's thread).
+    def writes_before_collections_here(self, thread: int, pid: int) -> bool:
+        """Whether a full collection starting on this thread of this process may hand over and wait for this
+        buffer's writer (see `store.full_collections`)."""
+        return (
+            self._loop_thread == thread
+            and self._pid == pid
+            and self.batch_writer is not None
+            and not (self._using_futures or self._failing or self.stopping)
+        )
 
-        No thread of the process runs while the collector makes a full collection, and its pause grows with
-        everything the application keeps (0.3 to 0.5 s in the benchmark flows that keep a few hundred thousand
-        messages): every event waiting when it starts gets that much older, on top of the backlog backpressure
-        allows (`max_pending_seconds`). Written first, they are on disk before the pause instead of a pause later.
-        The wait costs the producer about what the writer would have needed anyway (the loop's thread hands the
-        interpreter to it), and a collection of a small heap finds little to write.
+    def holds_loop_transaction(self) -> bool:
+        """Whether the store holds a write transaction only the event loop can finish (its writer waits for it)."""
+        return self._store._holds_loop_transaction()
 
-        This runs inside the collector's callback, at whatever point of the loop's thread allocated last, so it
-        only does what is safe there: nothing while that point is a hand-over or stock-taking (`_hand_over_lock`
-        held) or a backpressure wait (which may hold a future's lock the writer needs), nothing for a writer that
-        writes on the loop's thread, or while the store holds a transaction the loop must finish; it waits by
-        polling the writer's count of batches done (never on a lock), at most `_BACKPRESSURE_MAX_WAIT` seconds, and
-        not again while a writer that ran out the last wait has done nothing since. A Ctrl-C during the wait is
-        raised again from the event loop right after the collection (raised in the collector's callback, it would only
-        be printed)."""
+    def hand_over_before_collection(self) -> Optional[tuple[BatchWriter[Batch], int]]:
+        """Hand over what is buffered (unless a hand-over or stock-taking is under way) and return the writer with
+        the count of batches it must have done for everything handed over to be written (None: nothing to wait
+        for, or a writer that ran out the last wait and has done nothing since)."""
         writer = self.batch_writer
-        if (
-            writer is None
-            or threading.get_ident() != self._loop_thread
-            or self._waiting_for_writer
-            or self._failing
-            or self.stopping
-            or self._store._holds_loop_transaction()
-        ):
-            return
-        if not self._hand_over_lock.acquire(blocking=False):
-            return
+        if writer is None or not self._hand_over_lock.acquire(blocking=False):
+            return None
         try:
             if not self._is_open:
-                return
+                return None
             self._hand_over_locked()
-            handed_over = self._batches_handed_over
         except Exception:  # the events stay buffered; the periodic flush retries and reports why
             self._failing = True
-            return
+            return None
         finally:
             self._hand_over_lock.release()
-        if writer.batches_done >= handed_over or writer.batches_done == self._collection_wait_stalled_at:
-            return
-        deadline = time.monotonic() + _BACKPRESSURE_MAX_WAIT
-        try:
-            while writer.batches_done < handed_over:
-                if time.monotonic() >= deadline:
-                    self._collection_wait_stalled_at = writer.batches_done
-                    return
-                time.sleep(_COLLECTION_POLL)
-        except KeyboardInterrupt:  # raised here, the collector would only print it: the loop delivers it again
-            _interrupt_again_from_the_loop()
-        self._collection_wait_stalled_at = None
+        target, done = self._batches_handed_over, writer.batches_done
+        if done >= target or done == self._collection_wait_stalled_at:
+            return None
+        return writer, target
+
+    def note_wait_before_collection(self, writer: BatchWriter[Batch], target: int) -> None:
+        """The wait for `writer` to reach `target` ended: reached, or out of time (then not waited for again until
+        it does more)."""
+        done = writer.batches_done
+        self._collection_wait_stalled_at = None if done >= target else done
 
     # ---------------------------------------------------------------------------------------------- the write side
 
@@ -581,11 +591,11 @@ class WriteBuffer:
         writer = self.batch_writer
         if writer is None or not writer.writes_elsewhere or self._store._holds_loop_transaction():
             return
-        self._waiting_for_writer = True
+        self._using_futures = True
         try:
             self._wait_for_writer()
         finally:
-            self._waiting_for_writer = False
+            self._using_futures = False
 
     def _wait_for_writer(self) -> None:
         in_flight = self._in_flight
@@ -763,40 +773,6 @@ class WriteBuffer:
                 logger.warning("%s; retrying in %.1f s", error, delay)
 
 
-_WRITING_BEFORE_COLLECTIONS: weakref.WeakSet[WriteBuffer] = weakref.WeakSet()
-"""The open buffers whose writer writes on a thread of its own (see `WriteBuffer.write_before_collection`)."""
-_REGISTRATION_LOCK = threading.Lock()
-
-
-def _write_before_full_collections(buffer: WriteBuffer) -> None:
-    with _REGISTRATION_LOCK:
-        _WRITING_BEFORE_COLLECTIONS.add(buffer)
-        if _before_full_collection not in gc.callbacks:
-            gc.callbacks.append(_before_full_collection)
-
-
-def _stop_writing_before_full_collections(buffer: WriteBuffer) -> None:
-    with _REGISTRATION_LOCK:
-        _WRITING_BEFORE_COLLECTIONS.discard(buffer)
-        if not _WRITING_BEFORE_COLLECTIONS and _before_full_collection in gc.callbacks:
-            gc.callbacks.remove(_before_full_collection)
-
-
-def _before_full_collection(phase: str, info: dict[str, int]) -> None:
-    """The collector's callback while a store writes on a thread of its own."""
-    if phase == "start" and info["generation"] == 2:
-        for buffer in list(_WRITING_BEFORE_COLLECTIONS):
-            buffer.write_before_collection()
-
-
-def _interrupt_again_from_the_loop() -> None:
-    """Have Ctrl-C's handler run again as soon as the event loop runs its next callback."""
-    try:
-        asyncio.get_running_loop().call_soon_threadsafe(_thread.interrupt_main)
-    except RuntimeError:  # no loop runs: the best left is to raise it again here
-        _thread.interrupt_main()
-
-
 def _merged(batches: list[Batch]) -> Batch:
     """One batch with the events, objects and run updates of `batches`, in order (what one write holds). Batches
     prepared across a gc (under other generations) each bring every object they need: the merged batch counts on
@@ -836,14 +812,6 @@ def remember_run(remembered: dict[str, None], run_id: str) -> None:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def _await_done(future: Future[Any]) -> None:
-    """Wait until a future of another thread is done, whatever its outcome (which the caller reads from it)."""
-    if not future.done():
-        waited = asyncio.wrap_future(future)
-        waited.add_done_callback(_mark_retrieved)
-        await asyncio.wait([waited])
 
 
 def _mark_retrieved(future: asyncio.Future[Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import shutil
 import signal
 import sqlite3
@@ -35,7 +36,14 @@ from store import (
 )
 from store import buffer as buffer_module
 from store import sqlite as sqlite_module
-from store.testing import StoreConformance, arecord_events, arun_flow, message_event, patch_commits
+from store.testing import (
+    StoreConformance,
+    arecord_events,
+    arun_flow,
+    count_polls,
+    message_event,
+    patch_commits,
+)
 
 WORKER = Path(__file__).with_name("_store_worker.py")
 
@@ -717,7 +725,8 @@ async def main():
     real_commit = store._commit_write
 
     def slow_commit(write):
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the loop's thread waits for this write
+        time.sleep(0.05)  # the loop's thread is done handing over, and waits
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while it waits for this write
         time.sleep(0.3)
         return real_commit(write)
 
@@ -746,6 +755,55 @@ def test_ctrl_c_while_a_collection_waits_for_the_writer_is_raised_after_it(tmp_p
         timeout=60,
     )
     assert finished.stdout.split() == ["collected", "interrupted", "closed", "0"], finished.stderr
+
+
+async def test_a_collection_during_a_backpressure_wait_does_not_wait_for_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    polls = count_polls(monkeypatch)
+    collected_in_waits: list[int] = []
+    real_wait = buffer_module.wait_futures
+
+    def wait_futures(*args: Any, **kwargs: Any) -> Any:
+        if not collected_in_waits:  # the loop's thread may hold a lock of the future the writer needs to go on
+            gc.collect()
+            collected_in_waits.append(len(polls))
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(buffer_module, "wait_futures", wait_futures)
+    async with SQLiteStore(tmp_path / "agents.db", batch_size=10, max_pending_events=10) as store:
+        patch_commits(monkeypatch, store, lambda: time.sleep(0.05))
+        await store.astart_run("run")
+        for index in range(100):
+            store.append(message_event("run", Message(text=f"m{index}")))
+        await store.afinish_run("run")
+        assert len(await store.aget_events("run", kinds=[EventKind.MESSAGE])) == 100
+    assert collected_in_waits == [0]
+
+
+async def test_a_collection_while_the_store_holds_a_loop_transaction_does_not_wait_for_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SQLiteStore(tmp_path / "agents.db", flush_interval=60) as store:
+        await arecord_events(store, "old", [message_event("old", Message(text="soon garbage"))])
+        await store.adelete_run("old")
+        await store.astart_run("run")
+        patch_commits(monkeypatch, store, lambda: time.sleep(0.05))
+        polls = count_polls(monkeypatch)
+        real_delete = store._adelete_objects
+        held: list[bool] = []
+
+        async def adelete_objects(hash_keys: Any) -> None:
+            store.append(message_event("run", Message(text="waits")))
+            held.append(store._holds_loop_transaction())
+            gc.collect()  # the writer would wait for the gc's transaction, which waits for the loop
+            await real_delete(hash_keys)
+
+        store._adelete_objects = adelete_objects  # type: ignore[method-assign]
+        assert await store.agc() == 1
+        assert held == [True] and polls == [] and store._pending.events
+        await store.afinish_run("run")
+        assert len(await store.aget_events("run", kinds=[EventKind.MESSAGE])) == 1
 
 
 def test_pending_bounds_are_checked() -> None:

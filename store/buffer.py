@@ -389,15 +389,16 @@ class WriteBuffer:
         finally:
             self._hand_over_lock.release()
 
-    def writes_before_collections_here(self, thread: int, pid: int) -> bool:
-        """Whether a full collection starting on this thread of this process may hand over and wait for this
-        buffer's writer (see `store.full_collections`)."""
-        return (
-            self._loop_thread == thread
-            and self._pid == pid
-            and self.batch_writer is not None
-            and not (self._using_futures or self._failing or self.stopping)
-        )
+    def opened_on(self, thread: int, pid: int) -> bool:
+        """Whether this buffer is open with a writer, on the event loop of this thread in this process (a forked
+        child has the buffer, not the writer's thread)."""
+        return self._loop_thread == thread and self._pid == pid and self.batch_writer is not None
+
+    def may_hand_over_before_collection(self) -> bool:
+        """Whether a full collection starting now on the loop's thread may hand over and wait for the writer: not
+        while that thread reads or waits on the writer's futures (see `_using_futures`), nor after a failure or
+        once the store is closing (see `store.full_collections`)."""
+        return not (self._using_futures or self._failing or self.stopping)
 
     def holds_loop_transaction(self) -> bool:
         """Whether the store holds a write transaction only the event loop can finish (its writer waits for it)."""
@@ -411,7 +412,8 @@ class WriteBuffer:
         if writer is None or not self._hand_over_lock.acquire(blocking=False):
             return None
         try:
-            if not self._is_open:
+            # under the lock, as in `hand_over_stale`
+            if self._failing or self.stopping or not self._is_open:
                 return None
             self._hand_over_locked()
         except Exception:  # the events stay buffered; the periodic flush retries and reports why
@@ -424,11 +426,11 @@ class WriteBuffer:
             return None
         return writer, target
 
-    def note_wait_before_collection(self, writer: BatchWriter[Batch], target: int) -> None:
-        """The wait for `writer` to reach `target` ended: reached, or out of time (then not waited for again until
-        it does more)."""
+    def note_wait_before_collection(self, writer: BatchWriter[Batch], target: int, done_before: int) -> None:
+        """The wait for `writer` to reach `target` (from `done_before`) ended: a writer that did nothing in it is not
+        waited for again until it does more."""
         done = writer.batches_done
-        self._collection_wait_stalled_at = None if done >= target else done
+        self._collection_wait_stalled_at = done if done == done_before < target else None
 
     # ---------------------------------------------------------------------------------------------- the write side
 
@@ -589,7 +591,7 @@ class WriteBuffer:
         ends the wait (the events stay buffered, and flushing raises as usual).
         """
         writer = self.batch_writer
-        if writer is None or not writer.writes_elsewhere or self._store._holds_loop_transaction():
+        if writer is None or not writer.writes_elsewhere or self.holds_loop_transaction():
             return
         self._using_futures = True
         try:

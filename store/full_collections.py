@@ -6,20 +6,22 @@ every event waiting to be written when one starts gets that much older, on top o
 So while a store whose writer has a thread of its own is open, a callback in `gc.callbacks` runs as a full
 collection starts on the thread of that store's event loop: it hands what each such store of that thread buffered
 over to its writer, then waits until the writers are done with everything handed over (written, or failed: a failed
-batch goes back into the buffer as usual). The wait costs the producer about what the writers needed anyway: the
-loop's thread leaves the interpreter to them.
+batch goes back into the buffer as usual). The wait costs the producer about what the writers needed anyway (up to
+about 0.15 s in the benchmark flows): the loop's thread leaves the interpreter to them.
 
 The callback runs at whatever point of the loop's thread allocated last (from Python 3.12: wherever the interpreter
 next checks for pending work), so it keeps to what is safe there:
-- nothing for a store whose buffer is in the middle of a hand-over or stock-taking there, or whose futures the
-  loop's thread is reading or waiting on (it may hold a lock of one that the writer needs to go on:
-  `WriteBuffer.writes_before_collections_here`);
+- nothing for a store whose buffer is in the middle of a hand-over or stock-taking (on either thread: its lock is
+  held), or whose writer's futures the loop's thread is reading or waiting on: it may hold a lock of one that the
+  writer needs to go on (`WriteBuffer.may_hand_over_before_collection`; a waiter of `_acall_where_written`
+  cancelled at that moment is left uncovered, so that wait runs out);
 - nothing at all while a store of that thread holds a transaction only the loop can finish (a writer waits for it);
 - it waits by polling the writers' count of batches done (`BatchWriter.batches_done`), never on a lock, at most
-  `MAX_WAIT` seconds in all, and not again for a writer that ran out the last wait and has done nothing since;
-- an exception raised meanwhile (a Ctrl-C, a signal handler's `SystemExit`) is raised again from the event loop
-  right after the collection: raised in the callback, the collector would only print it.
-Collections that start on another thread (the writer's own, which Python 3.12 and later may pick), in a forked
+  `MAX_WAIT` seconds in all, and not again for a writer that did nothing during the last wait until it does more;
+- an exception raised meanwhile (a Ctrl-C, a signal handler's `SystemExit`) is raised again by the event loop's
+  next callback: raised in the collector's callback, it would only be printed (a producer that never awaits runs
+  on until it does).
+Collections that start on another thread (any thread's allocations may start one, the writer's too), in a forked
 child, or with no event loop running are left alone, and so are the steps of an incremental collector (Python 3.14)
 that are not full collections.
 """
@@ -56,36 +58,32 @@ def write_before(buffer: WriteBuffer) -> None:
     global _buffers
     with _registration_lock:
         _buffers = (*(ref for ref in _buffers if ref() not in (None, buffer)), weakref.ref(buffer))
+        # installed once and left installed: the collector calls its callbacks by their place in the list, and
+        # removing this one while it waits (on another thread) would make it skip the next one for that collection
         if _before_full_collection not in gc.callbacks:
             gc.callbacks.append(_before_full_collection)
 
 
 def stop_writing_before(buffer: WriteBuffer) -> None:
-    """The buffer closed: leave it alone (and leave the collector alone once no buffer is left)."""
+    """The buffer closed: leave it alone."""
     global _buffers
     with _registration_lock:
         _buffers = tuple(ref for ref in _buffers if ref() not in (None, buffer))
-        if not _buffers and _before_full_collection in gc.callbacks:
-            gc.callbacks.remove(_before_full_collection)
 
 
 def _before_full_collection(phase: str, info: dict[str, Any]) -> None:
-    if phase != "start" or info["generation"] != 2:
+    if phase != "start" or info["generation"] != 2 or not _buffers:
         return
     thread, pid = threading.get_ident(), os.getpid()
-    buffers = [
-        buffer
-        for buffer in (ref() for ref in _buffers)
-        if buffer is not None and buffer.writes_before_collections_here(thread, pid)
-    ]
-    if not buffers:
+    here = [buffer for buffer in (ref() for ref in _buffers) if buffer is not None and buffer.opened_on(thread, pid)]
+    if not here:
         return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # no event loop runs here (a store left open after its loop ended): nothing to wait for
         return
     try:
-        _write_before_collection(buffers)
+        _write_before_collection(here)
     except BaseException as error:  # raised in the callback, the collector would only print it
         loop.call_soon_threadsafe(_raise, error)
 
@@ -93,16 +91,21 @@ def _before_full_collection(phase: str, info: dict[str, Any]) -> None:
 def _write_before_collection(buffers: list[WriteBuffer]) -> None:
     if any(buffer.holds_loop_transaction() for buffer in buffers):
         return
-    waits: list[tuple[WriteBuffer, BatchWriter[Batch], int]] = []
+    waits: list[tuple[WriteBuffer, BatchWriter[Batch], int, int]] = []
     for buffer in buffers:
+        if not buffer.may_hand_over_before_collection():
+            continue
         handed_over: Optional[tuple[BatchWriter[Batch], int]] = buffer.hand_over_before_collection()
         if handed_over is not None:
-            waits.append((buffer, *handed_over))
+            writer, target = handed_over
+            waits.append((buffer, writer, target, writer.batches_done))
     deadline = time.monotonic() + MAX_WAIT
-    for buffer, writer, target in waits:
+    for buffer, writer, target, done_before in waits:
+        if time.monotonic() >= deadline:  # the writers before it took all the time: it was not waited for
+            continue
         while writer.batches_done < target and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL)
-        buffer.note_wait_before_collection(writer, target)
+        buffer.note_wait_before_collection(writer, target, done_before)
 
 
 def _raise(error: BaseException) -> None:

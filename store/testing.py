@@ -86,6 +86,13 @@ def patch_commits(monkeypatch: pytest.MonkeyPatch, store: EventStore, before: Ca
         monkeypatch.setattr(store, "_commit_write", commit)
 
 
+def skip_unless_written_on_a_thread(store: EventStore) -> None:
+    """Skip a test of what a store's writer thread does for a backend that writes on the loop's thread."""
+    writer = store._pending.batch_writer
+    if writer is None or not writer.writes_elsewhere:
+        pytest.skip("this backend writes on the loop's thread: nothing can write while the loop waits")
+
+
 def count_polls(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Record every poll of a wait before a full collection (`store.full_collections`); the list it returns."""
     polls: list[float] = []
@@ -1323,31 +1330,34 @@ class StoreConformance:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         async with self.make_store(flush_interval=60, batch_size=5_000) as store:
+            skip_unless_written_on_a_thread(store)
             writer = store._pending.batch_writer
-            if writer is None or not writer.writes_elsewhere:
-                pytest.skip("this backend writes on the loop's thread: nothing can write before a collection")
+            assert writer is not None
             monkeypatch.setattr(full_collections, "MAX_WAIT", 10.0)
             await store.astart_run("run")
             await store.aflush()
             patch_commits(monkeypatch, store, lambda: time.sleep(0.3))  # a writer slower than the loop
+            done = writer.batches_done
             messages = [Message(text=f"waits {index}") for index in range(100)]
-            for message in messages[:50]:
-                store.append(message_event("run", message))
-            store._pending._hand_over()  # handed over, being written
-            for message in messages[50:]:
-                store.append(message_event("run", message))  # buffered (neither the batch size nor the interval)
-            gc.collect(1)  # a young collection waits for nothing
-            assert len(store._pending.events) == 50 and writer.batches_done == 0
-            gc.collect()
-            assert not store._pending.events and writer.batches_done == 2  # both batches written
+            gc.disable()  # only the collections below (an explicit one runs the callbacks all the same)
+            try:
+                for message in messages[:50]:
+                    store.append(message_event("run", message))
+                store._pending._hand_over()  # handed over, being written
+                for message in messages[50:]:
+                    store.append(message_event("run", message))  # buffered (neither the batch size nor the interval)
+                gc.collect(1)  # a young collection waits for nothing
+                assert len(store._pending.events) == 50 and writer.batches_done == done
+                gc.collect()
+                assert not store._pending.events and writer.batches_done == done + 2  # both batches written
+            finally:
+                gc.enable()
             stored = await store.aget_events("run", kinds=[EventKind.MESSAGE])
             assert [event.hash_key for event in stored] == [message.hash_key for message in messages]
 
     async def test_a_collection_waits_for_a_stuck_writer_only_so_long(self, monkeypatch: pytest.MonkeyPatch) -> None:
         async with self.make_store(flush_interval=60, batch_size=5_000) as store:
-            writer = store._pending.batch_writer
-            if writer is None or not writer.writes_elsewhere:
-                pytest.skip("this backend writes on the loop's thread: nothing can write before a collection")
+            skip_unless_written_on_a_thread(store)
             await store.astart_run("run")
             await store.aflush()
             monkeypatch.setattr(full_collections, "MAX_WAIT", 0.3)
@@ -1371,6 +1381,9 @@ class StoreConformance:
                 unstuck.set()
             await store.aflush()
             assert len(await store.aget_events("run", kinds=[EventKind.MESSAGE])) == 2
+            monkeypatch.setattr(full_collections, "MAX_WAIT", 10.0)
+            patch_commits(monkeypatch, store, lambda: time.sleep(0.05))  # (so that there is something to wait for)
+            polls.clear()
             store.append(message_event("run", Message(text="waits again")))
             gc.collect()  # the writer did more since: waited for again
             assert polls and store._pending._collection_wait_stalled_at is None
@@ -1381,16 +1394,15 @@ class StoreConformance:
         if sys.version_info >= (3, 14):
             pytest.skip("the collector is incremental: its automatic collections are not full ones")
         async with self.make_store(flush_interval=0.01, batch_size=20) as store:
-            writer = store._pending.batch_writer
-            if writer is None or not writer.writes_elsewhere:
-                pytest.skip("this backend writes on the loop's thread: nothing is written before a collection")
+            skip_unless_written_on_a_thread(store)
+            monkeypatch.setattr(full_collections, "MAX_WAIT", 30.0)  # (every wait ends with the writer done)
             buffer = store._pending
             waits: list[bool] = []
             real_note = buffer.note_wait_before_collection
 
-            def note_wait_before_collection(writer: Any, target: int) -> None:
+            def note_wait_before_collection(writer: Any, target: int, done_before: int) -> None:
                 waits.append(writer.batches_done >= target)
-                real_note(writer, target)
+                real_note(writer, target, done_before)
 
             monkeypatch.setattr(buffer, "note_wait_before_collection", note_wait_before_collection)
             thresholds = gc.get_threshold()

@@ -42,8 +42,8 @@ class BatchWriter(Generic[_BatchT]):
         self.batches_done = 0
         """How many submitted batches this writer is done with (written, failed or skipped), counted before their
         futures are settled, by the one thread that writes: a waiter that must not touch the futures' locks polls
-        it (see `store.full_collections`). A writer that `writes_elsewhere` counts them through `_begin`, `_fail`
-        and `_succeed`."""
+        it (see `store.full_collections`, which polls only writers that `writes_elsewhere`). Every writer counts
+        them through `_begin`, `_fail` and `_succeed`."""
 
     def submit(self, batch: _BatchT, generation: int) -> Future[None]:
         """Have `batch` written after every batch submitted before it."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -178,8 +177,6 @@ class WriteBuffer:
         """The gc generation of the store `_recently_stored` holds keys of (None while it is empty)."""
         self._loop_thread: Optional[int] = None
         """The thread of the event loop the store was opened on (where `add` is called)."""
-        self._pid = 0
-        """The process the store was opened in (a forked child has the buffer, not the writer's thread)."""
         self._batches_handed_over = 0
         """Batches handed to the current batch writer (compared with its `batches_done`)."""
         self._using_futures = False
@@ -213,7 +210,7 @@ class WriteBuffer:
             self.lock = asyncio.Lock()
             self.stopping = self._failing = False
             self._is_open = True
-        self._loop_thread, self._pid = threading.get_ident(), os.getpid()
+        self._loop_thread = threading.get_ident()
         if batch_writer.writes_elsewhere:
             full_collections.write_before(self)
         # a writer of its own thread hands over what a busy event loop leaves buffered
@@ -389,10 +386,9 @@ class WriteBuffer:
         finally:
             self._hand_over_lock.release()
 
-    def opened_on(self, thread: int, pid: int) -> bool:
-        """Whether this buffer is open with a writer, on the event loop of this thread in this process (a forked
-        child has the buffer, not the writer's thread)."""
-        return self._loop_thread == thread and self._pid == pid and self.batch_writer is not None
+    def opened_on(self, thread: int) -> bool:
+        """Whether this buffer is open with a writer, on the event loop of this thread."""
+        return self._loop_thread == thread and self.batch_writer is not None
 
     def may_hand_over_before_collection(self) -> bool:
         """Whether a full collection starting now on the loop's thread may hand over and wait for the writer: not

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import threading
 import time
 import weakref
@@ -74,14 +73,14 @@ def stop_writing_before(buffer: WriteBuffer) -> None:
 def _before_full_collection(phase: str, info: dict[str, Any]) -> None:
     if phase != "start" or info["generation"] != 2 or not _buffers:
         return
-    thread, pid = threading.get_ident(), os.getpid()
-    here = [buffer for buffer in (ref() for ref in _buffers) if buffer is not None and buffer.opened_on(thread, pid)]
+    thread = threading.get_ident()
+    here = [buffer for buffer in (ref() for ref in _buffers) if buffer is not None and buffer.opened_on(thread)]
     if not here:
         return
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:  # no event loop runs here (a store left open after its loop ended): nothing to wait for
-        return
+    except RuntimeError:  # no event loop runs here (a store left open after its loop ended, or a forked child,
+        return  # where asyncio runs no loop of its parent's): nothing to hand over to or wait for
     try:
         _write_before_collection(here)
     except BaseException as error:  # raised in the callback, the collector would only print it

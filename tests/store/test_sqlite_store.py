@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import shutil
 import signal
 import sqlite3
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any, Optional
@@ -755,6 +757,66 @@ def test_ctrl_c_while_a_collection_waits_for_the_writer_is_raised_after_it(tmp_p
         timeout=60,
     )
     assert finished.stdout.split() == ["collected", "interrupted", "closed", "0"], finished.stderr
+
+
+async def test_one_collection_writes_what_every_store_of_the_loop_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        SQLiteStore(tmp_path / "a.db", flush_interval=60) as first,
+        SQLiteStore(tmp_path / "b.db", flush_interval=60) as second,
+    ):
+        for store in (first, second):
+            await store.astart_run("run")
+            patch_commits(monkeypatch, store, lambda: time.sleep(0.2))
+        gc.disable()  # only the collection below
+        try:
+            for store in (first, second):
+                store.append(message_event("run", Message(text="waits")))
+            gc.collect()
+            assert [len(store._pending.events) for store in (first, second)] == [0, 0]
+            assert [store.pending_count for store in (first, second)] == [0, 0]
+        finally:
+            gc.enable()
+
+
+def test_a_collection_with_no_event_loop_running_does_not_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(tmp_path / "agents.db", flush_interval=60)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(store.aopen())
+        loop.run_until_complete(store.astart_run("run"))
+        store.append(message_event("run", Message(text="waits")))
+        polls = count_polls(monkeypatch)
+        gc.collect()  # the loop the store was opened on is not running: nothing here could wait for the writer
+        assert polls == [] and len(store._pending.events) == 1
+        loop.run_until_complete(store.afinish_run("run"))
+        assert len(loop.run_until_complete(store.aget_events("run", kinds=[EventKind.MESSAGE]))) == 1
+    finally:
+        loop.run_until_complete(store.aclose())
+        loop.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+async def test_a_collection_in_a_forked_child_leaves_the_parents_store_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SQLiteStore(tmp_path / "agents.db", flush_interval=60) as store:
+        await store.astart_run("run")
+        store.append(message_event("run", Message(text="waits")))
+        polls = count_polls(monkeypatch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # (forking a process with threads, 3.12+)
+            child = os.fork()
+        if child == 0:  # the child has the buffer, not the writer's thread: it must neither hand over nor wait
+            gc.collect()
+            os._exit(0 if polls == [] and len(store._pending.events) == 1 else 1)
+        _, status = await asyncio.to_thread(os.waitpid, child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        await store.afinish_run("run")
+        assert len(await store.aget_events("run", kinds=[EventKind.MESSAGE])) == 1
 
 
 async def test_a_collection_during_a_backpressure_wait_does_not_wait_for_the_writer(

@@ -338,11 +338,10 @@ class WriteBuffer:
         it)."""
         self._using_futures = True
         try:
-            done = future.done()
+            waited = None if future.done() else asyncio.wrap_future(future)
         finally:
             self._using_futures = False
-        if not done:
-            waited = self.wrap_future(future)
+        if waited is not None:
             waited.add_done_callback(_mark_retrieved)
             await asyncio.wait([waited])
 
@@ -372,17 +371,25 @@ class WriteBuffer:
         (waiting for its write, behind the busy task), and what the lock's other holders do (a gc, deleting a run)
         is checked by the backend in the write's own transaction. Skipped while another hand-over is under way,
         after a failure (the periodic flush retries and reports it) and once the store closes."""
-        if not self.events or time.monotonic() - self._buffered_since <= 1.5 * self._flush_interval:
-            return
+        if self.events and time.monotonic() - self._buffered_since > 1.5 * self._flush_interval:
+            self._hand_over_unless_busy()
+
+    def _hand_over_unless_busy(self) -> bool:
+        """Hand over what is buffered, unless another hand-over or stock-taking holds the lock, the last write
+        failed or the store is closing; whether it did. A failure to hand over leaves the events buffered, and the
+        periodic flush retries and reports why (for the hand-overs that do not wait for `lock`: `hand_over_stale`,
+        `hand_over_before_collection`)."""
         if not self._hand_over_lock.acquire(blocking=False):
-            return
+            return False
         try:
             # under the lock, which stock-taking (where failed writes are found) and `close` take too
             if self._failing or self.stopping or not self._is_open:
-                return
+                return False
             self._hand_over_locked()
-        except Exception:  # the events stay buffered; the periodic flush retries and reports why
+            return True
+        except Exception:
             self._failing = True
+            return False
         finally:
             self._hand_over_lock.release()
 
@@ -390,33 +397,18 @@ class WriteBuffer:
         """Whether this buffer is open with a writer, on the event loop of this thread."""
         return self._loop_thread == thread and self.batch_writer is not None
 
-    def may_hand_over_before_collection(self) -> bool:
-        """Whether a full collection starting now on the loop's thread may hand over and wait for the writer: not
-        while that thread reads or waits on the writer's futures (see `_using_futures`), nor after a failure or
-        once the store is closing (see `store.full_collections`)."""
-        return not (self._using_futures or self._failing or self.stopping)
-
     def holds_loop_transaction(self) -> bool:
         """Whether the store holds a write transaction only the event loop can finish (its writer waits for it)."""
         return self._store._holds_loop_transaction()
 
     def hand_over_before_collection(self) -> Optional[tuple[BatchWriter[Batch], int]]:
-        """Hand over what is buffered (unless a hand-over or stock-taking is under way) and return the writer with
-        the count of batches it must have done for everything handed over to be written (None: nothing to wait
-        for, or a writer that ran out the last wait and has done nothing since)."""
+        """Hand over what is buffered and return the writer with the count of batches it must have done for
+        everything handed over to be written. None: not now (the loop's thread reads or waits on the writer's
+        futures, see `_using_futures`; or `_hand_over_unless_busy` could not), nothing to wait for, or a writer
+        that did nothing during the last wait and nothing since."""
         writer = self.batch_writer
-        if writer is None or not self._hand_over_lock.acquire(blocking=False):
+        if writer is None or self._using_futures or not self._hand_over_unless_busy():
             return None
-        try:
-            # under the lock, as in `hand_over_stale`
-            if self._failing or self.stopping or not self._is_open:
-                return None
-            self._hand_over_locked()
-        except Exception:  # the events stay buffered; the periodic flush retries and reports why
-            self._failing = True
-            return None
-        finally:
-            self._hand_over_lock.release()
         target, done = self._batches_handed_over, writer.batches_done
         if done >= target or done == self._collection_wait_stalled_at:
             return None

@@ -13,7 +13,7 @@ The callback runs at whatever point of the loop's thread allocated last (from Py
 next checks for pending work), so it keeps to what is safe there:
 - nothing for a store whose buffer is in the middle of a hand-over or stock-taking (on either thread: its lock is
   held), or whose writer's futures the loop's thread is reading or waiting on: it may hold a lock of one that the
-  writer needs to go on (`WriteBuffer.may_hand_over_before_collection`; a waiter of `_acall_where_written`
+  writer needs to go on (`WriteBuffer.hand_over_before_collection`; a waiter of `_acall_where_written`
   cancelled at that moment is left uncovered, so that wait runs out);
 - nothing at all while a store of that thread holds a transaction only the loop can finish (a writer waits for it);
 - it waits by polling the writers' count of batches done (`BatchWriter.batches_done`), never on a lock, at most
@@ -92,8 +92,6 @@ def _write_before_collection(buffers: list[WriteBuffer]) -> None:
         return
     waits: list[tuple[WriteBuffer, BatchWriter[Batch], int, int]] = []
     for buffer in buffers:
-        if not buffer.may_hand_over_before_collection():
-            continue
         handed_over: Optional[tuple[BatchWriter[Batch], int]] = buffer.hand_over_before_collection()
         if handed_over is not None:
             writer, target = handed_over

@@ -90,7 +90,7 @@ def skip_unless_written_on_a_thread(store: EventStore) -> None:
     """Skip a test of what a store's writer thread does for a backend that writes on the loop's thread."""
     writer = store._pending.batch_writer
     if writer is None or not writer.writes_elsewhere:
-        pytest.skip("this backend writes on the loop's thread: nothing can write while the loop waits")
+        pytest.skip("this backend writes on the loop's thread: nothing can write while the loop is busy or waits")
 
 
 def count_polls(monkeypatch: pytest.MonkeyPatch) -> list[float]:
@@ -1267,9 +1267,7 @@ class StoreConformance:
 
     async def test_a_gc_tells_backpressure_not_to_block_the_loop(self) -> None:
         async with self.make_store() as store:
-            writer = store._pending.batch_writer
-            if writer is None or not writer.writes_elsewhere:
-                pytest.skip("this backend writes in the caller's thread: backpressure never blocks the loop for it")
+            skip_unless_written_on_a_thread(store)  # (else backpressure never blocks the loop)
             await arecord_events(store, "run", [message_event("run", Message(text="soon garbage"))])
             await store.adelete_run("run")
             seen: list[bool] = []
@@ -1286,9 +1284,7 @@ class StoreConformance:
 
     async def test_what_a_busy_event_loop_left_buffered_is_written_meanwhile(self) -> None:
         async with self.make_store() as store:
-            writer = store._pending.batch_writer
-            if writer is None or not writer.writes_elsewhere:
-                pytest.skip("this backend writes on the loop's thread: nothing can write while the loop is busy")
+            skip_unless_written_on_a_thread(store)
             committed = threading.Event()
             real_commit = store._commit_write
 
@@ -1311,8 +1307,7 @@ class StoreConformance:
 
     async def test_appending_while_the_writer_takes_over_keeps_every_event_in_order(self) -> None:
         async with self.make_store(flush_interval=0.01, batch_size=50) as store:
-            if not store._pending.batch_writer or not store._pending.batch_writer.writes_elsewhere:
-                pytest.skip("this backend writes on the loop's thread: nothing takes the buffer over")
+            skip_unless_written_on_a_thread(store)
             messages = [Message(text=f"reply {index}") for index in range(3_000)]
             await store.astart_run("run")
             for index, message in enumerate(messages):
